@@ -151,6 +151,22 @@ class NonFiniteLossError(RuntimeError):
   """Training produced a NaN or infinite loss; no checkpoint was written with those weights."""
 
 
+def network_variables(network):
+  """{variable.path: variable} for every weight of `network` (trainable or not).
+
+  Checkpoints key the network's variables by these layer-based names (e.g. `stage1_block1_conv1/kernel`)
+  rather than by Keras' object-graph positions, so that a checkpoint can be read by name: for
+  fine-tuning (tools/fine_tune.py) and to tell a checkpoint of another network apart.
+  """
+  return {v.path: v for v in network.weights}
+
+
+def checkpoint_key(path):
+  """The key under which `tf.train.Checkpoint(network=network_variables(...))` stores variable `path`."""
+  escaped = path.replace(".", "..").replace("/", ".S")  # tf.train.Checkpoint's escaping of names
+  return f"network/{escaped}/.ATTRIBUTES/VARIABLE_VALUE"
+
+
 def itstime(step, every_n, last_step=None):
   """True when `step` is a positive multiple of `every_n` (0 disables), or `step == last_step`."""
   return (every_n > 0 and step > 0 and step % every_n == 0) or step == last_step
@@ -209,8 +225,7 @@ class Estimator:
     if self._scaffold is None:
       with self.strategy.scope():
         self._scaffold = self._scaffold_fn(self.params)
-      self._checkpoint = tf.train.Checkpoint(network=self._scaffold.network,
-                                             optimizer=self._scaffold.optimizer)
+      self._checkpoint = tf.train.Checkpoint(**self._checkpointed_objects())
       self._restore_or_initialize()
     return self._scaffold
 
@@ -218,6 +233,9 @@ class Estimator:
   def global_step(self):
     """The global step as a Python int."""
     return int(self.scaffold.global_step.numpy())
+
+  def _checkpointed_objects(self):
+    return {"network": network_variables(self._scaffold.network), "optimizer": self._scaffold.optimizer}
 
   def latest_checkpoint(self):
     """Path prefix of the newest checkpoint in model_dir, or None."""
@@ -263,8 +281,10 @@ class Estimator:
   # Compiled loops.
 
   def _replica_fn(self, mode):
+    """model_fn for one replica, returning (loss, scalars): nests that strategy.run can carry."""
     def replica_fn(features, labels):
-      return self.model_fn(features, labels, mode, self.params, self.scaffold)
+      spec = self.model_fn(features, labels, mode, self.params, self.scaffold)
+      return spec.loss, spec.scalars
     if self.config.jit_compile:
       return tf.function(replica_fn, jit_compile=True)
     return replica_fn
@@ -276,9 +296,9 @@ class Estimator:
 
     def one_step(iterator):
       features, labels = next(iterator)
-      spec = strategy.run(replica_fn, args=(features, labels))
-      loss = strategy.reduce(sum_, spec.loss, axis=None)
-      scalars = {k: strategy.reduce(sum_, v, axis=None) for k, v in spec.scalars.items()}
+      loss, scalars = strategy.run(replica_fn, args=(features, labels))
+      loss = strategy.reduce(sum_, loss, axis=None)
+      scalars = {k: strategy.reduce(sum_, v, axis=None) for k, v in scalars.items()}
       images = self._summary_images(strategy.experimental_local_results(features)[0])
       return loss, scalars, images
 
@@ -308,13 +328,15 @@ class Estimator:
     @tf.function
     def eval_loop(iterator, num_steps):
       """Runs up to `num_steps` batches; returns True when the data is exhausted."""
+      exhausted = tf.constant(False)
       for _ in tf.range(num_steps):
         batch = iterator.get_next_as_optional()  # partial last batches: empty on some replicas
-        if not batch.has_value():
-          return True
+        exhausted = tf.logical_not(batch.has_value())
+        if exhausted:
+          break
         features, labels = batch.get_value()
         strategy.run(replica_fn, args=(features, labels))
-      return False
+      return exhausted
 
     return eval_loop
 
@@ -344,8 +366,7 @@ class Estimator:
   def _tracked_for_checkpoint(self, iterator):
     if not self.config.checkpoint_input_pipeline:
       return self._checkpoint
-    return tf.train.Checkpoint(network=self.scaffold.network, optimizer=self.scaffold.optimizer,
-                               input_pipeline=iterator)
+    return tf.train.Checkpoint(**self._checkpointed_objects(), input_pipeline=iterator)
 
   def train(self, input_fn, max_steps, hooks=()):
     """Trains until the global step reaches `max_steps`, resuming from model_dir's latest checkpoint.
