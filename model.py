@@ -1,0 +1,362 @@
+"""SqueezeNext (Gholami et al., arXiv 1803.10615) as the official Caffe release defines it.
+
+Source of every architectural fact: the prototxts of github.com/amirgholami/SqueezeNext
+(shared/DESIGN.md section 4). Five official networks are built by name from one table,
+`CONFIGURATIONS`, which also holds a tiny network for fast tests; a fork adds a variant in one line.
+
+Network (channels-last, input float32 [B, S, S, 3], output float32 logits [B, num_classes]):
+
+  stem    k x k conv / 2, no padding (k = 7 for v1, 5 for v5), BN, ReLU,
+          3x3 / 2 max-pool in Caffe's ceil mode                 -> 55x55 (v1) or 56x56 (v5) at S = 227
+  stages  four stages of blocks, widths C = [32, 64, 128, 256] (1.0) or twice that (2.0),
+          first-block strides [1, 2, 2, 2]                      -> 55|56, 28, 14, 7 at S = 227
+  block   1x1 -> C/2, 1x1 -> C/4, 3x1 -> C/2, 1x3 -> C/2, 1x1 -> C (each conv + BN + ReLU),
+          added to the shortcut, ReLU. Blocks are numbered over the whole network; odd blocks have
+          3x1 then 1x3, even blocks 1x3 then 3x1. The first block of every stage has a 1x1 shortcut
+          conv (+ BN + ReLU) carrying the stage stride; v1: the branch reads the block input and its
+          first 1x1 carries the stride; v5: the branch reads the shortcut conv's output, stride 1.
+          G networks: groups = 2 on the branch's first 1x1, its 3x1 and its 1x3.
+  head    1x1 conv -> 128 (at every width), BN, ReLU, global average pool, fully connected
+          `classifier` without bias. No dropout.
+
+Every convolution is bias-free and followed by BatchNorm (`CaffeBatchNormalization`: Caffe's
+moving-average fraction 0.999 and epsilon 1e-5, with Caffe's count correction of the moving
+statistics) and a learned scale and shift (Caffe's separate `Scale` layer, here BN's gamma/beta).
+Weights start from Caffe's "xavier" filler.
+
+Layer names (Keras 3 forbids '/', so '_'): `stem_conv`, `stem_bn`, `stem_relu`, `stem_pool`;
+`stage{s}_block{b}_{conv,bn,relu}{1..5}` (b counts within the stage, from 1);
+`stage{s}_block1_shortcut_{conv,bn,relu}`; `stage{s}_block{b}_add`, `stage{s}_block{b}_relu`
+(the block's output); `head_conv`, `head_bn`, `head_relu`, `head_pool`; `classifier`.
+Variable paths (`v.path`, e.g. `stage1_block1_conv1/kernel`) follow from them; checkpoints,
+fine-tuning (match by name and shape; the classifier is the layer named `classifier`) and the
+statistics of tools/stats.py use them.
+"""
+
+import dataclasses
+
+import keras
+import tensorflow as tf
+
+from tools.cli import UserError
+
+# Caffe BatchNorm defaults; the official prototxts leave them unset: moving_average_fraction, eps.
+BN_MOMENTUM = 0.999
+BN_EPSILON = 1e-5
+# Stem and max-pool geometry (prototxt: Convolution1 stride 2; pool1 kernel 3 stride 2).
+STEM_STRIDE = 2
+POOL_SIZE = 3
+POOL_STRIDE = 2
+VERSIONS = ("v1", "v5")
+
+# Caffe's "xavier" filler with its default variance_norm FAN_IN: U(-sqrt(3 / fan_in), +sqrt(3 / fan_in)),
+# fan_in = kernel height * width * input channels / groups (Keras' GlorotUniform would average fan_in
+# and fan_out instead, which is not what the official networks were trained from).
+CAFFE_XAVIER = "lecun_uniform"
+
+
+@dataclasses.dataclass(frozen=True)
+class SqueezeNextConfig:
+  """Architecture of one SqueezeNext network (see the module docstring for the layout).
+
+  Attributes:
+    stage_widths: output channels C of each stage; C must be divisible by 4 * groups.
+    blocks_per_stage: number of blocks in each stage (same length as stage_widths).
+    stem_kernel: stem convolution size k (7 for v1 networks, 5 for v5; prototxt Convolution1).
+    version: "v1" (branch and shortcut both read the block input) or "v5" (the branch reads the
+      shortcut convolution's output).
+    groups: groups of the branch's first 1x1, 3x1 and 1x3 convolutions (2 for the G network).
+    stem_channels: stem convolution output channels (64 in all five official networks).
+    head_channels: channels of the 1x1 convolution before pooling (128 in all five).
+    stage_strides: stride of each stage's first block (official: 1, 2, 2, 2).
+  Lists are accepted and stored as tuples. Raises UserError for an inconsistent configuration.
+  """
+  stage_widths: tuple
+  blocks_per_stage: tuple
+  stem_kernel: int
+  version: str = "v1"
+  groups: int = 1
+  stem_channels: int = 64
+  head_channels: int = 128
+  stage_strides: tuple = (1, 2, 2, 2)
+
+  def __post_init__(self):
+    for field in ("stage_widths", "blocks_per_stage", "stage_strides"):
+      object.__setattr__(self, field, tuple(int(v) for v in getattr(self, field)))
+    if not len(self.stage_widths) == len(self.blocks_per_stage) == len(self.stage_strides):
+      raise UserError(f"stage_widths {self.stage_widths}, blocks_per_stage {self.blocks_per_stage} "
+                      f"and stage_strides {self.stage_strides} must have the same length")
+    if self.version not in VERSIONS:
+      raise UserError(f"version '{self.version}' is not one of {', '.join(VERSIONS)}")
+    if any(c % (4 * self.groups) for c in self.stage_widths) or self.stem_channels % self.groups:
+      raise UserError(f"stage_widths {self.stage_widths} must be divisible by 4 * groups and "
+                      f"stem_channels {self.stem_channels} by groups (groups={self.groups})")
+    if min(self.blocks_per_stage) < 1 or self.stem_kernel < 1:
+      raise UserError(f"blocks_per_stage {self.blocks_per_stage} and stem_kernel "
+                      f"{self.stem_kernel} must be positive")
+
+
+_WIDTHS_1_0 = (32, 64, 128, 256)
+_WIDTHS_2_0 = (64, 128, 256, 512)
+_BLOCKS_23 = (6, 6, 8, 1)
+_BLOCKS_23_V5 = (2, 4, 14, 1)
+
+# The official networks under the seed repository's configuration names (DESIGN.md section 4).
+CONFIGURATIONS = {
+    "v_1_0_SqNxt_23": SqueezeNextConfig(_WIDTHS_1_0, _BLOCKS_23, stem_kernel=7),
+    "v_1_0_G_SqNxt_23": SqueezeNextConfig(_WIDTHS_1_0, _BLOCKS_23, stem_kernel=7, groups=2),
+    "v_1_0_SqNxt_23_v5": SqueezeNextConfig(_WIDTHS_1_0, _BLOCKS_23_V5, stem_kernel=5, version="v5"),
+    "v_2_0_SqNxt_23": SqueezeNextConfig(_WIDTHS_2_0, _BLOCKS_23, stem_kernel=7),
+    "v_2_0_SqNxt_23_v5": SqueezeNextConfig(_WIDTHS_2_0, _BLOCKS_23_V5, stem_kernel=5, version="v5"),
+    # Not official: the smallest network with every feature of v1, for fast tests and demos.
+    "tiny_SqNxt": SqueezeNextConfig((8, 16, 32, 64), (1, 1, 1, 1), stem_kernel=7,
+                                    stem_channels=16, head_channels=32),
+}
+
+
+def get_config(name):
+  """Returns the SqueezeNextConfig named `name` in CONFIGURATIONS; UserError if there is none."""
+  if name not in CONFIGURATIONS:
+    raise UserError(f"unknown configuration '{name}'; expected one of: "
+                    f"{', '.join(CONFIGURATIONS)}")
+  return CONFIGURATIONS[name]
+
+
+def _resolve(configuration):
+  return configuration if isinstance(configuration, SqueezeNextConfig) else get_config(configuration)
+
+
+def min_image_size(config):
+  """Smallest input side (pixels) for which the network is defined.
+
+  The max-pool needs at least POOL_SIZE rows from the valid stem convolution:
+  floor((S - k) / 2) + 1 >= 3, i.e. S >= k + 2 * STEM_STRIDE (11 for v1, 9 for v5). Everything
+  after the pool is defined for any map of at least 1x1.
+
+  Args:
+    config: a SqueezeNextConfig or a name in CONFIGURATIONS.
+  """
+  return _resolve(config).stem_kernel + (POOL_SIZE - 1) * STEM_STRIDE
+
+
+def _caffe_pool_padding(size):
+  """Bottom/right padding so that a valid 3x3/2 pool gives Caffe's ceil((size - 3) / 2) + 1 rows."""
+  return (size - POOL_SIZE) % POOL_STRIDE
+
+
+class CaffeBatchNormalization(keras.layers.BatchNormalization):
+  """BatchNormalization whose moving statistics follow Caffe's BatchNorm layer.
+
+  What Caffe does that Keras does not: Caffe keeps running SUMS of the batch means and variances
+  and a running count, `count = m * count + 1` (m = moving_average_fraction, 0.999), and divides
+  the sums by the count at inference. Its moving statistics are therefore the exponentially
+  weighted average of the batches seen so far, unbiased from the first step. Keras'
+  `moving = m * moving + (1 - m) * batch` starts from mean 0 / variance 1 and with m = 0.999
+  keeps ~90% of that initial value after 100 steps and ~37% after 1,000, so a run of a few
+  hundred steps evaluates with nonsense statistics (DESIGN.md section 4: 10% accuracy on a
+  10-class problem that training had half learned).
+
+  With `caffe_correction=True` (default) this layer stores the same quantity as Caffe in Keras'
+  form: `moving_count` is Caffe's count and the update is
+  `moving = moving + (batch - moving) / count`, i.e. an EMA whose momentum (count - 1) / count
+  grows from 0 at the first step to m (0.999 after a few thousand steps). The first training
+  step sets the moving statistics to that batch's, so short runs evaluate correctly; long runs
+  behave exactly like momentum m. `caffe_correction=False` gives Keras' plain EMA.
+  One difference from Caffe remains, deliberately: Caffe scales the batch variance by
+  n / (n - 1) (n = values per channel) before averaging; Keras' convention (biased variance, the
+  one used to normalise in training) is kept. At ImageNet sizes n >= 32 * 7 * 7, a < 0.1% change.
+
+  Speed: training and inference run TensorFlow's fused kernel (FusedBatchNormV3), about 3x
+  faster forward+backward on CPU than the unfused ops of Keras 3's BatchNormalization; the
+  moving-statistics update is three assignments of per-channel vectors, without host syncs.
+
+  Distribution: like Keras 2's BatchNormalization, the moving statistics and the count are
+  non-trainable ON_READ variables with MEAN aggregation: under tf.distribute each replica updates
+  its own copy from its own batch, and reading them outside the replica context (checkpoints,
+  evaluation in the cross-replica context) gives the mean over replicas.
+
+  Inputs: float16/bfloat16/float32 [..., C] (channels last, axis -1). Outputs: same shape, in the
+  layer's compute dtype. Restrictions: axis=-1, center and scale on, no renorm, no synchronized.
+  """
+
+  def __init__(self, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, caffe_correction=True, **kwargs):
+    super().__init__(momentum=momentum, epsilon=epsilon, **kwargs)
+    if self.axis != -1 or self.renorm or self.synchronized or not (self.center and self.scale):
+      raise ValueError("CaffeBatchNormalization supports only axis=-1, center=True, scale=True, "
+                       "renorm=False, synchronized=False")
+    self.caffe_correction = bool(caffe_correction)
+
+  def add_weight(self, *, shape, name, initializer, trainable=True, autocast=True, **kwargs):
+    """Layer.add_weight, except that non-trainable weights are ON_READ/MEAN (see class doc)."""
+    if trainable:
+      return super().add_weight(shape=shape, name=name, initializer=initializer,
+                                trainable=True, autocast=autocast, **kwargs)
+    with keras.name_scope(self.name, caller=self):
+      return keras.Variable(initializer=keras.initializers.get(initializer), shape=shape,
+                            dtype=self.variable_dtype, trainable=False, autocast=autocast,
+                            aggregation="mean", synchronization="on_read", name=name)
+
+  def build(self, input_shape):
+    super().build(input_shape)
+    # Caffe's scale_factor blob: the discounted number of training steps seen.
+    self.moving_count = self.add_weight(shape=(), name="moving_count", initializer="zeros",
+                                        trainable=False, autocast=False)
+
+  def call(self, inputs, training=None, mask=None):
+    del mask  # convolutional feature maps carry no mask
+    x = tf.convert_to_tensor(inputs)
+    if x.dtype not in (tf.float16, tf.bfloat16, tf.float32):
+      x = tf.cast(x, tf.float32)  # the fused kernel's input types
+    if training and self.trainable:
+      y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+          x, self.gamma, self.beta, epsilon=self.epsilon, is_training=True)
+      self._update_moving_statistics(x, mean, variance)
+    else:
+      y, _, _ = tf.compat.v1.nn.fused_batch_norm(
+          x, self.gamma, self.beta, mean=self.moving_mean, variance=self.moving_variance,
+          epsilon=self.epsilon, is_training=False)
+    return tf.cast(y, self.compute_dtype)
+
+  def _update_moving_statistics(self, x, mean, corrected_variance):
+    # The fused kernel returns the variance times n / (n - 1) (n / 1 when n = 1); undo it.
+    n = tf.cast(tf.size(x) // tf.shape(x)[-1], tf.float32)
+    variance = corrected_variance * (tf.maximum(n - 1.0, 1.0) / n)
+    count = self.moving_count * self.momentum + 1.0
+    rate = 1.0 / count if self.caffe_correction else 1.0 - self.momentum
+    self.moving_mean.assign_sub((self.moving_mean - mean) * rate)
+    self.moving_variance.assign_sub((self.moving_variance - variance) * rate)
+    self.moving_count.assign(count)
+
+  def get_config(self):
+    return {**super().get_config(), "caffe_correction": self.caffe_correction}
+
+
+class GroupConv2D(keras.layers.Conv2D):
+  """keras.layers.Conv2D whose grouped case runs as one convolution per group.
+
+  TensorFlow's CPU kernel for a grouped convolution is very slow: forward+backward of a
+  [64, 28, 28, 64] 1x1 (3x1) convolution with groups=2 took 143 ms (271 ms) against 8.7 ms (9.3 ms)
+  as two convolutions on the halves (TF 2.21, 2 CPU cores). The weights are those of Conv2D
+  (kernel [kh, kw, in / groups, out], output channels group-major), so checkpoints interchange
+  with keras.layers.Conv2D. With groups=1 this is Conv2D.
+  """
+
+  def convolution_op(self, inputs, kernel):
+    if self.groups == 1:
+      return super().convolution_op(inputs, kernel)
+    # Group g maps input channels [g * in/groups, ...) to output channels [g * out/groups, ...).
+    pairs = zip(tf.split(inputs, self.groups, axis=-1), tf.split(kernel, self.groups, axis=-1))
+    return tf.concat([super(GroupConv2D, self).convolution_op(x, k) for x, k in pairs], axis=-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Builder:
+  """Builds the layers of one network with common BN and dtype settings (see build_network)."""
+  config: SqueezeNextConfig
+  bn_momentum: float
+  bn_epsilon: float
+  bn_caffe_correction: bool
+  dtype: object
+
+  def conv_bn_relu(self, x, filters, kernel, prefix, suffix="", strides=1, groups=1,
+                   padding="valid"):
+    """Bias-free conv + BN + ReLU named {prefix}_conv{suffix}, {prefix}_bn{suffix}, ..._relu."""
+    x = GroupConv2D(filters, kernel, strides=strides, padding=padding, groups=groups,
+                    use_bias=False, kernel_initializer=CAFFE_XAVIER, dtype=self.dtype,
+                    name=f"{prefix}_conv{suffix}")(x)
+    x = CaffeBatchNormalization(momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+                                caffe_correction=self.bn_caffe_correction, dtype=self.dtype,
+                                name=f"{prefix}_bn{suffix}")(x)
+    return keras.layers.ReLU(dtype=self.dtype, name=f"{prefix}_relu{suffix}")(x)
+
+  def stem(self, x):
+    """[B, S, S, 3] -> [B, S', S', stem_channels], S' = ceil((floor((S - k) / 2) + 1 - 3) / 2) + 1."""
+    c = self.config
+    x = self.conv_bn_relu(x, c.stem_channels, c.stem_kernel, "stem", strides=STEM_STRIDE)
+    pad = _caffe_pool_padding(x.shape[1])
+    if pad:
+      # Caffe's ceil mode lets the last window hang over the bottom/right edge. Zero padding is
+      # equivalent to ignoring that part of the window because the input is a ReLU output (>= 0).
+      x = keras.layers.ZeroPadding2D(((0, pad), (0, pad)), dtype=self.dtype,
+                                     name="stem_pool_pad")(x)
+    return keras.layers.MaxPooling2D(POOL_SIZE, POOL_STRIDE, padding="valid", dtype=self.dtype,
+                                     name="stem_pool")(x)
+
+  def block(self, x, prefix, number, width, stride, first):
+    """One SqueezeNext block; `number` counts blocks over the whole network from 1."""
+    c = self.config
+    shortcut, branch, branch_stride = x, x, stride
+    if first:
+      shortcut = self.conv_bn_relu(x, width, 1, f"{prefix}_shortcut", strides=stride)
+      if c.version == "v5":
+        branch, branch_stride = shortcut, 1
+    separable = [(3, 1), (1, 3)] if number % 2 else [(1, 3), (3, 1)]
+    y = self.conv_bn_relu(branch, width // 2, 1, prefix, "1", strides=branch_stride,
+                          groups=c.groups)
+    y = self.conv_bn_relu(y, width // 4, 1, prefix, "2")
+    # Stride-1 "same" padding of a 3x1 (1x3) is Caffe's pad_h 1, pad_w 0 (pad_h 0, pad_w 1).
+    y = self.conv_bn_relu(y, width // 2, separable[0], prefix, "3", groups=c.groups,
+                          padding="same")
+    y = self.conv_bn_relu(y, width // 2, separable[1], prefix, "4", groups=c.groups,
+                          padding="same")
+    y = self.conv_bn_relu(y, width, 1, prefix, "5")
+    x = keras.layers.Add(dtype=self.dtype, name=f"{prefix}_add")([shortcut, y])
+    return keras.layers.ReLU(dtype=self.dtype, name=f"{prefix}_relu")(x)
+
+  def stages(self, x):
+    c = self.config
+    number = 0
+    for s, (width, blocks, stride) in enumerate(
+        zip(c.stage_widths, c.blocks_per_stage, c.stage_strides), start=1):
+      for b in range(1, blocks + 1):
+        number += 1
+        x = self.block(x, f"stage{s}_block{b}", number, width, stride if b == 1 else 1, b == 1)
+    return x
+
+  def head(self, x, num_classes):
+    """[B, h, w, C] -> float32 logits [B, num_classes]."""
+    x = self.conv_bn_relu(x, self.config.head_channels, 1, "head")
+    x = keras.layers.GlobalAveragePooling2D(dtype=self.dtype, name="head_pool")(x)
+    # float32 classifier so that the logits (and the softmax on them) are float32 under a
+    # mixed-precision policy (Keras mixed-precision guide); it is 0.1% of the MACs.
+    return keras.layers.Dense(num_classes, use_bias=False, kernel_initializer=CAFFE_XAVIER,
+                              dtype="float32", name="classifier")(x)
+
+
+def build_network(configuration, num_classes, image_size, bn_momentum=BN_MOMENTUM,
+                  bn_epsilon=BN_EPSILON, bn_caffe_correction=True, dtype=None, name=None):
+  """Builds a SqueezeNext network as a functional keras.Model.
+
+  Args:
+    configuration: a name in CONFIGURATIONS or a SqueezeNextConfig.
+    num_classes: number of output classes, >= 2 (1000 for ImageNet).
+    image_size: input side S in pixels, >= min_image_size(configuration) (227 in the paper).
+    bn_momentum: Caffe's moving_average_fraction m (0.999 in the prototxts), see
+      CaffeBatchNormalization.
+    bn_epsilon: BatchNorm epsilon (Caffe's default 1e-5).
+    bn_caffe_correction: divide the moving statistics by Caffe's running count (default, exact
+      Caffe behaviour, needed for short runs to evaluate well) instead of Keras' plain EMA.
+    dtype: Keras dtype policy for the layers, e.g. None (float32), "mixed_bfloat16",
+      "mixed_float16". No global policy is set. The classifier always computes in float32.
+    name: model name; defaults to the configuration's name (or "squeezenext").
+
+  Returns:
+    keras.Model mapping float32 [B, S, S, 3] (channels last) to float32 logits [B, num_classes].
+    Call it with training=True for batch statistics and moving-statistics updates.
+
+  Raises:
+    UserError: unknown configuration name, num_classes < 2, image_size too small.
+  """
+  config = _resolve(configuration)
+  if not isinstance(num_classes, int) or num_classes < 2:
+    raise UserError(f"num_classes={num_classes} is not supported; expected an integer >= 2")
+  minimum = min_image_size(config)
+  if not isinstance(image_size, int) or image_size < minimum:
+    raise UserError(f"image_size={image_size} is too small for this network; expected an "
+                    f"integer >= {minimum}")
+  if name is None:
+    name = configuration if isinstance(configuration, str) else "squeezenext"
+  builder = _Builder(config, bn_momentum, bn_epsilon, bn_caffe_correction, dtype)
+  inputs = keras.Input(shape=(image_size, image_size, 3), dtype="float32", name="image")
+  logits = builder.head(builder.stages(builder.stem(inputs)), num_classes)
+  return keras.Model(inputs, logits, name=name)
