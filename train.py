@@ -31,53 +31,56 @@ from tools import stats
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string("model_dir", None, "Folder for checkpoints, TensorBoard logs and params.json.")
-flags.DEFINE_string("configuration", None,
-                    f"Network, one of: {', '.join(model.CONFIGURATIONS)}. Default v_1_0_SqNxt_23.")
-flags.DEFINE_string("train_file_pattern", None,
-                    "Glob of training TFRecords (e.g. 'data/train-*'). Unset: the built-in demo data.")
-flags.DEFINE_string("validation_file_pattern", None, "Glob of validation TFRecords.")
-flags.DEFINE_string("demo_data_dir", os.path.join(os.path.expanduser("~"), ".cache", "squeezenext",
-                                                  "demo_data"),
-                    "Where the demo data is made on first use and cached.")
-flags.DEFINE_integer("batch_size", None, "Global batch (summed over replicas). Default 256 (demo 64).")
-flags.DEFINE_float("num_epochs", None, "Epochs to train; converted to steps once. Default 120.")
-flags.DEFINE_integer("max_steps", None, "Steps to train (overrides --num_epochs).")
-flags.DEFINE_integer("num_examples_per_epoch", None,
-                     "Training examples per epoch. Default 1,281,167 (ImageNet) or the demo's count.")
-flags.DEFINE_integer("image_size", None, "Input side in pixels. Default 227 (demo 64).")
-flags.DEFINE_integer("num_classes", None, "Number of classes. Default 1000 (demo 10).")
-flags.DEFINE_enum("preprocessing", None, ["caffe", "inception"], "Preprocessing. Default caffe.")
-flags.DEFINE_float("base_learning_rate", None,
-                   "Learning rate after warm-up. Default: the official 0.4 at batch 1024, scaled linearly.")
-flags.DEFINE_float("warmup_start_learning_rate", None,
-                   "Learning rate at step 0. Default: the official 0.1 at batch 1024, scaled linearly.")
-flags.DEFINE_integer("warmup_steps", None,
-                     "Warm-up steps. Default: the official 780 at batch 1024, scaled inversely.")
-flags.DEFINE_float("weight_decay", None, "L2 weight decay (Caffe's sense). Default 1e-4.")
-flags.DEFINE_float("bn_momentum", None, "BatchNorm moving-average fraction. Default 0.999 (prototxt).")
-flags.DEFINE_integer("eval_every_n_steps", None, "Evaluate every N steps (and at the end).")
-flags.DEFINE_integer("eval_every_n_secs", None, "Evaluate every N seconds (and at the end).")
-flags.DEFINE_boolean("output_train_images", True, "Write training/validation images to TensorBoard.")
-flags.DEFINE_integer("image_summary_steps", None, "Interval of training-image summaries. Default 1000.")
-flags.DEFINE_integer("save_summary_steps", None, "Interval of scalar summaries. Default 100.")
-flags.DEFINE_integer("log_every_n_steps", None, "Interval of progress lines. Default 100.")
-flags.DEFINE_integer("save_checkpoints_steps", None, "Checkpoint interval. Default 1000.")
-flags.DEFINE_integer("keep_checkpoint_max", 5, "Checkpoints kept in model_dir.")
-flags.DEFINE_integer("steps_per_loop", None, "Steps per tf.function call. Default 100.")
-flags.DEFINE_string("fine_tune_ckpt", None,
-                    "Warm-start from this checkpoint (prefix or directory) when model_dir has none.")
-flags.DEFINE_string("fine_tune_exclude", None,
-                    "Regex of variable names not to warm-start (the classifier is skipped anyway "
-                    "when the class count differs).")
-flags.DEFINE_integer("num_gpus", 0, "GPUs for MirroredStrategy (0 or 1: one device).")
-flags.DEFINE_integer("num_cpu_devices", 0,
-                     "Split the CPU into N logical devices for MirroredStrategy (tests the "
-                     "multi-device path without GPUs).")
-flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16", "float16"],
-                  "Compute dtype (mixed precision for 16-bit; float16 uses loss scaling).")
-flags.DEFINE_boolean("xla", False, "Compile each replica's step with XLA.")
-flags.DEFINE_integer("seed", None, "Random seed of the input pipeline and initialisation.")
+def define_flags():
+  """Defines the CLI flags; only when run as a script, so that importing train.py (tests,
+  notebooks, scripts/predict.py) defines no flag."""
+  flags.DEFINE_string("model_dir", None, "Folder for checkpoints, TensorBoard logs and params.json.")
+  flags.DEFINE_string("configuration", None,
+                      f"Network, one of: {', '.join(model.CONFIGURATIONS)}. Default v_1_0_SqNxt_23.")
+  flags.DEFINE_string("train_file_pattern", None,
+                      "Glob of training TFRecords (e.g. 'data/train-*'). Unset: the built-in demo data.")
+  flags.DEFINE_string("validation_file_pattern", None, "Glob of validation TFRecords.")
+  flags.DEFINE_string("demo_data_dir", os.path.join(os.path.expanduser("~"), ".cache", "squeezenext",
+                                                    "demo_data"),
+                      "Where the demo data is made on first use and cached.")
+  flags.DEFINE_integer("batch_size", None, "Global batch (summed over replicas). Default 256 (demo 64).")
+  flags.DEFINE_float("num_epochs", None, "Epochs to train; converted to steps once. Default 120.")
+  flags.DEFINE_integer("max_steps", None, "Steps to train (overrides --num_epochs).")
+  flags.DEFINE_integer("num_examples_per_epoch", None,
+                       "Training examples per epoch. Default 1,281,167 (ImageNet) or the demo's count.")
+  flags.DEFINE_integer("image_size", None, "Input side in pixels. Default 227 (demo 64).")
+  flags.DEFINE_integer("num_classes", None, "Number of classes. Default 1000 (demo 10).")
+  flags.DEFINE_enum("preprocessing", None, ["caffe", "inception"], "Preprocessing. Default caffe.")
+  flags.DEFINE_float("base_learning_rate", None,
+                     "Learning rate after warm-up. Default: the official 0.4 at batch 1024, scaled linearly.")
+  flags.DEFINE_float("warmup_start_learning_rate", None,
+                     "Learning rate at step 0. Default: the official 0.1 at batch 1024, scaled linearly.")
+  flags.DEFINE_integer("warmup_steps", None,
+                       "Warm-up steps. Default: the official 780 at batch 1024, scaled inversely.")
+  flags.DEFINE_float("weight_decay", None, "L2 weight decay (Caffe's sense). Default 1e-4.")
+  flags.DEFINE_float("bn_momentum", None, "BatchNorm moving-average fraction. Default 0.999 (prototxt).")
+  flags.DEFINE_integer("eval_every_n_steps", None, "Evaluate every N steps (and at the end).")
+  flags.DEFINE_integer("eval_every_n_secs", None, "Evaluate every N seconds (and at the end).")
+  flags.DEFINE_boolean("output_train_images", True, "Write training/validation images to TensorBoard.")
+  flags.DEFINE_integer("image_summary_steps", None, "Interval of training-image summaries. Default 1000.")
+  flags.DEFINE_integer("save_summary_steps", None, "Interval of scalar summaries. Default 100.")
+  flags.DEFINE_integer("log_every_n_steps", None, "Interval of progress lines. Default 100.")
+  flags.DEFINE_integer("save_checkpoints_steps", None, "Checkpoint interval. Default 1000.")
+  flags.DEFINE_integer("keep_checkpoint_max", 5, "Checkpoints kept in model_dir.")
+  flags.DEFINE_integer("steps_per_loop", None, "Steps per tf.function call. Default 100.")
+  flags.DEFINE_string("fine_tune_ckpt", None,
+                      "Warm-start from this checkpoint (prefix or directory) when model_dir has none.")
+  flags.DEFINE_string("fine_tune_exclude", None,
+                      "Regex of variable names not to warm-start (the classifier is skipped anyway "
+                      "when the class count differs).")
+  flags.DEFINE_integer("num_gpus", 0, "GPUs for MirroredStrategy (0 or 1: one device).")
+  flags.DEFINE_integer("num_cpu_devices", 0,
+                       "Split the CPU into N logical devices for MirroredStrategy (tests the "
+                       "multi-device path without GPUs).")
+  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16", "float16"],
+                    "Compute dtype (mixed precision for 16-bit; float16 uses loss scaling).")
+  flags.DEFINE_boolean("xla", False, "Compile each replica's step with XLA.")
+  flags.DEFINE_integer("seed", None, "Random seed of the input pipeline and initialisation.")
 
 # Defaults for ImageNet training with the official recipe (shared/DESIGN.md sections 3-5), and the
 # demo's overrides (small images, 10 digit classes, a short schedule that reaches >= 97% top-1).
@@ -106,6 +109,11 @@ def _flag_values():
   return values
 
 
+# Runner settings whose defaults do not depend on the data set.
+RUN_DEFAULTS = dict(dtype="float32", keep_checkpoint_max=5, xla=False, output_train_images=True,
+                    eval_every_n_secs=0)
+
+
 def resolve_params(user, data):
   """Assembles the run's params once: defaults < demo defaults < user flags, then derived values.
 
@@ -121,6 +129,7 @@ def resolve_params(user, data):
   """
   params = dict(model.DEFAULT_MODEL_PARAMS)
   params.update(dataloader.DEFAULT_INPUT_PARAMS)
+  params.update(RUN_DEFAULTS)
   params.update(IMAGENET_DEFAULTS)
   if data.get("demo"):
     params.update(DEMO_DEFAULTS, num_examples_per_epoch=data["num_examples_per_epoch"])
@@ -285,5 +294,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   flags.mark_flag_as_required("model_dir")
   cli.run(main)

@@ -323,7 +323,14 @@ class Estimator:
 
   def _make_eval_loop(self):
     strategy = self.strategy
-    replica_fn = self._replica_fn(ModeKeys.EVAL)
+    model_replica_fn = self._replica_fn(ModeKeys.EVAL)
+
+    def replica_fn(features, labels):
+      # The last partial batch leaves some replicas an empty one; skip the model there (TF 2.21's
+      # CPU convolution returns its input unchanged for an empty batch, which breaks the network).
+      batch_size = tf.shape(tf.nest.flatten(features)[0])[0]
+      return tf.cond(batch_size > 0, lambda: model_replica_fn(features, labels)[0],
+                     lambda: tf.constant(0.0))
 
     @tf.function
     def eval_loop(iterator, num_steps):

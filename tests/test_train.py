@@ -1,0 +1,245 @@
+"""The training runner end to end on small real records: model_fn branches, weight decay, resume,
+fine-tuning, summaries, exact evaluation, MirroredStrategy on 2 logical CPUs, two local workers,
+and the CLI's one-line errors. The network is `tiny_SqNxt` at 32x32 on 3 colour classes."""
+
+import glob
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import model
+import train
+from scripts import build_tfrecords
+from tools import estimator as estimator_lib
+from tools import fine_tune
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_VALIDATION = 9  # with per-replica batch 2 on 2 replicas: 4 full batches and a partial one
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+  """Three classes of 40x40 JPEGs (a dominant colour each, with noise): 36 train, 9 validation."""
+  root = tmp_path_factory.mktemp("images")
+  rng = np.random.default_rng(0)
+  for c, colour in enumerate([(200, 40, 40), (40, 200, 40), (40, 40, 200)]):
+    folder = root / "images" / f"class{c}"
+    folder.mkdir(parents=True)
+    for i in range(15):
+      image = np.clip(rng.normal(colour, 40, size=(40, 40, 3)), 0, 255).astype(np.uint8)
+      cv2.imwrite(str(folder / f"{i}.jpg"), image)
+  result = build_tfrecords.build(str(root / "images"), str(root / "records"),
+                                 validation_fraction=0.2, num_workers=2, seed=1)
+  assert result.num_validation == NUM_VALIDATION
+  return result
+
+
+def make_params(records, **overrides):
+  user = dict(configuration="tiny_SqNxt", image_size=32, num_classes=3, batch_size=4,
+              max_steps=10, base_learning_rate=0.05, warmup_start_learning_rate=0.01,
+              warmup_steps=3, save_checkpoints_steps=10, save_summary_steps=5,
+              log_every_n_steps=5, image_summary_steps=5, steps_per_loop=5, bn_momentum=0.9,
+              eval_every_n_steps=0, seed=0)
+  user.update(overrides)
+  data = dict(train_file_pattern=records.train_pattern,
+              validation_file_pattern=records.validation_pattern, num_examples_per_epoch=36)
+  return train.resolve_params(user, data)
+
+
+def train_input_fn(params):
+  import dataloader  # pylint: disable=import-outside-toplevel
+  return lambda ctx: dataloader.input_fn(params["train_file_pattern"], True, params, ctx)
+
+
+def eval_input_fn(params):
+  import dataloader  # pylint: disable=import-outside-toplevel
+  return lambda ctx: dataloader.input_fn(params["validation_file_pattern"], False, params, ctx)
+
+
+def test_weight_decay_adds_exactly_wd_times_w_to_the_gradient(records):
+  params = make_params(records, weight_decay=1e-4)
+  network = model.build_network("tiny_SqNxt", 3, 32)
+  images = tf.random.stateless_normal([4, 32, 32, 3], seed=[1, 2]) * 50.0
+  class_idx = tf.constant([0, 1, 2, 0])
+  variables = network.trainable_variables
+  with tf.GradientTape(persistent=True) as tape:
+    loss, cross_entropy, decay, _ = model.train_loss(network, images, class_idx, params)
+  # The decay term's gradient is exactly 1e-4 * w for every trainable variable (conv and FC kernels,
+  # BN scale and shift), and the loss that is differentiated is cross-entropy + decay.
+  for variable, gradient in zip(variables, tape.gradient(decay, variables)):
+    np.testing.assert_allclose(gradient, 1e-4 * variable.numpy(), rtol=1e-6, err_msg=variable.path)
+  assert float(loss) == pytest.approx(float(cross_entropy + decay), rel=1e-7)
+  for variable, g, g0 in zip(variables, tape.gradient(loss, variables),
+                             tape.gradient(cross_entropy, variables)):
+    scale = float(tf.reduce_max(tf.abs(g0))) + 1e-12  # float32 rounding of the sum
+    np.testing.assert_allclose(g - g0, 1e-4 * variable.numpy(), atol=2e-6 * scale, rtol=1e-4)
+
+
+def test_model_fn_predict_branch(records):
+  params = make_params(records)
+  scaffold = model.scaffold_fn(params)
+  features = {"image": tf.zeros([2, 32, 32, 3])}
+  spec = model.model_fn(features, None, estimator_lib.ModeKeys.PREDICT, params, scaffold)
+  predictions = spec.predictions
+  assert set(predictions) == {"top_1", "top_5", "probabilities", "logits"}
+  assert predictions["probabilities"].shape == (2, 3) and predictions["top_5"].shape == (2, 3)
+  np.testing.assert_allclose(tf.reduce_sum(predictions["probabilities"], -1), 1.0, rtol=1e-5)
+
+
+def test_train_resume_summaries_and_exact_evaluation(records, tmp_path):
+  params = make_params(records, max_steps=20)
+  uninterrupted = train.build_estimator(params, str(tmp_path / "a"))
+  uninterrupted.train(train_input_fn(params), 20)
+
+  first = train.build_estimator(params, str(tmp_path / "b"))
+  first.train(train_input_fn(params), 10)  # "stopped" after 10 steps
+  resumed = train.build_estimator(params, str(tmp_path / "b"))
+  assert resumed.global_step == 10  # the next step taken is step 11
+  # The LR of the next step is the schedule's value at step 10, as in the uninterrupted run.
+  assert float(resumed.scaffold.optimizer.learning_rate) == pytest.approx(
+      float(uninterrupted.scaffold.optimizer._learning_rate(10)))  # pylint: disable=protected-access
+  resumed.train(train_input_fn(params), 20)
+  assert resumed.global_step == 20
+  assert sorted(os.path.basename(p) for p in glob.glob(str(tmp_path / "b" / "ckpt-*.index"))) == [
+      "ckpt-10.index", "ckpt-20.index"]
+
+  results = resumed.evaluate(eval_input_fn(params))
+  assert results["num_examples"] == NUM_VALIDATION and results["global_step"] == 20
+  assert 0.0 <= results["top_1_accuracy"] <= results["top_5_accuracy"] == 1.0  # 3 classes < 5
+
+  scalars, images = read_events(str(tmp_path / "a"))
+  lr_a = scalars["train/learning_rate"]
+  lr_b = read_events(str(tmp_path / "b"))[0]["train/learning_rate"]
+  assert sorted(lr_a) == [5, 10, 15, 20] and lr_a == pytest.approx(lr_b)
+  for name in ("train/loss", "train/cross_entropy", "train/weight_decay", "train/top_1_accuracy",
+               "train/top_5_accuracy", "train/global_step_per_sec", "train/images_per_sec"):
+    assert sorted(scalars[name]) == [5, 10, 15, 20], name
+  assert sorted(images["train/images"]) == [5, 10, 15, 20]
+  eval_scalars, eval_images = read_events(str(tmp_path / "b" / "eval"))
+  assert eval_scalars["eval/top_1_accuracy"].keys() == {20} and eval_images["eval/images"].keys() == {20}
+
+
+def read_events(folder):
+  """{tag: {step: value}} for scalars and {tag: {step: number of images}} from the event files."""
+  scalars, images = {}, {}
+  for path in glob.glob(os.path.join(folder, "events.out.tfevents.*")):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        tensor = tf.make_ndarray(value.tensor)
+        if value.metadata.plugin_data.plugin_name == "images":
+          images.setdefault(value.tag, {})[event.step] = len(tensor) - 2  # width, height, images...
+        else:
+          scalars.setdefault(value.tag, {})[event.step] = float(tensor)
+  return scalars, images
+
+
+def test_fine_tune_restores_everything_but_the_classifier(records, tmp_path):
+  params = make_params(records, max_steps=5)
+  source = train.build_estimator(params, str(tmp_path / "source"))
+  source.train(train_input_fn(params), 5)
+
+  target_params = dict(params, num_classes=2)
+  init_fn = fine_tune.make_init_fn(str(tmp_path / "source"))
+  target = train.build_estimator(target_params, str(tmp_path / "target"), init_fn=init_fn)
+  assert target.global_step == 0  # step and optimizer start fresh
+  source_weights = {v.path: v.numpy() for v in source.scaffold.network.weights}
+  for variable in target.scaffold.network.weights:
+    if variable.path.startswith("classifier/"):
+      assert variable.shape != source_weights[variable.path].shape
+    else:
+      np.testing.assert_array_equal(variable.numpy(), source_weights[variable.path], variable.path)
+
+
+def test_two_replicas_match_one_device(records, tmp_path):
+  devices = tf.config.list_logical_devices("CPU")
+  assert len(devices) >= 2, "tests/conftest.py splits the CPU into 2 logical devices"
+  params = make_params(records, max_steps=5, bn_synchronized=True, random_flip=False,
+                       output_train_images=False)
+  input_fn = train_input_fn(dict(params, shuffle_buffer_size=1, deterministic_training=True))
+  one = train.build_estimator(params, str(tmp_path / "one"))
+  one.train(input_fn, 5)
+  two = train.build_estimator(params, str(tmp_path / "two"), strategy=tf.distribute.MirroredStrategy(
+      [d.name for d in devices[:2]]))
+  two.train(input_fn, 5)
+  for a, b in zip(one.scaffold.network.trainable_variables, two.scaffold.network.trainable_variables):
+    difference = np.abs(a.numpy() - b.numpy()).max() / (np.abs(a.numpy()).max() + 1e-12)
+    assert difference < 1e-4, a.path
+
+
+def test_evaluate_counts_every_example_once_on_two_replicas(records, tmp_path):
+  params = make_params(records)
+  devices = [d.name for d in tf.config.list_logical_devices("CPU")[:2]]
+  est = train.build_estimator(params, str(tmp_path), strategy=tf.distribute.MirroredStrategy(devices))
+  results = est.evaluate(eval_input_fn(params))
+  assert results["num_examples"] == NUM_VALIDATION
+
+
+def run_cli(*args, env=None):
+  return subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300, env=env)
+
+
+def free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def common_flags(records, model_dir):
+  return [f"--model_dir={model_dir}", f"--train_file_pattern={records.train_pattern}",
+          "--configuration=tiny_SqNxt", "--image_size=32", "--num_classes=3", "--batch_size=4",
+          "--max_steps=10", "--log_every_n_steps=5", "--steps_per_loop=5"]
+
+
+def test_two_workers_train_in_lock_step(records, tmp_path):
+  ports = [free_port(), free_port()]
+  cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+  processes = []
+  for index in range(2):
+    env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster,
+                                                 "task": {"type": "worker", "index": index}}))
+    processes.append(subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "train.py"), *common_flags(records, tmp_path / "mw")],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+  logs = [p.communicate(timeout=300)[0] for p in processes]
+  assert [p.returncode for p in processes] == [0, 0], logs
+  final = [[line.split("loss")[1].split()[0] for line in log.splitlines() if "step 10/10" in line]
+           for log in logs]
+  assert final[0] and final[0] == final[1], logs  # the same all-reduced loss at the same step
+  assert os.path.exists(tmp_path / "mw" / "ckpt-10.index")
+  assert not glob.glob(str(tmp_path / "mw" / ".worker_*" / "*"))  # the worker's copy is removed
+
+
+@pytest.mark.parametrize("case", ["missing_model_dir", "no_match", "batch", "configuration",
+                                  "fine_tune_missing", "fine_tune_mismatch"])
+def test_cli_user_errors_are_one_line(records, tmp_path, case):
+  model_dir = tmp_path / "run"
+  flags = common_flags(records, model_dir)
+  expected = {
+      "missing_model_dir": (flags[1:], "model_dir"),
+      "no_match": (flags + [f"--train_file_pattern={tmp_path}/nothing-*"], "nothing-*"),
+      "batch": (flags + ["--num_cpu_devices=3"], "--batch_size=4"),
+      "configuration": (flags + ["--configuration=v_9"], "v_9"),
+      "fine_tune_missing": (flags + [f"--fine_tune_ckpt={tmp_path}/none"], "--fine_tune_ckpt"),
+      "fine_tune_mismatch": (flags + [f"--fine_tune_ckpt={mismatched_checkpoint(tmp_path)}"],
+                             "--fine_tune_ckpt"),
+  }[case]
+  result = run_cli(*expected[0])
+  assert result.returncode != 0
+  assert "Traceback" not in result.stderr, result.stderr
+  error_lines = [l for l in result.stderr.splitlines() if l.startswith(("error:", "FATAL"))]
+  assert len(error_lines) == 1 and expected[1] in error_lines[0], result.stderr
+  assert not model_dir.exists()  # nothing written
+
+
+def mismatched_checkpoint(tmp_path):
+  """A checkpoint with no variable of SqueezeNext's names."""
+  checkpoint = tf.train.Checkpoint(network={"other_layer/kernel": tf.Variable([1.0])})
+  return checkpoint.save(str(tmp_path / "other" / "ckpt"))
