@@ -39,6 +39,12 @@ import keras
 import tensorflow as tf
 
 from tools.cli import UserError
+from tools.estimator import EstimatorSpec
+from tools.estimator import ModeKeys
+from tools.estimator import Scaffold
+from tools.optimizer import build_optimizer
+from tools.optimizer import OFFICIAL_RECIPE
+from tools.optimizer import Recipe
 
 # Caffe BatchNorm defaults; the official prototxts leave them unset: moving_average_fraction, eps.
 BN_MOMENTUM = 0.999
@@ -175,7 +181,7 @@ class CaffeBatchNormalization(keras.layers.BatchNormalization):
   its own copy from its own batch, and reading them outside the replica context (checkpoints,
   evaluation in the cross-replica context) gives the mean over replicas.
 
-  Inputs: float16/bfloat16/float32 [..., C] (channels last, axis -1). Outputs: same shape, in the
+  Inputs: float16/bfloat16/float32 [B, H, W, C] (channels last). Outputs: same shape, in the
   layer's compute dtype. Restrictions: axis=-1, center and scale on, no renorm, no synchronized.
   """
 
@@ -197,6 +203,9 @@ class CaffeBatchNormalization(keras.layers.BatchNormalization):
                             aggregation="mean", synchronization="on_read", name=name)
 
   def build(self, input_shape):
+    if len(input_shape) != 4:
+      raise ValueError(f"CaffeBatchNormalization takes 4-D [B, H, W, C] inputs (the fused kernel's "
+                       f"layout), got shape {input_shape}")
     super().build(input_shape)
     # Caffe's scale_factor blob: the discounted number of training steps seen.
     self.moving_count = self.add_weight(shape=(), name="moving_count", initializer="zeros",
@@ -360,3 +369,126 @@ def build_network(configuration, num_classes, image_size, bn_momentum=BN_MOMENTU
   inputs = keras.Input(shape=(image_size, image_size, 3), dtype="float32", name="image")
   logits = builder.head(builder.stages(builder.stem(inputs)), num_classes)
   return keras.Model(inputs, logits, name=name)
+
+
+# ==================================================================================================
+# model_fn: the PREDICT / TRAIN / EVAL branches run by tools/estimator.py.
+
+# Hyper-parameters of the network and the loss; train.py merges these into its params (one place).
+DEFAULT_MODEL_PARAMS = {
+    "configuration": "v_1_0_SqNxt_23",
+    "num_classes": 1000,
+    "image_size": 227,
+    "dtype": "float32",  # float32 | bfloat16 | float16: the compute dtype (variables stay float32)
+    "bn_momentum": BN_MOMENTUM,
+    "weight_decay": OFFICIAL_RECIPE.weight_decay,
+}
+
+
+def _dtype_policy(dtype):
+  """Keras dtype policy name for params["dtype"]: float32, or mixed precision for 16-bit types."""
+  return {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}[dtype]
+
+
+def recipe_from_params(params):
+  """The optimizer `Recipe` held in params (keys named as the Recipe's fields, batch_size global)."""
+  fields = {f.name for f in dataclasses.fields(Recipe)}
+  return Recipe(**{k: params[k] for k in fields if k in params})
+
+
+def scaffold_fn(params):
+  """Builds the network, the poly optimizer and the metrics once (called in `strategy.scope()`).
+
+  Args:
+    params: dict with configuration, num_classes, image_size, dtype, bn_momentum and the Recipe's
+      fields (batch_size, base_learning_rate, ..., weight_decay).
+  Returns:
+    A `Scaffold` whose optimizer is built on the network's trainable variables, so that checkpoints
+    restore into existing variables. Train metrics: top_1_accuracy, top_5_accuracy; eval metrics:
+    loss (mean cross-entropy), top_1_accuracy, top_5_accuracy, num_examples.
+  """
+  network = build_network(params["configuration"], params["num_classes"], params["image_size"],
+                          bn_momentum=params["bn_momentum"], dtype=_dtype_policy(params["dtype"]))
+  optimizer = build_optimizer(recipe_from_params(params), loss_scale=params["dtype"] == "float16")
+  optimizer.build(network.trainable_variables)
+  accuracy = lambda: {
+      "top_1_accuracy": keras.metrics.SparseCategoricalAccuracy(name="top_1_accuracy"),
+      "top_5_accuracy": keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top_5_accuracy"),
+  }
+  eval_metrics = {"loss": keras.metrics.Mean(name="loss"), **accuracy(),
+                  "num_examples": keras.metrics.Sum(name="num_examples")}
+  return Scaffold(network, optimizer, train_metrics=accuracy(), eval_metrics=eval_metrics)
+
+
+def weight_decay_loss(variables, weight_decay):
+  """Caffe's L2 weight decay as a loss: weight_decay * sum(w**2) / 2, whose gradient is weight_decay * w.
+
+  Applied to every trainable variable (convolution and FC kernels, BN scale and shift), as the
+  official solver's `weight_decay: 0.0001` did (DESIGN.md section 5). Returns a float32 scalar.
+  """
+  if not weight_decay:
+    return tf.constant(0.0)
+  return weight_decay * tf.add_n([tf.nn.l2_loss(tf.cast(v, tf.float32)) for v in variables])
+
+
+def train_loss(network, images, class_idx, params):
+  """The TRAIN loss of one replica: (loss, cross_entropy, weight_decay, logits).
+
+  cross_entropy is averaged over the GLOBAL batch params["batch_size"] (the sum over replicas is the
+  global mean); the weight-decay term is divided by the number of replicas for the same reason.
+  images: float32 [B, H, W, 3]; class_idx: int32 [B] in 0..num_classes-1; logits float32 [B, K].
+  """
+  logits = network(images, training=True)
+  per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=class_idx, logits=logits)
+  cross_entropy = tf.nn.compute_average_loss(per_example, global_batch_size=params["batch_size"])
+  decay = tf.nn.scale_regularization_loss(
+      weight_decay_loss(network.trainable_variables, params["weight_decay"]))
+  return cross_entropy + decay, cross_entropy, decay, logits
+
+
+def predictions_from_logits(logits):
+  """PREDICT outputs for float32 logits [B, K]: top_1 int32 [B], top_5 int32 [B, min(5, K)],
+  probabilities float32 [B, K] (softmax), logits."""
+  probabilities = tf.nn.softmax(logits)
+  top_5 = tf.math.top_k(logits, k=min(5, logits.shape[-1])).indices
+  return {"top_1": tf.argmax(logits, axis=-1, output_type=tf.int32), "top_5": top_5,
+          "probabilities": probabilities, "logits": logits}
+
+
+def model_fn(features, labels, mode, params, scaffold):
+  """SqueezeNext's model_fn, run per replica inside tf.function by tools/estimator.py.
+
+  Args:
+    features: {"image": float32 [B, H, W, 3]} (mean-subtracted RGB, see dataloader.py).
+    labels: {"class_idx": int32 [B]} (0-based), or None in PREDICT.
+    mode: a ModeKeys value.
+    params: the run's params dict (see scaffold_fn and train.py).
+    scaffold: the Scaffold made by scaffold_fn.
+  Returns:
+    EstimatorSpec. PREDICT: predictions {"top_1", "top_5", "probabilities", "logits"}.
+    TRAIN: takes one optimizer step and returns its loss, with scalars cross_entropy and weight_decay.
+    EVAL: updates the eval metrics (mean loss, top-1, top-5, num_examples) and returns the loss.
+  """
+  network, images = scaffold.network, features["image"]
+  if mode == ModeKeys.PREDICT:
+    return EstimatorSpec(mode, predictions=predictions_from_logits(network(images, training=False)))
+
+  class_idx = labels["class_idx"]
+  if mode == ModeKeys.EVAL:
+    logits = network(images, training=False)
+    per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=class_idx, logits=logits)
+    metrics = scaffold.eval_metrics
+    metrics["loss"].update_state(per_example)
+    metrics["num_examples"].update_state(tf.cast(tf.size(class_idx), tf.float32))
+    for name in ("top_1_accuracy", "top_5_accuracy"):
+      metrics[name].update_state(class_idx, logits)
+    return EstimatorSpec(mode, loss=tf.reduce_mean(per_example))
+
+  optimizer, variables = scaffold.optimizer, network.trainable_variables
+  with tf.GradientTape() as tape:
+    loss, cross_entropy, decay, logits = train_loss(network, images, class_idx, params)
+    scaled_loss = optimizer.scale_loss(loss)  # loss scaling for float16; identity otherwise
+  optimizer.apply(tape.gradient(scaled_loss, variables), variables)
+  for metric in scaffold.train_metrics.values():
+    metric.update_state(class_idx, logits)
+  return EstimatorSpec(mode, loss=loss, scalars={"cross_entropy": cross_entropy, "weight_decay": decay})
