@@ -1,0 +1,560 @@
+"""Input pipeline: ImageNet-schema TFRecords in, batches of preprocessed images out (DESIGN.md section 3).
+
+The records are the `tf.train.Example`s of TensorFlow's `build_imagenet_data.py` (and of our own
+`scripts/build_tfrecords.py`): JPEG bytes in `image/encoded`, a 1-based `image/class/label`, optional
+bounding boxes. `input_fn` turns them into `({"image": float32 [B, H, W, 3]}, {"class_idx": int32 [B]})`
+in the standard tf.data order (STYLE.md 6):
+
+  training:   list files -> shard per input pipeline -> shuffle files -> parallel interleave of
+              TFRecordDataset -> shuffle records -> repeat -> parallel map (parse + preprocess) ->
+              batch (drop remainder) -> prefetch
+  evaluation: list files (sorted) -> shard per input pipeline -> read files one after another ->
+              parallel map (order kept) -> batch (last partial batch kept) -> prefetch
+
+Speed: on a GPU SqueezeNext trains faster than the host decodes JPEGs, so the pipeline decodes only the
+pixels it keeps: every preprocessing computes its crop window from the JPEG header and uses
+`decode_and_crop_jpeg` (resizing to 256x256 and cropping 227 is, up to interpolation at the borders,
+cropping the matching window of the original and resizing that to 227).
+
+Bad data: a record whose image cannot be decoded is skipped and counted in a `SkippedRecords` object
+(`SKIPPED_RECORDS` unless input_fn is given another one), which also logs each skip with its file name.
+A record without `image/encoded` or with a label outside 1..num_classes stops the pipeline with an error
+naming the file and label, and a damaged TFRecord file stops it with a DataLossError; run the loop inside
+`user_errors_from_data(pattern, ...)` to turn these into one-line `tools.cli.UserError`s that name the
+file (tf.data's own DataLossError does not).
+
+Label map: `labels.txt` beside the records, one line per class, tab-separated
+`<label>\\t<name>\\t<text>`, e.g. `1\\tn01440764\\ttench, Tinca tinca`: the 1-based record label,
+the synset or class-folder name (`image/class/synset`), the human-readable text (`image/class/text`).
+`read_label_map` / `write_label_map` are the one place that knows this format.
+"""
+
+import collections
+import contextlib
+import os
+import re
+import threading
+
+from absl import logging
+import tensorflow as tf
+
+from tools.cli import UserError
+
+AUTOTUNE = tf.data.AUTOTUNE  # -1, so it fits the JSON params
+
+# Every input tunable with its default. `input_params(params)` merges them under the caller's params.
+DEFAULT_INPUT_PARAMS = {
+    # "caffe" (seed repository / official Caffe model) or "inception" (Model Garden); DESIGN.md 3.
+    "preprocessing": "caffe",
+    # RGB means subtracted from 0..255 pixels (the ImageNet means of the Caffe models), no scaling.
+    "mean_rgb": [123.0, 117.0, 104.0],
+    # Random left-right flip in training: the seed repository flips, Caffe's prototxt did not.
+    "random_flip": True,
+    # class_idx = image/class/label - label_offset (ImageNet labels are 1..1000, 0 unused).
+    "label_offset": 1,
+    # Seeds file and record shuffles and the augmentation (None: different every run).
+    "seed": None,
+    # Records in the shuffle buffer: Model Garden's ImageNet value; about 1.1 GB of ImageNet records.
+    "shuffle_buffer_size": 10_000,
+    # Files read at once in training (Model Garden's ImageNet value); more files mix classes better.
+    "interleave_cycle_length": 16,
+    # Read buffer per open TFRecord file, in bytes.
+    "read_buffer_size": 8 * 1024 * 1024,
+    # Elements parsed and preprocessed in parallel; -1 lets tf.data tune it to the free cores.
+    "num_parallel_calls": AUTOTUNE,
+    # Batches prepared ahead of the training step; -1 lets tf.data tune it.
+    "prefetch_buffer_size": AUTOTUNE,
+    # 0: share TensorFlow's inter-op pool. A value > 0 gives the pipeline its own threads, so that on a
+    # GPU host the training step's host ops do not wait behind JPEG decoding.
+    "private_threadpool_size": 0,
+    # One thread per element: the parallelism is across elements (Model Garden sets the same).
+    "max_intra_op_parallelism": 1,
+    # libjpeg's IDCT: "" (default, INTEGER_ACCURATE), "INTEGER_FAST" (tf_cnn_benchmarks' choice).
+    "dct_method": "",
+    # Training order is allowed to vary with thread timing (faster); True makes a seeded run repeatable.
+    "deterministic_training": False,
+}
+
+PREPROCESSINGS = ("caffe", "inception")
+
+# Caffe models: resize to 256x256, crop 227 (seed repository / official prototxts).
+_CAFFE_RESIZE, _CAFFE_CROP = 256, 227
+# Inception / Model Garden evaluation: the central crop keeps 87.5% of the short side (224 of 256).
+_INCEPTION_CENTRAL_FRACTION = 0.875
+# Inception / Model Garden training crop: sample_distorted_bounding_box ranges.
+_INCEPTION_MIN_OBJECT_COVERED = 0.1
+_INCEPTION_ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)
+_INCEPTION_AREA_RANGE = (0.05, 1.0)
+_INCEPTION_MAX_ATTEMPTS = 100
+
+# Defaults that mark a missing feature, so that the error can name it instead of failing in parsing.
+_MISSING_LABEL = -(2**62)
+_BBOX_KEYS = ("ymin", "xmin", "ymax", "xmax")  # the order of tf.image's boxes
+# Marks the messages of our in-graph checks, so that `user_errors_from_data` can find them.
+_ERROR_START, _ERROR_END = "<<dataloader: ", ">>"
+
+LABEL_MAP_FILENAME = "labels.txt"
+LabelEntry = collections.namedtuple("LabelEntry", ["label", "name", "text"])
+LabelEntry.__doc__ = """One class: 1-based record label (int), synset/class name (str), human text (str)."""
+
+
+def input_params(params):
+  """Returns `DEFAULT_INPUT_PARAMS` overridden by `params` (a new dict; `params` is not changed).
+
+  Raises:
+    UserError: an unknown `preprocessing`, or a `mean_rgb` that is not 3 numbers.
+  """
+  merged = {**DEFAULT_INPUT_PARAMS, **params}
+  if merged["preprocessing"] not in PREPROCESSINGS:
+    raise UserError(f"preprocessing {merged['preprocessing']!r} is not one of {PREPROCESSINGS}")
+  if len(merged["mean_rgb"]) != 3:
+    raise UserError(f"mean_rgb {merged['mean_rgb']!r} must have 3 values (R, G, B)")
+  return merged
+
+
+# ------------------------------------------------------------------------------------------------
+# Preprocessing of one image.
+
+
+def preprocess_image(image_bytes, training, params, bboxes=None, seed=None):
+  """Decodes and preprocesses one image as DESIGN.md section 3 says for `params["preprocessing"]`.
+
+  Works eagerly and inside `tf.data.Dataset.map`; with the same `seed` both give the same result.
+
+  Args:
+    image_bytes: string scalar, an encoded image. JPEG takes the fast path (only the crop window is
+      decoded); PNG, BMP and GIF (first frame) are decoded whole, for predicting on raw files.
+    training: Python bool; True draws a random crop (and flip, if `params["random_flip"]`).
+    params: dict with `image_size` (int, output side in pixels) and optionally the keys of
+      `DEFAULT_INPUT_PARAMS` (`preprocessing`, `mean_rgb`, `random_flip`, `dct_method`).
+    bboxes: optional float32 [N, 4] boxes (ymin, xmin, ymax, xmax) in [0, 1]; the inception training
+      crop covers at least 10% of one of them. None or N = 0: the whole image.
+    seed: optional int [2] tensor for the stateless random ops of training; None draws one.
+
+  Returns:
+    float32 [image_size, image_size, 3], RGB in 0..255 minus `mean_rgb` (about -123..152).
+
+  Raises:
+    tf.errors.InvalidArgumentError (when run): undecodable image bytes.
+  """
+  p = input_params(params)
+  size = int(p["image_size"])
+  if seed is None:
+    seed = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32)
+  crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
+  if p["preprocessing"] == "caffe":
+    window_fn = _caffe_window_fn(size, training, crop_seed)
+  else:
+    window_fn = _inception_window_fn(training, bboxes, crop_seed)
+  image = _decode_window(image_bytes, window_fn, p["dct_method"])  # uint8 [h, w, 3]
+  if training and p["random_flip"]:  # on the uint8 crop: 4x fewer bytes than after the resize
+    image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+  image = tf.image.resize(image, [size, size], method="bilinear")  # float32 [size, size, 3]
+  # bias_add: a fast path for a per-channel constant (a broadcast subtraction is 2x slower)
+  return tf.nn.bias_add(image, -tf.constant(p["mean_rgb"], tf.float32))
+
+
+def add_mean(images, params):
+  """Inverse of the mean subtraction of `preprocess_image`, for TensorBoard image summaries.
+
+  Args:
+    images: float32 [..., 3], preprocessed images.
+    params: dict; `mean_rgb` as in `DEFAULT_INPUT_PARAMS`.
+
+  Returns:
+    uint8 [..., 3], RGB in 0..255 (rounded, values outside clipped).
+  """
+  mean = tf.constant(input_params(params)["mean_rgb"], tf.float32)
+  return tf.cast(tf.clip_by_value(tf.round(images + mean), 0.0, 255.0), tf.uint8)
+
+
+def _caffe_window_fn(size, training, seed):
+  """Caffe: the window of the original that a (random or central) size x size crop of the resize shows.
+
+  The resize side is round(size * 256 / 227) (DESIGN.md 3); the aspect ratio is not kept, so the
+  window's fractions of the original height and width are those of the crop in the resize.
+  """
+  resize = round(size * _CAFFE_RESIZE / _CAFFE_CROP)
+  if training:  # Caffe's random crop offset: uniform in 0..resize - size, per axis
+    offset = tf.random.stateless_uniform([2], seed, minval=0, maxval=resize - size + 1, dtype=tf.int32)
+  else:  # Caffe's central crop: (resize - size) / 2, rounded down
+    offset = tf.fill([2], (resize - size) // 2)
+  start = tf.cast(offset, tf.float32) / resize  # [2] (y, x) fractions of the original
+  extent = tf.fill([2], size / resize)
+
+  def window_fn(shape):
+    return _window(shape, start, extent)
+  return window_fn
+
+
+def _inception_window_fn(training, bboxes, seed):
+  """Inception: a distorted bounding box crop in training, the central 87.5% square in evaluation."""
+  if training:
+    boxes = tf.zeros([0, 4], tf.float32) if bboxes is None else tf.convert_to_tensor(bboxes, tf.float32)
+
+    def window_fn(shape):
+      begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
+          tf.concat([shape, [3]], 0), boxes[tf.newaxis], seed,
+          min_object_covered=_INCEPTION_MIN_OBJECT_COVERED,
+          aspect_ratio_range=_INCEPTION_ASPECT_RATIO_RANGE, area_range=_INCEPTION_AREA_RANGE,
+          max_attempts=_INCEPTION_MAX_ATTEMPTS, use_image_if_no_bounding_boxes=True)
+      return tf.concat([begin[:2], crop_size[:2]], 0)
+    return window_fn
+
+  def central_window_fn(shape):
+    side = tf.cast(_INCEPTION_CENTRAL_FRACTION * tf.cast(tf.reduce_min(shape), tf.float32), tf.int32)
+    side = tf.maximum(side, 1)
+    return tf.concat([(shape - side + 1) // 2, [side, side]], 0)
+  return central_window_fn
+
+
+def _window(shape, start, extent):
+  """int32 [4] crop window (y, x, height, width) in pixels of an image of `shape` (int32 [2]).
+
+  `start` and `extent` are float32 [2] (y, x) fractions of the image; the window is rounded to whole
+  pixels, at least 1 pixel and inside the image.
+  """
+  hw = tf.cast(shape, tf.float32)
+  size = tf.maximum(tf.cast(tf.round(extent * hw), tf.int32), 1)
+  begin = tf.minimum(tf.cast(tf.round(start * hw), tf.int32), shape - size)
+  return tf.concat([begin, size], 0)
+
+
+def _decode_window(image_bytes, window_fn, dct_method):
+  """Decodes the pixels of window_fn(shape) only: uint8 [h, w, 3] RGB.
+
+  JPEG: the shape comes from the header and libjpeg decodes only the window (and skips the IDCT of
+  the rows and columns outside it). Other formats are decoded whole, then cropped.
+  """
+  def jpeg():
+    shape = tf.io.extract_jpeg_shape(image_bytes)[:2]
+    return tf.io.decode_and_crop_jpeg(image_bytes, window_fn(shape), channels=3,
+                                      dct_method=dct_method)
+
+  def other():
+    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)  # uint8
+    y, x, h, w = tf.unstack(window_fn(tf.shape(image)[:2]))
+    return image[y:y + h, x:x + w]
+  return tf.cond(tf.io.is_jpeg(image_bytes), jpeg, other)
+
+
+# ------------------------------------------------------------------------------------------------
+# Records.
+
+
+class SkippedRecords:
+  """Counts (and logs) the records skipped because they could not be parsed or decoded.
+
+  Thread-safe; the pipeline calls `add` when it notices a skip (in order, so the count is exact),
+  the runner reads `count` (e.g. with each training log line and after an evaluation pass).
+
+  Attributes:
+    count: int, records skipped since creation or the last `reset`.
+    by_file: collections.Counter, skipped records per TFRecord file name.
+  """
+
+  def __init__(self):
+    self._lock = threading.Lock()
+    self.count = 0
+    self.by_file = collections.Counter()
+
+  def add(self, filename, number=1):
+    """Counts `number` skipped records of `filename` (str, bytes or tensors) and logs them."""
+    filename, number = (x.numpy() if hasattr(x, "numpy") else x for x in (filename, number))
+    if isinstance(filename, bytes):
+      filename = filename.decode("utf-8", "replace")
+    with self._lock:
+      self.count += int(number)
+      self.by_file[filename] += int(number)
+      total = self.count
+    logging.warning("Skipped %d record(s) that cannot be parsed or decoded, in %s (%d skipped so "
+                    "far).", number, filename, total)
+
+  def reset(self):
+    """Sets the counts back to zero."""
+    with self._lock:
+      self.count = 0
+      self.by_file.clear()
+
+
+# The counter input_fn uses unless it is given one: one per process, read it as
+# `dataloader.SKIPPED_RECORDS.count`.
+SKIPPED_RECORDS = SkippedRecords()
+
+# Bytes a TFRecord file spends on each record besides its data: 8 length, 4 length CRC, 4 data CRC.
+_TFRECORD_FRAMING_BYTES = 16
+# Checks of the parsed record, reported after the decoding (see `_parse_and_preprocess`).
+_OK, _NO_IMAGE, _NO_LABEL, _BAD_LABEL = 0, 1, 2, 3
+
+
+def _read_file(filename, size, buffer_size):
+  """The records of one TFRecord file, then an end-of-file marker that says if the file was whole.
+
+  Elements: (record: string, filename: string, end_of_file: bool, file_ok: bool). tf.data's
+  DataLossError names no file, and `ignore_errors` (downstream) goes on with the next file; so the
+  marker compares the bytes read with the file's size (`size`, int64), and a short read (a damaged
+  file) is reported after the decoding with the file's name.
+  """
+  records = tf.data.TFRecordDataset(filename, buffer_size=buffer_size)
+  records = records.map(lambda record: (record, False))
+  marker = tf.data.Dataset.from_tensors((tf.constant(""), True))
+
+  def account(read, element):
+    record, end_of_file = element
+    read += tf.cast(tf.strings.length(record), tf.int64) + tf.where(end_of_file, tf.constant(0, tf.int64),
+                                                                   _TFRECORD_FRAMING_BYTES)
+    return read, (record, filename, end_of_file, tf.logical_or(~end_of_file, read == size))
+  return records.concatenate(marker).scan(tf.constant(0, tf.int64), account)
+
+
+def _parse_and_preprocess(record, training, params, with_bboxes, seed):
+  """(image float32 [S, S, 3], class_idx int32, label int64, check int32) of one record.
+
+  Raises an error only if the record cannot be parsed or its image not decoded (the record is then
+  skipped). Missing keys and bad labels are returned as `check` and reported after the skipping,
+  so that `ignore_errors` cannot hide them.
+  """
+  features = {
+      "image/encoded": tf.io.FixedLenFeature([], tf.string, default_value=""),
+      "image/class/label": tf.io.FixedLenFeature([], tf.int64, default_value=_MISSING_LABEL),
+  }
+  if with_bboxes:
+    features.update({f"image/object/bbox/{k}": tf.io.VarLenFeature(tf.float32) for k in _BBOX_KEYS})
+  parsed = tf.io.parse_single_example(record, features)
+  encoded, label = parsed["image/encoded"], parsed["image/class/label"]
+  num_classes = params.get("num_classes") or tf.int64.max - params["label_offset"]
+  class_idx = label - params["label_offset"]
+  check = tf.case([(tf.strings.length(encoded) == 0, lambda: _NO_IMAGE),
+                   (label == _MISSING_LABEL, lambda: _NO_LABEL),
+                   ((class_idx < 0) | (class_idx >= num_classes), lambda: _BAD_LABEL)],
+                  default=lambda: _OK)
+  bboxes = None
+  if with_bboxes:
+    bboxes = tf.stack([tf.sparse.to_dense(parsed[f"image/object/bbox/{k}"]) for k in _BBOX_KEYS], 1)
+  size = params["image_size"]
+  image = tf.cond(check == _OK,
+                  lambda: preprocess_image(encoded, training, params, bboxes, seed),
+                  lambda: tf.zeros([size, size, 3]))
+  return image, tf.cast(class_idx, tf.int32), label, check
+
+
+def _check_message(check, label, filename, params):
+  """The error message for a `check` of `_parse_and_preprocess` (string scalar)."""
+  num_classes = params.get("num_classes")
+  offset = params["label_offset"]
+  valid = f"{offset}..{offset + num_classes - 1}" if num_classes else f">= {offset}"
+  in_file = tf.strings.join([" in file ", filename])
+  return tf.strings.join([_ERROR_START, tf.gather(tf.stack([
+      tf.constant(""),
+      tf.strings.join(["a record has no image/encoded", in_file]),
+      tf.strings.join(["a record has no image/class/label", in_file]),
+      tf.strings.join(["label ", tf.strings.as_string(label), f" is outside {valid} (num_classes="
+                       f"{num_classes}, label_offset={offset})", in_file])]), check), _ERROR_END])
+
+
+def list_files(file_pattern):
+  """Sorted file names matching `file_pattern` (str, or a list of patterns); UserError when none."""
+  patterns = [file_pattern] if isinstance(file_pattern, str) else list(file_pattern)
+  files = sorted({f for pattern in patterns for f in tf.io.gfile.glob(pattern)})
+  if not files:
+    raise UserError(f"no file matches the TFRecord pattern {file_pattern!r}")
+  return files
+
+
+def _per_replica_batch_size(batch_size, input_context):
+  if input_context is None:
+    return batch_size
+  replicas = input_context.num_replicas_in_sync
+  if batch_size % replicas:
+    raise UserError(f"batch_size {batch_size} (global) does not divide across {replicas} replicas")
+  return input_context.get_per_replica_batch_size(batch_size)
+
+
+def dataset_options(params, training, input_context=None):
+  """The tf.data.Options of input_fn (params merged by `input_params`); shared with benchmarks."""
+  options = tf.data.Options()
+  options.deterministic = not training or params["deterministic_training"]
+  options.autotune.enabled = True
+  options.threading.private_threadpool_size = params["private_threadpool_size"]
+  options.threading.max_intra_op_parallelism = params["max_intra_op_parallelism"]
+  if input_context is not None:  # sharded here already; tf.distribute must not shard again
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+  return options
+
+
+def input_fn(file_pattern, training, params, input_context=None, skipped=None):
+  """The dataset of batches for training or evaluation.
+
+  Args:
+    file_pattern: glob of TFRecord files (str, or a list of globs), e.g. `DIR/train-*`.
+    training: Python bool. True: shuffled, repeated forever, random crops, full batches only.
+      False: one pass in file-name and record order, central crops, the last partial batch kept.
+    params: dict with `image_size` (int), `batch_size` (int, GLOBAL batch), optionally `num_classes`
+      (int; labels are checked against it) and the keys of `DEFAULT_INPUT_PARAMS`.
+    input_context: optional `tf.distribute.InputContext`. Its pipeline reads every
+      num_input_pipelines-th file (or record, when there are fewer files than pipelines), so the
+      pipelines together read every record exactly once per epoch, and batches are per replica.
+    skipped: the `SkippedRecords` that counts undecodable records (default `SKIPPED_RECORDS`).
+
+  Returns:
+    tf.data.Dataset of ({"image": float32 [B, S, S, 3]}, {"class_idx": int32 [B]}), S = image_size,
+    B = per-replica batch; images as `preprocess_image` returns them, class_idx = label - label_offset
+    in 0..num_classes - 1.
+
+  Raises:
+    UserError: no file matches `file_pattern`; a bad `preprocessing` or `mean_rgb`; a global batch
+      that does not divide across the replicas.
+    When iterated, tf.errors.InvalidArgumentError naming the file for a damaged TFRecord file, a
+      record without image/encoded or label, a label out of range (`user_errors_from_data` makes
+      them one-line UserErrors). Records that cannot be parsed or decoded are skipped and counted.
+  """
+  p = input_params(params)
+  skipped = SKIPPED_RECORDS if skipped is None else skipped
+  batch_size = _per_replica_batch_size(p["batch_size"], input_context)
+  files = list_files(file_pattern)
+  sizes = [tf.io.gfile.stat(f).length for f in files]
+  num_pipelines, pipeline = ((input_context.num_input_pipelines, input_context.input_pipeline_id)
+                             if input_context else (1, 0))
+  shard_files = len(files) >= num_pipelines
+  seed = p["seed"] if p["seed"] is None else p["seed"] + pipeline  # own augmentation per pipeline
+  with_bboxes = training and p["preprocessing"] == "inception"
+
+  dataset = tf.data.Dataset.from_tensor_slices((files, tf.constant(sizes, tf.int64)))
+  if shard_files:  # before the shuffle, so that every pipeline shards the same sorted list
+    dataset = dataset.shard(num_pipelines, pipeline)
+  if training:  # a new file order every epoch (the repeat below re-runs this)
+    dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+
+  def read(filename, size):
+    return _read_file(filename, size, p["read_buffer_size"])
+  if training:  # parallel reads of several files mix the classes; their order may vary
+    dataset = dataset.interleave(read, cycle_length=min(p["interleave_cycle_length"], len(files)),
+                                 num_parallel_calls=AUTOTUNE, deterministic=False)
+  else:  # files one after another: the records come in their stored order
+    dataset = dataset.flat_map(read)
+  if not shard_files:  # fewer files than pipelines: each keeps every num_pipelines-th record
+    dataset = dataset.shard(num_pipelines, pipeline)
+  if training:
+    # Shuffle, then repeat: one epoch is all seen before the next starts.
+    dataset = dataset.shuffle(p["shuffle_buffer_size"], seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.repeat()
+  # Number the elements, so that a gap after `ignore_errors` shows a skipped record; each element
+  # also carries the previous element's file name, which is the skipped one's in a gap of one.
+  dataset = tf.data.Dataset.zip(dataset.enumerate(), tf.data.Dataset.random(seed=seed).batch(2))
+  dataset = dataset.scan(tf.constant(""), lambda previous, element: (
+      element[0][1][1], (element, previous)))
+  size = p["image_size"]
+
+  def parse_and_preprocess(element, previous_file):
+    (index, (record, filename, end_of_file, file_ok)), element_seed = element
+    image, class_idx, label, check = tf.cond(
+        end_of_file,
+        lambda: (tf.zeros([size, size, 3]), 0, tf.constant(0, tf.int64), _OK),
+        lambda: _parse_and_preprocess(record, training, p, with_bboxes, element_seed))
+    return (image, class_idx, label, check, index, filename, previous_file, end_of_file, file_ok)
+
+  def report(last_index, element):
+    """Counts the gap before `element` as skipped records; fails on a bad record or file."""
+    _, _, label, check, index, filename, previous_file, _, file_ok = element
+    count = tf.cond(index > last_index + 1, lambda: tf.py_function(
+        skipped.add, [previous_file, index - last_index - 1], []), tf.no_op)
+    checks = [
+        tf.debugging.Assert(file_ok, [tf.strings.join([
+            _ERROR_START, "damaged TFRecord file ", filename,
+            " (it ends in a corrupted record)", _ERROR_END])]),
+        tf.debugging.Assert(check == _OK, [_check_message(check, label, filename, p)]),
+    ]
+    with tf.control_dependencies([count, *checks]):
+      return tf.identity(index), element
+
+  def to_features_and_labels(images, class_idx):
+    return {"image": images}, {"class_idx": class_idx}
+
+  # Deterministic even in training: the gap check needs the order (the cost is small, elements
+  # take about the same time).
+  dataset = dataset.map(parse_and_preprocess, num_parallel_calls=p["num_parallel_calls"],
+                        deterministic=True)
+  dataset = dataset.ignore_errors()  # skips records that cannot be parsed or decoded
+  dataset = dataset.scan(tf.constant(-1, tf.int64), report)
+  dataset = dataset.filter(lambda image, class_idx, label, check, index, filename, previous_file,
+                           end_of_file, file_ok: ~end_of_file)
+  dataset = dataset.map(lambda image, class_idx, *_: (image, class_idx))
+  dataset = dataset.batch(batch_size, drop_remainder=training)
+  dataset = dataset.map(to_features_and_labels)
+  dataset = dataset.prefetch(p["prefetch_buffer_size"])
+  return dataset.with_options(dataset_options(p, training, input_context))
+
+
+# ------------------------------------------------------------------------------------------------
+# Errors met while iterating.
+
+
+def short_error_message(error):
+  """The message of a `tf.errors.OpError` on one line, without the function and op names TF adds."""
+  return " ".join(re.sub(r"\{\{.*?\}\}|\[Op:.*|\[\[.*?\]\]", "", error.message).split())
+
+
+def user_error_from(error):
+  """A one-line `UserError` for a data error raised while iterating input_fn's dataset, else None.
+
+  Args:
+    error: an exception, typically `tf.errors.InvalidArgumentError` from a check of input_fn.
+  """
+  match = re.search(re.escape(_ERROR_START) + "(.*?)" + re.escape(_ERROR_END), str(error), re.DOTALL)
+  return UserError(f"bad TFRecord data: {match.group(1)}") if match else None
+
+
+@contextlib.contextmanager
+def user_errors_from_data():
+  """Context manager: data errors of input_fn's datasets are re-raised as one-line `UserError`s.
+
+  Use it around the loop that iterates the datasets, e.g.
+  `with dataloader.user_errors_from_data(): estimator.train(...)`. Other errors pass unchanged.
+  """
+  try:
+    yield
+  except tf.errors.OpError as e:
+    user_error = user_error_from(e)
+    if user_error is None:
+      raise
+    raise user_error from e
+
+
+# ------------------------------------------------------------------------------------------------
+# Label map.
+
+
+def read_label_map(path):
+  """Reads a label map file (format in the module docstring).
+
+  Returns:
+    list of `LabelEntry`, entry i is class_idx i (label i + 1).
+
+  Raises:
+    UserError: a missing file, a malformed line, or labels that are not 1..N in order.
+  """
+  if not tf.io.gfile.exists(path):
+    raise UserError(f"label map {path!r} does not exist")
+  entries = []
+  with tf.io.gfile.GFile(path) as f:
+    for line_number, line in enumerate(f, 1):
+      fields = line.rstrip("\n").split("\t")
+      if len(fields) != 3 or not fields[0].isdigit() or int(fields[0]) != len(entries) + 1:
+        raise UserError(f"label map {path!r} line {line_number}: expected "
+                        f"'{len(entries) + 1}<TAB>name<TAB>text', got {line.rstrip()!r}")
+      entries.append(LabelEntry(int(fields[0]), fields[1], fields[2]))
+  if not entries:
+    raise UserError(f"label map {path!r} is empty")
+  return entries
+
+
+def write_label_map(path, entries):
+  """Writes `entries` (LabelEntry list, labels 1..N in order) to `path`, atomically."""
+  for entry in entries:
+    if "\t" in entry.name + entry.text or "\n" in entry.name + entry.text:
+      raise UserError(f"class name/text {entry.name!r} / {entry.text!r} contains a tab or newline")
+  text = "".join(f"{e.label}\t{e.name}\t{e.text}\n" for e in entries)
+  temporary = f"{path}.tmp-{os.getpid()}"
+  with tf.io.gfile.GFile(temporary, "w") as f:
+    f.write(text)
+  tf.io.gfile.rename(temporary, path, overwrite=True)
