@@ -294,6 +294,7 @@ class Estimator:
     replica_fn = self._replica_fn(ModeKeys.TRAIN)
     sum_ = tf.distribute.ReduceOp.SUM
 
+    @tf.function  # traced once, called twice by train_loop: halves the tracing time
     def one_step(iterator):
       features, labels = next(iterator)
       loss, scalars = strategy.run(replica_fn, args=(features, labels))
