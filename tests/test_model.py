@@ -13,12 +13,14 @@ import pytest
 import tensorflow as tf
 
 import model
+from tools import stats
 from tools.cli import UserError
 
 OFFICIAL = ("v_1_0_SqNxt_23", "v_1_0_G_SqNxt_23", "v_1_0_SqNxt_23_v5", "v_2_0_SqNxt_23",
             "v_2_0_SqNxt_23_v5")
-# Trainable parameters at 1000 classes (DESIGN.md section 4, the paper's table).
+# Trainable parameters and MACs at 227 x 227, 1000 classes (DESIGN.md section 4, the paper's table).
 OFFICIAL_PARAMS = (717280, 543072, 930016, 2361728, 3222912)
+OFFICIAL_MACS = (278.0e6, 224.2e6, 224.9e6, 742.1e6, 702.6e6)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -46,6 +48,14 @@ def source(layer):
 
 def test_official_parameter_counts(official):
   assert [trainable_count(official[n].weights) for n in OFFICIAL] == list(OFFICIAL_PARAMS)
+
+
+def test_official_statistics(official):
+  # tools/stats.py on the same networks (built once here): exact params, MACs within 0.5%.
+  for name, params, macs in zip(OFFICIAL, OFFICIAL_PARAMS, OFFICIAL_MACS):
+    _, totals = stats.model_statistics(official[name])
+    assert totals["params"] == params, name
+    assert abs(totals["macs"] - macs) <= 0.005 * macs, (name, totals["macs"])
 
 
 def test_parameter_count_adds_up_per_stage(official):
