@@ -254,11 +254,12 @@ def load_image(path):
     raise UnreadableImage(str(e)) from e
   if data.startswith(b"\xff\xd8\xff"):  # JPEG: TensorFlow is the judge
     try:
-      shape = tf.io.decode_jpeg(data).shape  # [h, w, channels as stored]
+      height, width, channels = tf.io.extract_jpeg_shape(data).numpy()  # channels as stored
+      tf.io.decode_jpeg(data)  # the whole file decodes (decode_jpeg turns CMYK into RGB itself)
     except tf.errors.InvalidArgumentError as e:
       raise UnreadableImage(dataloader.short_error_message(e)) from e
-    if shape[2] == 3:
-      return data, shape[0], shape[1]
+    if channels == 3:
+      return data, int(height), int(width)
   image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)  # uint8 BGR [h, w, 3]
   if image is None:
     raise UnreadableImage("OpenCV cannot decode it")
