@@ -7,9 +7,9 @@ Source of every architectural fact: the prototxts of github.com/amirgholami/Sque
 Network (channels-last, input float32 [B, S, S, 3], output float32 logits [B, num_classes]):
 
   stem    k x k conv / 2, no padding (k = 7 for v1, 5 for v5), BN, ReLU,
-          3x3 / 2 max-pool in Caffe's ceil mode                 -> 55x55 (v1) or 56x56 (v5) at S = 227
+          3x3 / 2 max-pool in Caffe's ceil mode              -> 55x55 (v1) or 56x56 (v5) at S = 227
   stages  four stages of blocks, widths C = [32, 64, 128, 256] (1.0) or twice that (2.0),
-          first-block strides [1, 2, 2, 2]                      -> 55|56, 28, 14, 7 at S = 227
+          first-block strides [1, 2, 2, 2]                   -> 55|56, 28, 14, 7 at S = 227
   block   1x1 -> C/2, 1x1 -> C/4, 3x1 -> C/2, 1x3 -> C/2, 1x1 -> C (each conv + BN + ReLU),
           added to the shortcut, ReLU. Blocks are numbered over the whole network; odd blocks have
           3x1 then 1x3, even blocks 1x3 then 3x1. The first block of every stage has a 1x1 shortcut
@@ -55,9 +55,9 @@ POOL_SIZE = 3
 POOL_STRIDE = 2
 VERSIONS = ("v1", "v5")
 
-# Caffe's "xavier" filler with its default variance_norm FAN_IN: U(-sqrt(3 / fan_in), +sqrt(3 / fan_in)),
-# fan_in = kernel height * width * input channels / groups (Keras' GlorotUniform would average fan_in
-# and fan_out instead, which is not what the official networks were trained from).
+# Caffe's "xavier" filler with its default variance_norm FAN_IN: uniform in +-sqrt(3 / fan_in),
+# fan_in = kernel height * width * input channels / groups (Keras calls it LeCun uniform). Keras'
+# GlorotUniform would average fan_in and fan_out, which is not how the official networks started.
 CAFFE_XAVIER = "lecun_uniform"
 
 
@@ -129,7 +129,9 @@ def get_config(name):
 
 
 def _resolve(configuration):
-  return configuration if isinstance(configuration, SqueezeNextConfig) else get_config(configuration)
+  if isinstance(configuration, SqueezeNextConfig):
+    return configuration
+  return get_config(configuration)
 
 
 def min_image_size(config):
@@ -228,7 +230,7 @@ class CaffeBatchNormalization(keras.layers.BatchNormalization):
 
   def _update_moving_statistics(self, x, mean, corrected_variance):
     # The fused kernel returns the variance times n / (n - 1) (n / 1 when n = 1); undo it.
-    n = tf.cast(tf.size(x) // tf.shape(x)[-1], tf.float32)
+    n = tf.cast(tf.size(x, tf.int64) // tf.shape(x, tf.int64)[-1], tf.float32)
     variance = corrected_variance * (tf.maximum(n - 1.0, 1.0) / n)
     count = self.moving_count * self.momentum + 1.0
     rate = 1.0 / count if self.caffe_correction else 1.0 - self.momentum
@@ -279,7 +281,7 @@ class _Builder:
     return keras.layers.ReLU(dtype=self.dtype, name=f"{prefix}_relu{suffix}")(x)
 
   def stem(self, x):
-    """[B, S, S, 3] -> [B, S', S', stem_channels], S' = ceil((floor((S - k) / 2) + 1 - 3) / 2) + 1."""
+    """[B, S, S, 3] -> [B, P, P, stem_channels]; P = ceil((floor((S - k) / 2) + 1 - 3) / 2) + 1."""
     c = self.config
     x = self.conv_bn_relu(x, c.stem_channels, c.stem_kernel, "stem", strides=STEM_STRIDE)
     pad = _caffe_pool_padding(x.shape[1])
@@ -361,7 +363,8 @@ def build_network(configuration, num_classes, image_size, bn_momentum=BN_MOMENTU
     raise UserError(f"num_classes={num_classes} is not supported; expected an integer >= 2")
   minimum = min_image_size(config)
   if not isinstance(image_size, int) or image_size < minimum:
-    raise UserError(f"image_size={image_size} is too small for this network; expected an "
+    network = configuration if isinstance(configuration, str) else "this configuration"
+    raise UserError(f"image_size={image_size} is too small for {network}; expected an "
                     f"integer >= {minimum}")
   if name is None:
     name = configuration if isinstance(configuration, str) else "squeezenext"

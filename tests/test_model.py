@@ -1,4 +1,4 @@
-"""Tests of model.py: the official SqueezeNext networks, exactly as the Caffe prototxts define them."""
+"""Tests of model.py: the official SqueezeNext networks, exactly as the Caffe prototxts say."""
 
 import collections
 import math
@@ -62,7 +62,8 @@ def test_parameter_count_adds_up_per_stage(official):
   # 1.0-SqNxt-23 (widths C = 32, 64, 128, 256; blocks 6, 6, 8, 1). A block of width C on Cin input
   # channels has convolutions Cin*C/2 + (C/2)(C/4) + 3(C/4)(C/2) + 3(C/2)(C/2) + (C/2)C
   # = Cin*C/2 + 7C^2/4 and BN gamma+beta 2(C/2 + C/4 + C/2 + C/2 + C) = 11C/2; the first block of
-  # a stage adds the shortcut Cin*C + 2C. So first = 3*Cin*C/2 + 7C^2/4 + 15C/2, others 9C^2/4 + 11C/2.
+  # a stage adds the shortcut Cin*C + 2C. So first = 3*Cin*C/2 + 7C^2/4 + 15C/2,
+  # the others (Cin = C) 9C^2/4 + 11C/2.
   expected = {
       "stem": 7 * 7 * 3 * 64 + 2 * 64,                                 # 9,536
       "stage1": (3 * 64 * 32 // 2 + 7 * 32**2 // 4 + 15 * 32 // 2)     # 5,104
@@ -87,7 +88,8 @@ def test_stage_output_sizes_at_227(official):
   for name in OFFICIAL:
     network = official[name]
     last = {s: b for s, b, _ in blocks(network)}
-    sizes = [network.get_layer(f"stage{s}_block{b}_relu").output.shape[1:3] for s, b in last.items()]
+    sizes = [network.get_layer(f"stage{s}_block{b}_relu").output.shape[1:3]
+             for s, b in last.items()]
     first = 56 if name.endswith("_v5") else 55
     assert [tuple(s) for s in sizes] == [(first, first), (28, 28), (14, 14), (7, 7)], name
 
