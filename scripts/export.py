@@ -1,29 +1,32 @@
-r"""Exports a trained model for serving: `python scripts/export.py --model_dir DIR --export_dir OUT`.
+r"""Exports a trained model for serving.
+
+  python scripts/export.py --model_dir runs/demo --export_dir exports/demo/1 [--tflite [--quantize]]
 
 Writes a SavedModel (keras.export.ExportArchive, i.e. tf.saved_model.save) of model_dir's latest
 checkpoint with two signatures, both returning the outputs of model.model_fn's PREDICT branch:
 
-  serving_default       image_bytes: tf.string [N], encoded JPEG, PNG, GIF or BMP images of any size.
-                        The evaluation preprocessing of training runs in the graph
-                        (dataloader.preprocess_image, training=False: the same resize, central crop and
-                        mean as predict.py and the evaluation pass).
-  serving_preprocessed  images: float32 [N, S, S, 3], already preprocessed (RGB, mean-subtracted).
-
-  outputs               top_1 int32 [N]; top_5 int32 [N, 5]; probabilities float32 [N, K] (softmax);
+  serving_default       input image_bytes: tf.string [N], encoded JPEG, PNG, GIF or BMP images of
+                        any size. The evaluation preprocessing of training runs in the graph
+                        (dataloader.preprocess_image, training=False): the same resize, central crop
+                        and mean as predict.py and the evaluation pass.
+  serving_preprocessed  input images: float32 [N, S, S, 3], already preprocessed (RGB, mean
+                        subtracted).
+  outputs (both)        top_1 int32 [N]; top_5 int32 [N, 5]; probabilities float32 [N, K] (softmax);
                         logits float32 [N, K]; with a label map also top_1_name string [N] and
-                        top_5_names string [N, 5] (the label map's name column: synset or folder name).
+                        top_5_names string [N, 5] (the label map's name column: synset or folder).
 
-One undecodable image makes the whole serving_default request fail (TensorFlow has no per-element error
-in a graph); predict.py reports such images one by one. model_dir's params.json (and the label map) are
-copied to OUT/assets.extra/ for the record.
+One undecodable image fails the whole serving_default request (a graph has no per-element error);
+predict.py reports such images one by one. model_dir's params.json and the label map are copied to
+OUT/assets.extra/ for the record.
 
---tflite also writes OUT/model.tflite: the serving_preprocessed signature (same input and outputs) for the
-TFLite interpreter, in float32; with --quantize also OUT/model_dynamic_range.tflite, whose weights are
-8-bit (dynamic-range quantization: about 4x smaller, activations stay float; accuracy should be checked
-on the validation set before use). A TFLite app does the preprocessing itself (see predict.py).
+--tflite also writes OUT/model.tflite: the serving_preprocessed signature (same input and outputs)
+for the TFLite interpreter, in float32. --quantize also writes OUT/model_dynamic_range.tflite with
+8-bit weights (dynamic-range quantization: weights about 4x smaller, activations stay float; check
+its accuracy on the validation set before use). A TFLite app preprocesses images itself (as
+predict.py does).
 
-The SavedModel is written to a temporary folder and renamed when complete; an existing OUT is replaced
-only with --overwrite.
+The SavedModel is written to a temporary folder and renamed when complete; an existing OUT is
+replaced only with --overwrite.
 """
 
 import os
@@ -50,8 +53,8 @@ TFLITE_QUANTIZED_FILENAME = "model_dynamic_range.tflite"
 
 
 def _define_flags():
-  """Flags of the command line (defined only when run as a script; see predict._define_flags)."""
-  flags.DEFINE_string("model_dir", None, "Folder of the trained model (checkpoints and params.json).")
+  """Defines the command-line flags; only when run as a script (see predict._define_flags)."""
+  flags.DEFINE_string("model_dir", None, "Folder of the trained model (checkpoints, params.json).")
   flags.DEFINE_string("export_dir", None, "Folder to write the SavedModel to (must not exist).")
   flags.DEFINE_string("label_map", None,
                       "labels.txt giving class names (default: found as predict.py finds it).")
@@ -84,11 +87,18 @@ def serving_functions(trained):
     return outputs
 
   def from_bytes(image_bytes):
-    images = tf.map_fn(preprocess, image_bytes,
-                       fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))  # [N, S, S, 3]
+    images = tf.map_fn(preprocess, image_bytes,  # [N, S, S, 3]
+                       fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
     return from_images(images)
 
   return from_bytes, from_images
+
+
+def check_export_dir(export_dir, overwrite):
+  """Raises UserError when export_dir exists and `overwrite` is False."""
+  if tf.io.gfile.exists(export_dir) and not overwrite:
+    raise UserError(f"--export_dir={export_dir} already exists; choose a new folder or pass "
+                    f"--overwrite")
 
 
 def export_saved_model(trained, export_dir, overwrite=False):
@@ -96,8 +106,7 @@ def export_saved_model(trained, export_dir, overwrite=False):
 
   Raises UserError when export_dir exists and `overwrite` is False.
   """
-  if tf.io.gfile.exists(export_dir) and not overwrite:
-    raise UserError(f"--export_dir={export_dir} already exists; choose a new folder or pass --overwrite")
+  check_export_dir(export_dir, overwrite)
   size = trained.image_size
   from_bytes, from_images = serving_functions(trained)
   archive = keras.export.ExportArchive()
@@ -139,7 +148,7 @@ def convert_tflite(saved_model_dir, quantize=False):
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
   try:
     return converter.convert()
-  except Exception as e:  # the converter raises several unrelated types (ConverterError, ValueError)
+  except Exception as e:  # the converter raises unrelated types (ConverterError, ValueError, ...)
     raise UserError(f"TFLite conversion of {saved_model_dir} failed ({type(e).__name__}: "
                     f"{str(e).splitlines()[0][:300]}); the SavedModel is complete") from e
 
@@ -150,8 +159,8 @@ def write_tflite(saved_model_dir, path, quantize=False):
   with open(path + ".tmp", "wb") as f:
     f.write(content)
   os.replace(path + ".tmp", path)
-  logging.info("Wrote %s (%s, %.1f KiB).", path, "dynamic-range quantized" if quantize else "float32",
-               len(content) / 1024)
+  logging.info("Wrote %s (%s, %.1f KiB).", path,
+               "dynamic-range quantized" if quantize else "float32", len(content) / 1024)
   return path
 
 
@@ -162,9 +171,7 @@ def main(argv):
     raise UserError("--model_dir and --export_dir are required")
   if FLAGS.quantize and not FLAGS.tflite:
     raise UserError("--quantize applies to the TFLite file: pass --tflite too")
-  if tf.io.gfile.exists(FLAGS.export_dir) and not FLAGS.overwrite:  # before the slow restore
-    raise UserError(f"--export_dir={FLAGS.export_dir} already exists; choose a new folder or pass "
-                    f"--overwrite")
+  check_export_dir(FLAGS.export_dir, FLAGS.overwrite)  # before the slow restore
   trained = predict.load_trained_model(FLAGS.model_dir, FLAGS.label_map)
   export_dir = export_saved_model(trained, FLAGS.export_dir, FLAGS.overwrite)
   if FLAGS.tflite:

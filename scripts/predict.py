@@ -1,29 +1,31 @@
-r"""Classifies image files with a trained model: `python scripts/predict.py --model_dir DIR IMAGE ...`.
+r"""Classifies image files with a trained model.
 
-Restores the latest checkpoint of model_dir with the params train.py saved there (model_dir/params.json:
-network configuration, class count, image size, preprocessing, mean) and applies exactly the evaluation
-preprocessing of training, `dataloader.preprocess_image(..., training=False)` (caffe: resize to
-round(S * 256 / 227) square, central S x S crop, RGB mean subtracted; inception: short side to S / 0.875,
-central crop). Predictions come from model.model_fn's PREDICT branch, the one Estimator.predict runs.
-
-  python scripts/predict.py --model_dir runs/demo photo.jpg photos/      # a folder: every image in it
+  python scripts/predict.py --model_dir runs/demo photo.jpg photos/   # a folder: all images in it
   python scripts/predict.py --model_dir runs/demo --json photos/ > predictions.jsonl
 
-Output, in the order of the arguments (folders expanded recursively, file names sorted): the top-5 classes
-of each image with their probabilities and, when a label map is found, class names. With --json, one JSON
-object per image and line:
-  {"image": "a.jpg", "top_5": [{"class_idx": 3, "probability": 0.91, "name": "3", "text": "three"}, ...]}
+Restores the latest checkpoint of model_dir with the params train.py saved there
+(model_dir/params.json: configuration, class count, image size, preprocessing, mean) and applies
+exactly the evaluation preprocessing of training, `dataloader.preprocess_image(..., training=False)`
+(caffe: resize to round(S * 256 / 227) square, central S x S crop, RGB mean subtracted; inception:
+short side to S / 0.875, central crop). The predictions are those of model.model_fn's PREDICT
+branch, the one Estimator.predict runs.
+
+Output, in the order of the arguments (folders expanded recursively, file names sorted): the top-5
+classes of each image with their probabilities and, when a label map is found, class names.
+With --json, one JSON object per image and line:
+  {"image": "a.jpg", "top_5": [{"class_idx": 3, "probability": 0.91, "name": "n01443537",
+                                "text": "goldfish, Carassius auratus"}, ...]}
   {"image": "b.jpg", "error": "cannot decode image: ..."}
-An image that is missing or cannot be decoded gets such an error line; the other images are still
-classified, and the exit status is then 1 (2 for a user error such as a bad --model_dir).
+An image that is missing or cannot be decoded gets such an error line and the other images are
+still classified; the exit status is then 1 (2 for a user error such as a bad --model_dir).
 
-Label map (labels.txt, format in dataloader.py), the first found of: --label_map; params["label_map"]
-(the demo sets it); labels.txt beside the training or validation records; labels.txt in model_dir.
-Without one, classes are shown by index (0-based class_idx = record label - 1).
+Label map (labels.txt, format in dataloader.py), the first found of: --label_map;
+params["label_map"] (the demo sets it); labels.txt beside the training or validation records;
+labels.txt in model_dir. Without one, classes are shown by index (class_idx = record label - 1).
 
-Speed: images are read and preprocessed on a thread pool (TensorFlow's kernels release the GIL) while the
-previous batch runs through the network; tf.data is not used because it cannot report which image failed
-and why without stopping the whole pass.
+Speed: images are read and preprocessed on a thread pool (TensorFlow's kernels release the GIL)
+while the previous batch runs through the network. tf.data is not used here because it cannot
+report which image failed and why without stopping the whole pass.
 """
 
 import collections
@@ -50,8 +52,8 @@ from tools.cli import UserError  # noqa: E402
 
 FLAGS = flags.FLAGS
 
-# What a folder argument is searched for (case-insensitive); files named explicitly are always tried.
-# These are the formats dataloader.preprocess_image decodes.
+# What a folder argument is searched for (case-insensitive): the formats preprocess_image decodes.
+# Files named explicitly are always tried.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 PARAMS_FILENAME = "params.json"  # written by train.write_params
 TOP_K = 5
@@ -63,13 +65,13 @@ _PROGRESS_INTERVAL = 10.0
 
 
 def _define_flags():
-  """Flags of the command line (defined only when run as a script, so that export.py and the tests can
-  import this module next to other entry points)."""
-  flags.DEFINE_string("model_dir", None, "Folder of the trained model (checkpoints and params.json).")
+  """Defines the command-line flags; only when run as a script, so that export.py and the tests
+  can import this module next to other entry points."""
+  flags.DEFINE_string("model_dir", None, "Folder of the trained model (checkpoints, params.json).")
   flags.DEFINE_string("label_map", None,
-                      "labels.txt giving class names (default: found from params.json, see --help).")
+                      "labels.txt giving class names (default: found from params.json).")
   flags.DEFINE_integer("batch_size", 64, "Images per forward pass.")
-  flags.DEFINE_integer("num_threads", 0, "Threads reading and preprocessing images (0: one per core).")
+  flags.DEFINE_integer("num_threads", 0, "Threads reading and preprocessing (0: one per core).")
   flags.DEFINE_boolean("json", False, "Print one JSON object per image and line instead of text.")
 
 
@@ -110,7 +112,7 @@ class TrainedModel:
 
 
 def load_params(model_dir):
-  """model_dir/params.json as a dict. Raises UserError when model_dir or the file is missing or bad."""
+  """model_dir/params.json as a dict. Raises UserError when the folder or file is missing or bad."""
   if not tf.io.gfile.isdir(model_dir):
     raise UserError(f"--model_dir={model_dir}: no such folder")
   path = os.path.join(model_dir, PARAMS_FILENAME)
@@ -158,13 +160,13 @@ def load_trained_model(model_dir, label_map=None):
       class count differs from the model's.
   """
   params = load_params(model_dir)
-  # Inference runs in float32 whatever the training compute dtype was: the variables are float32, and
-  # CPUs, TF Serving and TFLite run float32 best.
+  # Inference runs in float32 whatever the training compute dtype was: the variables are float32,
+  # and CPUs, TF Serving and TFLite run float32 best.
   params["dtype"] = "float32"
   est = estimator_lib.Estimator(model.model_fn, model_dir, params, model.scaffold_fn)
   if est.latest_checkpoint() is None:
     raise UserError(f"--model_dir={model_dir}: no checkpoint (ckpt-*) in it; train first")
-  est.scaffold  # pylint: disable=pointless-statement  # builds the network and restores the checkpoint
+  step = est.global_step  # builds the network and restores the checkpoint (UserError: no fit)
   label_map_path = find_label_map(model_dir, params, label_map)
   entries = None
   if label_map_path:
@@ -174,14 +176,17 @@ def load_trained_model(model_dir, label_map=None):
                       f"{params['num_classes']}; pass the right one with --label_map")
     logging.info("Class names from %s.", label_map_path)
   logging.info("Restored %s at step %d (%s, %d classes, %d x %d input, %s preprocessing).",
-               model_dir, est.global_step, params["configuration"], params["num_classes"],
+               model_dir, step, params["configuration"], params["num_classes"],
                params["image_size"], params["image_size"], params.get("preprocessing", "caffe"))
   return TrainedModel(model_dir, params, est, entries, label_map_path)
 
 
 def preprocess_fn(params):
-  """The evaluation preprocessing of training as a tf.function: string scalar (encoded JPEG, PNG, GIF or
-  BMP) -> float32 [S, S, 3], mean-subtracted RGB. Raises tf.errors.InvalidArgumentError on bad bytes."""
+  """The evaluation preprocessing of training as a tf.function: string scalar (encoded JPEG, PNG,
+  GIF or BMP) -> float32 [S, S, 3], mean-subtracted RGB.
+
+  Raises tf.errors.InvalidArgumentError (when called) for bytes that are not such an image.
+  """
   seed = tf.constant(_EVAL_SEED, tf.int32)
   return tf.function(lambda image_bytes: dataloader.preprocess_image(image_bytes, False, params,
                                                                       seed=seed),
@@ -189,8 +194,8 @@ def preprocess_fn(params):
 
 
 def predictions_fn(trained):
-  """model_fn's PREDICT branch on the restored network: float32 [N, S, S, 3] (preprocessed) -> dict of
-  top_1 int32 [N], top_5 int32 [N, 5], probabilities float32 [N, K], logits float32 [N, K]."""
+  """model_fn's PREDICT branch on the restored network: float32 [N, S, S, 3] (preprocessed) ->
+  dict of top_1 int32 [N], top_5 int32 [N, 5], probabilities float32 [N, K], logits [N, K]."""
   est = trained.estimator
   return lambda images: est.model_fn({"image": images}, None, estimator_lib.ModeKeys.PREDICT,
                                      est.params, est.scaffold).predictions
@@ -257,7 +262,7 @@ def predict_files(trained, paths, batch_size=64, num_threads=0):
     batch_size: images per forward pass.
     num_threads: preprocessing threads (0: one per core).
   """
-  preprocess = preprocess_fn(trained.params)
+  preprocess = preprocess_fn(trained.params).get_concrete_function()  # traced before the threads
   size = trained.image_size
   predict = tf.function(predictions_fn(trained),
                         input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
