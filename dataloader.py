@@ -16,12 +16,14 @@ pixels it keeps: every preprocessing computes its crop window from the JPEG head
 `decode_and_crop_jpeg` (resizing to 256x256 and cropping 227 is, up to interpolation at the borders,
 cropping the matching window of the original and resizing that to 227).
 
-Bad data: a record whose image cannot be decoded is skipped and counted in a `SkippedRecords` object
-(`SKIPPED_RECORDS` unless input_fn is given another one), which also logs each skip with its file name.
-A record without `image/encoded` or with a label outside 1..num_classes stops the pipeline with an error
-naming the file and label, and a damaged TFRecord file stops it with a DataLossError; run the loop inside
-`user_errors_from_data(pattern, ...)` to turn these into one-line `tools.cli.UserError`s that name the
-file (tf.data's own DataLossError does not).
+Bad data: a record that cannot be parsed or whose image cannot be decoded is skipped (`ignore_errors`
+after the decoding map) and counted in a `SkippedRecords` object (`SKIPPED_RECORDS` unless input_fn is
+given another one), which logs each skip with its file name; the pipeline numbers the records before
+the map, so a gap in the numbers after it is a skip (exact, in order). A record without
+`image/encoded` or label, a label outside 1..num_classes, or a damaged TFRecord file (tf.data's
+DataLossError names no file, so each file ends with a marker that compares the bytes read with the
+file's size) stops the pipeline with an InvalidArgumentError naming the file (and label); run the
+loop inside `user_errors_from_data()` to turn these into one-line `tools.cli.UserError`s.
 
 Label map: `labels.txt` beside the records, one line per class, tab-separated
 `<label>\\t<name>\\t<text>`, e.g. `1\\tn01440764\\ttench, Tinca tinca`: the 1-based record label,

@@ -1,6 +1,5 @@
 """scripts/build_tfrecords.py and scripts/make_demo_data.py on small images written by the tests."""
 
-import io
 import os
 import subprocess
 import sys
