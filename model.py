@@ -183,15 +183,19 @@ class CaffeBatchNormalization(keras.layers.BatchNormalization):
   its own copy from its own batch, and reading them outside the replica context (checkpoints,
   evaluation in the cross-replica context) gives the mean over replicas.
 
+  With `synchronized=True` (Keras' argument), training uses the statistics of the global batch
+  (all-reduced over the replicas, Keras' own synchronized moments) with the unfused ops: slower,
+  but N replicas then compute what one device computes on the whole batch.
+
   Inputs: float16/bfloat16/float32 [B, H, W, C] (channels last). Outputs: same shape, in the
-  layer's compute dtype. Restrictions: axis=-1, center and scale on, no renorm, no synchronized.
+  layer's compute dtype. Restrictions: axis=-1, center and scale on, no renorm.
   """
 
   def __init__(self, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, caffe_correction=True, **kwargs):
     super().__init__(momentum=momentum, epsilon=epsilon, **kwargs)
-    if self.axis != -1 or self.renorm or self.synchronized or not (self.center and self.scale):
+    if self.axis != -1 or self.renorm or not (self.center and self.scale):
       raise ValueError("CaffeBatchNormalization supports only axis=-1, center=True, scale=True, "
-                       "renorm=False, synchronized=False")
+                       "renorm=False")
     self.caffe_correction = bool(caffe_correction)
 
   def add_weight(self, *, shape, name, initializer, trainable=True, autocast=True, **kwargs):
@@ -218,20 +222,25 @@ class CaffeBatchNormalization(keras.layers.BatchNormalization):
     x = tf.convert_to_tensor(inputs)
     if x.dtype not in (tf.float16, tf.bfloat16, tf.float32):
       x = tf.cast(x, tf.float32)  # the fused kernel's input types
-    if training and self.trainable:
-      y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+    if training and self.trainable and self.synchronized:
+      x = tf.cast(x, tf.float32)  # statistics in float32, as Keras does
+      mean, variance = keras.ops.moments(x, axes=[0, 1, 2], synchronized=True)
+      y = tf.nn.batch_normalization(x, mean, variance, self.beta, self.gamma, self.epsilon)
+      self._update_moving_statistics(mean, variance)
+    elif training and self.trainable:
+      y, mean, corrected_variance = tf.compat.v1.nn.fused_batch_norm(
           x, self.gamma, self.beta, epsilon=self.epsilon, is_training=True)
-      self._update_moving_statistics(x, mean, variance)
+      # The fused kernel returns the variance times n / (n - 1) (n / 1 when n = 1); undo it.
+      n = tf.cast(tf.size(x, tf.int64) // tf.shape(x, tf.int64)[-1], tf.float32)
+      self._update_moving_statistics(mean, corrected_variance * (tf.maximum(n - 1.0, 1.0) / n))
     else:
       y, _, _ = tf.compat.v1.nn.fused_batch_norm(
           x, self.gamma, self.beta, mean=self.moving_mean, variance=self.moving_variance,
           epsilon=self.epsilon, is_training=False)
     return tf.cast(y, self.compute_dtype)
 
-  def _update_moving_statistics(self, x, mean, corrected_variance):
-    # The fused kernel returns the variance times n / (n - 1) (n / 1 when n = 1); undo it.
-    n = tf.cast(tf.size(x, tf.int64) // tf.shape(x, tf.int64)[-1], tf.float32)
-    variance = corrected_variance * (tf.maximum(n - 1.0, 1.0) / n)
+  def _update_moving_statistics(self, mean, variance):
+    """Caffe's (or Keras') update from the batch's float32 mean and biased variance [C]."""
     count = self.moving_count * self.momentum + 1.0
     rate = 1.0 / count if self.caffe_correction else 1.0 - self.momentum
     self.moving_mean.assign_sub((self.moving_mean - mean) * rate)
@@ -267,6 +276,7 @@ class _Builder:
   bn_momentum: float
   bn_epsilon: float
   bn_caffe_correction: bool
+  bn_synchronized: bool
   dtype: object
 
   def conv_bn_relu(self, x, filters, kernel, prefix, suffix="", strides=1, groups=1,
@@ -276,7 +286,8 @@ class _Builder:
                     use_bias=False, kernel_initializer=CAFFE_XAVIER, dtype=self.dtype,
                     name=f"{prefix}_conv{suffix}")(x)
     x = CaffeBatchNormalization(momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                                caffe_correction=self.bn_caffe_correction, dtype=self.dtype,
+                                caffe_correction=self.bn_caffe_correction,
+                                synchronized=self.bn_synchronized, dtype=self.dtype,
                                 name=f"{prefix}_bn{suffix}")(x)
     return keras.layers.ReLU(dtype=self.dtype, name=f"{prefix}_relu{suffix}")(x)
 
@@ -335,7 +346,8 @@ class _Builder:
 
 
 def build_network(configuration, num_classes, image_size, bn_momentum=BN_MOMENTUM,
-                  bn_epsilon=BN_EPSILON, bn_caffe_correction=True, dtype=None, name=None):
+                  bn_epsilon=BN_EPSILON, bn_caffe_correction=True, bn_synchronized=False,
+                  dtype=None, name=None):
   """Builds a SqueezeNext network as a functional keras.Model.
 
   Args:
@@ -347,6 +359,8 @@ def build_network(configuration, num_classes, image_size, bn_momentum=BN_MOMENTU
     bn_epsilon: BatchNorm epsilon (Caffe's default 1e-5).
     bn_caffe_correction: divide the moving statistics by Caffe's running count (default, exact
       Caffe behaviour, needed for short runs to evaluate well) instead of Keras' plain EMA.
+    bn_synchronized: batch statistics over the global batch under tf.distribute (all-reduced
+      across replicas) instead of per replica; slower (unfused ops plus all-reduces).
     dtype: Keras dtype policy for the layers, e.g. None (float32), "mixed_bfloat16",
       "mixed_float16". No global policy is set. The classifier always computes in float32.
     name: model name; defaults to the configuration's name (or "squeezenext").
@@ -368,7 +382,8 @@ def build_network(configuration, num_classes, image_size, bn_momentum=BN_MOMENTU
                     f"integer >= {minimum}")
   if name is None:
     name = configuration if isinstance(configuration, str) else "squeezenext"
-  builder = _Builder(config, bn_momentum, bn_epsilon, bn_caffe_correction, dtype)
+  builder = _Builder(config, bn_momentum, bn_epsilon, bn_caffe_correction, bn_synchronized,
+                     dtype)
   inputs = keras.Input(shape=(image_size, image_size, 3), dtype="float32", name="image")
   logits = builder.head(builder.stages(builder.stem(inputs)), num_classes)
   return keras.Model(inputs, logits, name=name)

@@ -2,10 +2,6 @@
 
 import collections
 import math
-import os
-import subprocess
-import sys
-import textwrap
 
 import keras
 import numpy as np
@@ -21,7 +17,6 @@ OFFICIAL = ("v_1_0_SqNxt_23", "v_1_0_G_SqNxt_23", "v_1_0_SqNxt_23_v5", "v_2_0_Sq
 # Trainable parameters and MACs at 227 x 227, 1000 classes (DESIGN.md section 4, the paper's table).
 OFFICIAL_PARAMS = (717280, 543072, 930016, 2361728, 3222912)
 OFFICIAL_MACS = (278.0e6, 224.2e6, 224.9e6, 742.1e6, 702.6e6)
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -252,48 +247,49 @@ def test_short_run_evaluates_like_training():
   assert short_run_gap(caffe_correction=False) > 0.1
 
 
-MIRRORED_SCRIPT = textwrap.dedent("""
-    import numpy as np, tensorflow as tf
-    tf.config.set_logical_device_configuration(
-        tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2)
-    import model
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    with strategy.scope():
-      layer = model.CaffeBatchNormalization()
-      layer.build([None, 1, 1, 4])
-    for v in (layer.moving_mean, layer.moving_variance, layer.moving_count):
-      assert v.value.synchronization == tf.VariableSynchronization.ON_READ, v.path
-      assert v.value.aggregation == tf.VariableAggregation.MEAN, v.path
-    assert all(not v.trainable for v in layer.non_trainable_weights)
-    # Replica 0 sees the values 0 and 2, replica 1 the values 2 and 6 (means 1 and 4).
-    batches = [np.array([0.0, 2.0]), np.array([2.0, 6.0])]
-    per_replica = strategy.experimental_distribute_values_from_function(
-        lambda context: tf.constant(np.tile(batches[context.replica_id_in_sync_group][
-            :, None, None, None], [1, 1, 1, 4]), tf.float32))
+@pytest.mark.parametrize("synchronized", [False, True])
+def test_batch_norm_under_mirrored_strategy(synchronized):
+  devices = tf.config.list_logical_devices("CPU")
+  assert len(devices) >= 2, "tests/conftest.py splits the CPU into 2 logical devices"
+  strategy = tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
+  with strategy.scope():
+    layer = model.CaffeBatchNormalization(synchronized=synchronized)
+    layer.build([None, 1, 1, 4])
+  for v in (layer.moving_mean, layer.moving_variance, layer.moving_count):
+    assert v.value.synchronization == tf.VariableSynchronization.ON_READ, v.path
+    assert v.value.aggregation == tf.VariableAggregation.MEAN, v.path
+    assert not v.trainable
+  # Replica 0 sees the values 0 and 2, replica 1 the values 2 and 6, in each of 4 channels.
+  batches = [np.array([0.0, 2.0]), np.array([2.0, 6.0])]
+  per_replica = strategy.experimental_distribute_values_from_function(
+      lambda context: tf.constant(np.tile(batches[context.replica_id_in_sync_group][
+          :, None, None, None], [1, 1, 1, 4]), tf.float32))
 
-    @tf.function
-    def train_step(x):
-      def step(x):
-        with tf.GradientTape() as tape:
-          loss = tf.reduce_sum(layer(x, training=True) * tf.range(2.0)[:, None, None, None])
-        return tape.gradient(loss, layer.trainable_variables)
-      return strategy.run(step, args=(x,))
+  @tf.function
+  def train_step(x):
+    def step(x):
+      with tf.GradientTape() as tape:
+        outputs = layer(x, training=True)
+        loss = tf.reduce_sum(outputs * tf.range(2.0)[:, None, None, None])
+      return outputs, tape.gradient(loss, layer.trainable_variables)
+    return strategy.run(step, args=(x,))
 
-    gradients = train_step(per_replica)
-    assert all(g is not None for g in tf.nest.flatten(gradients))
-    # Each replica averaged its own batch; reading in the cross-replica context gives the mean
-    # over replicas: mean (1 + 4) / 2, variance (1 + 4) / 2 (biased variances 1 and 4).
-    np.testing.assert_allclose(layer.moving_mean.numpy(), [2.5] * 4)
-    np.testing.assert_allclose(layer.moving_variance.numpy(), [2.5] * 4)
-    assert layer.moving_count.numpy() == 1.0
-    print("MIRRORED_OK")
-""")
-
-
-def test_batch_norm_under_mirrored_strategy():
-  result = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-  assert result.returncode == 0 and "MIRRORED_OK" in result.stdout, result.stderr[-3000:]
+  outputs, gradients = train_step(per_replica)
+  assert all(g is not None for g in tf.nest.flatten(gradients))
+  outputs = np.concatenate([o.numpy()[:, 0, 0, 0] for o in strategy.experimental_local_results(
+      outputs)])
+  np.testing.assert_allclose(layer.moving_mean.numpy(), [2.5] * 4)
+  assert layer.moving_count.numpy() == 1.0
+  if synchronized:
+    # The global batch {0, 2, 2, 6}: mean 2.5, variance 4.75, on both replicas.
+    np.testing.assert_allclose(layer.moving_variance.numpy(), [4.75] * 4, rtol=1e-6)
+    np.testing.assert_allclose(outputs, (np.array([0, 2, 2, 6]) - 2.5) / np.sqrt(4.75 + 1e-5),
+                               rtol=1e-5)
+  else:
+    # Each replica normalised and averaged its own batch (variances 1 and 4); reading in the
+    # cross-replica context gives the mean over replicas.
+    np.testing.assert_allclose(layer.moving_variance.numpy(), [2.5] * 4, rtol=1e-6)
+    np.testing.assert_allclose(outputs, [-1, 1, -1, 1], rtol=1e-4)
 
 
 def test_bad_configuration_arguments():
