@@ -431,7 +431,8 @@ def input_fn(file_pattern, training, params, input_context=None, skipped=None):
     return _read_file(filename, size, p["read_buffer_size"])
   if training:  # parallel reads of several files mix the classes; their order may vary
     dataset = dataset.interleave(read, cycle_length=min(p["interleave_cycle_length"], len(files)),
-                                 num_parallel_calls=AUTOTUNE, deterministic=False)
+                                 num_parallel_calls=AUTOTUNE,
+                                 deterministic=p["deterministic_training"])
   else:  # files one after another: the records come in their stored order
     dataset = dataset.flat_map(read)
   if not shard_files:  # fewer files than pipelines: each keeps every num_pipelines-th record
