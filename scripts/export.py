@@ -110,7 +110,7 @@ def export_saved_model(trained, export_dir, overwrite=False):
   size = trained.image_size
   from_bytes, from_images = serving_functions(trained)
   archive = keras.export.ExportArchive()
-  archive.track(trained.estimator.scaffold.network)
+  archive.track(trained.network)
   archive.add_endpoint(SERVING_DEFAULT, from_bytes,
                        input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
   archive.add_endpoint(SERVING_PREPROCESSED, from_images,

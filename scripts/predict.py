@@ -81,34 +81,35 @@ def _define_flags():
 
 @dataclasses.dataclass
 class TrainedModel:
-  """A restored model: params, Estimator (scaffold restored from the latest checkpoint), label map.
+  """A restored model.
 
   Attributes:
     model_dir: str.
-    params: dict, model_dir/params.json with dtype forced to float32.
-    estimator: tools.estimator.Estimator; `estimator.scaffold.network` holds the restored weights.
+    params: dict, model_dir/params.json with dtype set to float32.
+    scaffold: tools.estimator.Scaffold made by model.scaffold_fn; its network holds the weights of
+      the checkpoint (the optimizer's state is not restored).
+    checkpoint_path: str, the checkpoint restored (model_dir/ckpt-<step>).
+    global_step: int, the training step of that checkpoint.
     label_map: list of dataloader.LabelEntry (entry i is class_idx i), or None.
     label_map_path: str or None, where label_map was read from.
   """
   model_dir: str
   params: dict
-  estimator: estimator_lib.Estimator
+  scaffold: estimator_lib.Scaffold
+  checkpoint_path: str
+  global_step: int
   label_map: list | None
   label_map_path: str | None
+
+  @property
+  def network(self):
+    """The restored keras.Model: float32 [N, S, S, 3] -> logits float32 [N, num_classes]."""
+    return self.scaffold.network
 
   @property
   def image_size(self):
     """int, the side S of the network's input [N, S, S, 3]."""
     return int(self.params["image_size"])
-
-  @property
-  def num_classes(self):
-    return int(self.params["num_classes"])
-
-  @property
-  def global_step(self):
-    """int, the training step of the restored checkpoint."""
-    return self.estimator.global_step
 
 
 def load_params(model_dir):
@@ -147,8 +148,28 @@ def find_label_map(model_dir, params, path=None):
   return next((c for c in candidates if c and tf.io.gfile.exists(c)), None)
 
 
+def restore_scaffold(params, checkpoint_path):
+  """model.scaffold_fn(params) with the network's weights read from checkpoint_path.
+
+  Only the network is read, by variable name (tools/estimator.network_variables): inference needs
+  no optimizer state, and a model trained in float16 has a loss-scale optimizer that the float32
+  scaffold of inference does not. Raises UserError when the checkpoint does not fit the network.
+  """
+  scaffold = model.scaffold_fn(params)
+  checkpoint = tf.train.Checkpoint(network=estimator_lib.network_variables(scaffold.network))
+  try:
+    status = checkpoint.restore(checkpoint_path)  # a shape mismatch raises here
+    status.assert_existing_objects_matched()  # a missing variable here
+  except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as e:
+    raise UserError(f"checkpoint {checkpoint_path} does not fit a {params['configuration']} "
+                    f"network with {params['num_classes']} classes "
+                    f"({str(e).splitlines()[0][:200]})") from e
+  status.expect_partial()  # the optimizer's variables are left unread on purpose
+  return scaffold
+
+
 def load_trained_model(model_dir, label_map=None):
-  """Restores model_dir's latest checkpoint with its params.json.
+  """Restores the network of model_dir's latest checkpoint with the params of its params.json.
 
   Args:
     model_dir: folder written by train.py.
@@ -163,10 +184,12 @@ def load_trained_model(model_dir, label_map=None):
   # Inference runs in float32 whatever the training compute dtype was: the variables are float32,
   # and CPUs, TF Serving and TFLite run float32 best.
   params["dtype"] = "float32"
-  est = estimator_lib.Estimator(model.model_fn, model_dir, params, model.scaffold_fn)
-  if est.latest_checkpoint() is None:
+  checkpoint_path = tf.train.latest_checkpoint(model_dir)
+  if checkpoint_path is None:
     raise UserError(f"--model_dir={model_dir}: no checkpoint (ckpt-*) in it; train first")
-  step = est.global_step  # builds the network and restores the checkpoint (UserError: no fit)
+  scaffold = restore_scaffold(params, checkpoint_path)
+  # The Estimator numbers its checkpoints by global step (CheckpointManager checkpoint_number).
+  step = int(re.search(r"(\d+)$", checkpoint_path).group(1))
   label_map_path = find_label_map(model_dir, params, label_map)
   entries = None
   if label_map_path:
@@ -175,10 +198,10 @@ def load_trained_model(model_dir, label_map=None):
       raise UserError(f"label map {label_map_path} has {len(entries)} classes but the model has "
                       f"{params['num_classes']}; pass the right one with --label_map")
     logging.info("Class names from %s.", label_map_path)
-  logging.info("Restored %s at step %d (%s, %d classes, %d x %d input, %s preprocessing).",
-               model_dir, step, params["configuration"], params["num_classes"],
+  logging.info("Restored %s (step %d; %s, %d classes, %d x %d input, %s preprocessing).",
+               checkpoint_path, step, params["configuration"], params["num_classes"],
                params["image_size"], params["image_size"], params.get("preprocessing", "caffe"))
-  return TrainedModel(model_dir, params, est, entries, label_map_path)
+  return TrainedModel(model_dir, params, scaffold, checkpoint_path, step, entries, label_map_path)
 
 
 def preprocess_fn(params):
@@ -196,9 +219,8 @@ def preprocess_fn(params):
 def predictions_fn(trained):
   """model_fn's PREDICT branch on the restored network: float32 [N, S, S, 3] (preprocessed) ->
   dict of top_1 int32 [N], top_5 int32 [N, 5], probabilities float32 [N, K], logits [N, K]."""
-  est = trained.estimator
-  return lambda images: est.model_fn({"image": images}, None, estimator_lib.ModeKeys.PREDICT,
-                                     est.params, est.scaffold).predictions
+  return lambda images: model.model_fn({"image": images}, None, estimator_lib.ModeKeys.PREDICT,
+                                       trained.params, trained.scaffold).predictions
 
 
 # ------------------------------------------------------------------------------------------------

@@ -266,6 +266,25 @@ def test_the_crop_is_central(trained):
   assert got[size // 2, size // 2, 0] > 240 and got[0, 0, 0] < 60  # bright centre, dark corner
 
 
+def test_restores_the_network_of_a_float16_run(workspace, tmp_path):
+  """A float16 run checkpoints a loss-scale optimizer; inference restores only the network, in
+  float32, and still matches the checkpoint's weights."""
+  params = dict(workspace["params"], dtype="float16", max_steps=1)
+  model_dir = str(tmp_path / "float16")
+  images = np.zeros([4, IMAGE_SIZE, IMAGE_SIZE, 3], np.float32)
+  dataset = tf.data.Dataset.from_tensors(({"image": images}, {"class_idx": np.arange(4) % 2}))
+  train.build_estimator(params, model_dir).train(lambda ctx: dataset.repeat(), 1)
+  train.write_params(params, model_dir)
+  trained = predict.load_trained_model(model_dir)
+  assert trained.global_step == 1 and trained.network.compute_dtype == "float32"
+  checkpoint = tf.train.load_checkpoint(trained.checkpoint_path)
+  kernel = trained.network.get_layer("classifier").kernel
+  np.testing.assert_array_equal(kernel.numpy(), checkpoint.get_tensor(
+      "network/classifier.Skernel/.ATTRIBUTES/VARIABLE_VALUE"))
+  result, = predict.predict_files(trained, workspace["good"][:1])
+  assert result.error is None and np.isfinite(result.predictions["probabilities"]).all()
+
+
 def test_user_errors(workspace, tmp_path):
   with pytest.raises(UserError, match="params.json"):
     predict.load_trained_model(str(tmp_path))
@@ -277,6 +296,9 @@ def test_user_errors(workspace, tmp_path):
                                          dataloader.LabelEntry(2, "b", "b")])
   with pytest.raises(UserError, match="has 2 classes"):
     predict.load_trained_model(workspace["model_dir"], short_map)
+  other_params = dict(workspace["params"], num_classes=NUM_CLASSES + 1)
+  with pytest.raises(UserError, match="does not fit"):
+    predict.restore_scaffold(other_params, tf.train.latest_checkpoint(workspace["model_dir"]))
   with pytest.raises(UserError, match="holds no image"):
     predict.list_images([str(tmp_path)])
   with pytest.raises(UserError, match="already exists"):
