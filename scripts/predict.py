@@ -113,7 +113,10 @@ class TrainedModel:
 
 
 def load_params(model_dir):
-  """model_dir/params.json as a dict. Raises UserError when the folder or file is missing or bad."""
+  """model_dir/params.json as a dict, under model.DEFAULT_MODEL_PARAMS for keys it lacks.
+
+  Raises UserError when the folder or the file is missing or bad.
+  """
   if not tf.io.gfile.isdir(model_dir):
     raise UserError(f"--model_dir={model_dir}: no such folder")
   path = os.path.join(model_dir, PARAMS_FILENAME)
@@ -128,7 +131,9 @@ def load_params(model_dir):
   missing = [k for k in ("configuration", "num_classes", "image_size") if k not in params]
   if missing:
     raise UserError(f"{path}: missing {', '.join(missing)}; expected params written by train.py")
-  return params
+  # Keys added to model.py after the run was trained take their defaults (dataloader's input
+  # defaults are merged by preprocess_image itself).
+  return {**model.DEFAULT_MODEL_PARAMS, **params}
 
 
 def find_label_map(model_dir, params, path=None):
