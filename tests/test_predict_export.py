@@ -179,7 +179,7 @@ def test_saved_model_signatures_match_estimator_predict(workspace, reference, ex
   images, want = reference
   loaded = tf.saved_model.load(exported)
   assert set(loaded.signatures) == {"serving_default", "serving_preprocessed"}
-  image_bytes = tf.constant([open(p, "rb").read() for p in workspace["good"]])
+  image_bytes = tf.stack([tf.io.read_file(p) for p in workspace["good"]])  # string [N]
   from_bytes = loaded.signatures["serving_default"](image_bytes=image_bytes)
   _assert_same(_rows(from_bytes), want)
   from_images = loaded.signatures["serving_preprocessed"](images=tf.constant(images))
