@@ -166,7 +166,15 @@ def test_grouped_convolution_equals_keras_grouped_convolution():
   ours.build(x.shape)
   reference.build(x.shape)
   reference.kernel.assign(ours.kernel)
-  np.testing.assert_allclose(ours(x), reference(x), rtol=1e-5, atol=1e-5)
+  results = []
+  for layer in (ours, reference):
+    with tf.GradientTape() as tape:
+      y = layer(x)
+      loss = tf.reduce_sum(y * tf.range(6.0))
+    results.append((y, tape.gradient(loss, layer.kernel)))
+  assert ours.kernel.shape == (3, 1, 4, 6)
+  for a, b in zip(*results):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_logits_shape_and_dtype():
