@@ -273,31 +273,36 @@ def test_batch_norm_under_mirrored_strategy(synchronized):
       lambda context: tf.constant(np.tile(batches[context.replica_id_in_sync_group][
           :, None, None, None], [1, 1, 1, 4]), tf.float32))
 
-  @tf.function
-  def train_step(x):
-    def step(x):
-      with tf.GradientTape() as tape:
-        outputs = layer(x, training=True)
-        loss = tf.reduce_sum(outputs * tf.range(2.0)[:, None, None, None])
-      return outputs, tape.gradient(loss, layer.trainable_variables)
-    return strategy.run(step, args=(x,))
+  def step(layer, x):
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      outputs = layer(x, training=True)
+      weights = tf.cast(tf.range(tf.shape(x)[0]) % 2, tf.float32)[:, None, None, None]
+      loss = tf.reduce_sum(outputs * weights)  # examples weighted 0, 1, 0, 1, ...
+    return outputs, tape.gradient(loss, [x] + layer.trainable_variables)
 
-  outputs, gradients = train_step(per_replica)
+  outputs, gradients = tf.function(lambda x: strategy.run(step, args=(layer, x)))(per_replica)
   assert all(g is not None for g in tf.nest.flatten(gradients))
-  outputs = np.concatenate([o.numpy()[:, 0, 0, 0] for o in strategy.experimental_local_results(
-      outputs)])
+  local = lambda values: np.concatenate(strategy.experimental_local_results(values))
   np.testing.assert_allclose(layer.moving_mean.numpy(), [2.5] * 4)
   assert layer.moving_count.numpy() == 1.0
   if synchronized:
-    # The global batch {0, 2, 2, 6}: mean 2.5, variance 4.75, on both replicas.
+    # The global batch {0, 2, 2, 6}: mean 2.5, variance 4.75 on both replicas; outputs and
+    # gradients are those of one device on the whole batch.
     np.testing.assert_allclose(layer.moving_variance.numpy(), [4.75] * 4, rtol=1e-6)
-    np.testing.assert_allclose(outputs, (np.array([0, 2, 2, 6]) - 2.5) / np.sqrt(4.75 + 1e-5),
-                               rtol=1e-5)
+    whole = tf.constant(np.tile(np.concatenate(batches)[:, None, None, None], [1, 1, 1, 4]),
+                        tf.float32)
+    expected_outputs, expected = step(model.CaffeBatchNormalization(), whole)
+    np.testing.assert_allclose(local(outputs), expected_outputs, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(local(gradients[0]), expected[0], rtol=1e-5, atol=1e-6)
+    for replicas, one_device in zip(gradients[1:], expected[1:]):
+      np.testing.assert_allclose(sum(strategy.experimental_local_results(replicas)), one_device,
+                                 rtol=1e-5, atol=1e-6)
   else:
     # Each replica normalised and averaged its own batch (variances 1 and 4); reading in the
     # cross-replica context gives the mean over replicas.
     np.testing.assert_allclose(layer.moving_variance.numpy(), [2.5] * 4, rtol=1e-6)
-    np.testing.assert_allclose(outputs, [-1, 1, -1, 1], rtol=1e-4)
+    np.testing.assert_allclose(local(outputs)[:, 0, 0, 0], [-1, 1, -1, 1], rtol=1e-4)
 
 
 def test_bad_configuration_arguments():
