@@ -158,9 +158,9 @@ def _data_sources():
   logging.info("No --train_file_pattern: using the built-in demo data (handwritten digits) in %s.",
                FLAGS.demo_data_dir)
   demo = make_demo_data.make_demo_data(FLAGS.demo_data_dir)
-  return dict(demo=True, train_file_pattern=demo.train_file_pattern,
-              validation_file_pattern=FLAGS.validation_file_pattern or demo.validation_file_pattern,
-              num_examples_per_epoch=demo.num_train_examples, label_map=demo.label_map_path)
+  return dict(demo=True, train_file_pattern=demo.train_pattern,
+              validation_file_pattern=FLAGS.validation_file_pattern or demo.validation_pattern,
+              num_examples_per_epoch=demo.num_train, label_map=demo.label_map)
 
 
 def make_strategy(num_gpus, num_cpu_devices):
@@ -284,9 +284,14 @@ def main(argv):
   tf.io.gfile.makedirs(FLAGS.model_dir)  # only now, so that a user error leaves model_dir untouched
   write_params(params, FLAGS.model_dir)
   try:
-    results = train_and_evaluate(est, params)
+    with dataloader.user_errors_from_data():  # a bad record: one line naming the file
+      results = train_and_evaluate(est, params)
   except estimator_lib.NonFiniteLossError as e:
     raise cli.UserError(f"training stopped: {e}") from e
+  skipped = dataloader.SKIPPED_RECORDS
+  if skipped.count:
+    logging.warning("Skipped %d record(s) whose image could not be decoded: %s", skipped.count,
+                    ", ".join(f"{name}: {n}" for name, n in sorted(skipped.by_file.items())))
   if results:
     print(f"Final evaluation at step {results['global_step']}: top-1 {results['top_1_accuracy']:.4f}  "
           f"top-5 {results['top_5_accuracy']:.4f}  loss {results['loss']:.4f}  "

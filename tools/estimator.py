@@ -249,7 +249,7 @@ class Estimator:
       return
     try:
       self._checkpoint.restore(path).assert_existing_objects_matched()
-    except (AssertionError, ValueError) as e:
+    except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as e:
       raise UserError(f"--model_dir={self.model_dir}: its checkpoint {os.path.basename(path)} does not "
                       f"fit this network ({str(e).splitlines()[0][:200]}); use a new --model_dir "
                       f"or the configuration it was trained with") from e
@@ -434,8 +434,11 @@ class Estimator:
         window_step, window_time = step, now
         if itstime(step, cfg.log_step_count_steps):
           eta = (max_steps - step) * (now - start_time) / max(step - start_step, 1)
-          logging.info("step %d/%d  loss %.4f  %.1f images/s  lr %.5g  ETA %s", step, max_steps,
-                       outputs["loss"], outputs["images_per_sec"], outputs["learning_rate"],
+          extra = "".join(f"  {k} {outputs[k]:.4f}" for k in sorted(outputs)
+                          if k not in ("loss", "images_per_sec", "global_step_per_sec",
+                                       "learning_rate"))
+          logging.info("step %d/%d  loss %.4f%s  lr %.5g  %.1f images/s  ETA %s", step, max_steps,
+                       outputs["loss"], extra, outputs["learning_rate"], outputs["images_per_sec"],
                        _format_eta(eta))
       if images is not None and itstime(step, cfg.image_summary_steps):
         with self._writer("").as_default():
