@@ -14,8 +14,11 @@ Adding a sub-command: write `def run_<name>() -> dict` returning {"columns": [..
 ...} and register it in `SUBCOMMANDS`; `main` prints the table and writes the JSON.
 """
 
+import dataclasses
+import datetime
 import json
 import os
+import platform
 import sys
 import tempfile
 import time
@@ -25,12 +28,18 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 import cv2  # noqa: E402
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import dataloader  # noqa: E402
+import model  # noqa: E402
 from scripts import build_tfrecords  # noqa: E402
+import train  # noqa: E402
 from tools import cli  # noqa: E402
+from tools import estimator as estimator_lib  # noqa: E402
+from tools import optimizer as optimizer_lib  # noqa: E402
+from tools import stats  # noqa: E402
 from tools.cli import UserError  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -178,9 +187,307 @@ def run_input():
           "cpus": os.cpu_count()}
 
 
+# ------------------------------------------------------------------------------------------------
+# complexity, train, inference, all
+
+
+@dataclasses.dataclass(frozen=True)
+class Published:
+  """What the official release and the paper state about one network.
+
+  Attributes:
+    name: the paper's name (e.g. "1.0-SqNxt-23").
+    params: trainable parameters (convolution and FC kernels, BN scale and shift).
+    macs: multiply-accumulates per 227x227 image, convolutions and FC (DESIGN.md section 4).
+    top_1, top_5: published ImageNet accuracy in %, single 227 crop (arXiv 1803.10615); None where
+      the paper gives none.
+  """
+  name: str
+  params: int
+  macs: float
+  top_1: float = None
+  top_5: float = None
+
+
+# The official figures, in this one place (shared/DESIGN.md section 4: official prototxts and paper).
+PUBLISHED = {
+    "v_1_0_SqNxt_23": Published("1.0-SqNxt-23", 717_280, 278.0e6, 59.05, 82.60),
+    "v_1_0_G_SqNxt_23": Published("1.0-G-SqNxt-23", 543_072, 224.2e6),
+    "v_1_0_SqNxt_23_v5": Published("1.0-SqNxt-23v5", 930_016, 224.9e6, 59.24, 82.41),
+    "v_2_0_SqNxt_23": Published("2.0-SqNxt-23", 2_361_728, 742.1e6, 67.18, 88.17),
+    "v_2_0_SqNxt_23_v5": Published("2.0-SqNxt-23v5", 3_222_912, 702.6e6, 67.44, 88.20),
+}
+_PUBLISHED_SIZE = 227  # the input side of the published MACs and accuracies
+_IMAGENET_CLASSES = 1000
+
+flags.DEFINE_list("configuration", ["v_1_0_SqNxt_23"],
+                  "train/inference: networks (names in model.CONFIGURATIONS, comma-separated, or "
+                  "'official' for the five official ones).")
+flags.DEFINE_list("dtype", ["float32"],
+                  "train/inference: compute dtypes, comma-separated, of float32|bfloat16|float16 "
+                  "(16-bit: Keras mixed precision, float32 variables).")
+flags.DEFINE_integer("steps", 5, "train/inference: steps (batches) per timed measurement.")
+flags.DEFINE_integer("matmul_size", 4096,
+                     "train/inference: side N of the float32 N x N matmul whose rate is the peak.")
+
+
+def _network_label(configuration):
+  published = PUBLISHED.get(configuration)
+  return published.name if published else configuration
+
+
+def run_complexity():
+  """The `complexity` benchmark: params and MACs at 227 of each official network, measured from the
+  built model (tools/stats.py), next to the official figures and the published accuracy."""
+  rows = []
+  for configuration, published in PUBLISHED.items():
+    network = model.build_network(configuration, _IMAGENET_CLASSES, _PUBLISHED_SIZE)
+    _, totals = stats.model_statistics(network)
+    rows.append({
+        "network": published.name, "configuration": configuration,
+        "params": totals["params"], "official params": published.params,
+        "params ratio": f"{totals['params'] / published.params:.4f}",
+        "MMACs": f"{totals['macs'] / 1e6:.1f}", "official MMACs": f"{published.macs / 1e6:.1f}",
+        "MACs ratio": f"{totals['macs'] / published.macs:.4f}",
+        "top-1 %": f"{published.top_1:.2f}" if published.top_1 else "-",
+        "top-5 %": f"{published.top_5:.2f}" if published.top_5 else "-"})
+    keras.backend.clear_session()
+  columns = ["network", "configuration", "params", "official params", "params ratio", "MMACs",
+             "official MMACs", "MACs ratio", "top-1 %", "top-5 %"]
+  return {"benchmark": "complexity", "columns": columns, "rows": rows,
+          "image_size": _PUBLISHED_SIZE, "num_classes": _IMAGENET_CLASSES}
+
+
+def matmul_peak(size, repeats=3):
+  """Best rate, in FLOP/s, of a dense float32 [size, size] x [size, size] tf.matmul in a tf.function
+  (2 * size**3 FLOP per product) over `repeats` timed calls after one untimed call."""
+  a = tf.random.uniform([size, size])
+  b = tf.random.uniform([size, size])
+  product = tf.function(lambda a, b: tf.reduce_sum(tf.matmul(a, b)))
+  product(a, b).numpy()
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    product(a, b).numpy()
+    best = min(best, time.perf_counter() - start)
+  return 2.0 * size ** 3 / best
+
+
+def _benchmark_params(configuration, dtype, steps):
+  """train.py's params for a benchmark run: defaults, no summaries, one tf.function call per timed
+  measurement (steps_per_loop = steps), a checkpoint only at the end of each `train` call."""
+  if dtype not in ("float32", "bfloat16", "float16"):
+    raise UserError(f"--dtype={dtype}: expected float32, bfloat16 or float16")
+  model.get_config(configuration)  # UserError naming the known configurations
+  user = dict(configuration=configuration, dtype=dtype, batch_size=FLAGS.batch_size,
+              image_size=FLAGS.image_size, num_classes=_IMAGENET_CLASSES, max_steps=10 ** 6,
+              steps_per_loop=steps, save_checkpoints_steps=0, save_summary_steps=0,
+              log_every_n_steps=0, image_summary_steps=0, output_train_images=False,
+              preprocessing=FLAGS.preprocessing, shuffle_buffer_size=1024)
+  return train.resolve_params(user, {})
+
+
+def _synthetic_batch(params):
+  """One in-memory batch: float32 images [B, S, S, 3] in the mean-subtracted range, int32 labels [B]."""
+  size, batch = params["image_size"], params["batch_size"]
+  images = tf.random.uniform([batch, size, size, 3], -128.0, 128.0, seed=1)
+  labels = tf.random.uniform([batch], 0, params["num_classes"], tf.int32, seed=2)
+  return images, labels
+
+
+class _LoopTimer(estimator_lib.Hook):
+  """Times `Estimator.train` from its first step to the end of its first loop (set up and the
+  checkpoint written at the end are left out)."""
+
+  def begin(self, estimator):
+    self.start = time.perf_counter()
+
+  def after_step(self, estimator, step, outputs):
+    self.seconds = time.perf_counter() - self.start
+    return True
+
+
+def _runner_train_rate(estimator, input_fn, steps):
+  """Images/second of one loop of `steps` training steps through Estimator.train and model_fn."""
+  timer = _LoopTimer()
+  estimator.train(input_fn, estimator.global_step + steps, hooks=(timer,))
+  return steps * estimator.params["batch_size"] / timer.seconds
+
+
+def _runner_inference_rate(estimator, input_fn, steps):
+  """Images/second of Estimator.evaluate (model_fn's EVAL branch) over `steps` batches."""
+  start = time.perf_counter()
+  estimator.evaluate(lambda ctx: input_fn(ctx).take(steps))
+  return steps * estimator.params["batch_size"] / (time.perf_counter() - start)
+
+
+def _bare_train_loop(network, params, images, labels):
+  """`loop(num_steps)`: a plain tf.function GradientTape loop over `network` with model_fn's loss
+  (cross-entropy + weight decay, model.train_loss) and a separate optimizer of the same recipe."""
+  optimizer = optimizer_lib.build_optimizer(model.recipe_from_params(params),
+                                            loss_scale=params["dtype"] == "float16")
+  variables = network.trainable_variables
+  optimizer.build(variables)
+
+  @tf.function
+  def loop(num_steps):
+    loss = tf.constant(0.0)
+    for _ in tf.range(num_steps):
+      with tf.GradientTape() as tape:
+        loss = model.train_loss(network, images, labels, params)[0]
+        scaled_loss = optimizer.scale_loss(loss)
+      optimizer.apply(tape.gradient(scaled_loss, variables), variables)
+    return loss
+  return loop
+
+
+def _bare_inference_loop(network, images):
+  """`loop(num_steps)`: a plain tf.function loop of network(images, training=False)."""
+  @tf.function
+  def loop(num_steps):
+    total = tf.constant(0.0)
+    for _ in tf.range(num_steps):
+      total += tf.reduce_sum(network(images, training=False))
+    return total
+  return loop
+
+
+def _bare_rate(loop, steps, batch_size):
+  start = time.perf_counter()
+  loop(tf.constant(steps)).numpy()
+  return steps * batch_size / (time.perf_counter() - start)
+
+
+def _pipeline_pattern(scratch):
+  """The real pipeline's TFRecords: --file_pattern, or --synthetic_jpegs written to `scratch`, or None."""
+  if FLAGS.synthetic_jpegs:
+    logging.info("Writing %d synthetic JPEG records to %s", FLAGS.synthetic_jpegs, scratch)
+    return write_synthetic_records(FLAGS.synthetic_jpegs, scratch)
+  return FLAGS.file_pattern
+
+
+def _measure_network(mode, configuration, dtype, pattern, steps, rounds, peak):
+  """Rows for one network and dtype: synthetic input through the runner against the bare loop
+  (interleaved rounds, best of each), then the real pipeline when `pattern` is set.
+
+  `peak` is a list of float32 matmul rates (FLOP/s), appended to once per round.
+  """
+  params = _benchmark_params(configuration, dtype, steps)
+  training = mode == "train"
+  with tempfile.TemporaryDirectory() as model_dir:
+    estimator = train.build_estimator(params, model_dir)
+    network = estimator.scaffold.network
+    _, totals = stats.model_statistics(network)
+    images, labels = _synthetic_batch(params)
+    synthetic_fn = lambda ctx: tf.data.Dataset.from_tensors(
+        ({"image": images}, {"class_idx": labels})).repeat()
+    runner = _runner_train_rate if training else _runner_inference_rate
+    bare = (_bare_train_loop(network, params, images, labels) if training
+            else _bare_inference_loop(network, images))
+    best = {"runner": 0.0, "bare": 0.0}
+    for round_index in range(rounds + 1):  # round 0 traces and warms up: not counted
+      peak.append(matmul_peak(FLAGS.matmul_size))
+      rates = {"runner": runner(estimator, synthetic_fn, steps),
+               "bare": _bare_rate(bare, steps, params["batch_size"])}
+      logging.info("%s %s %s round %d: runner %.1f, bare %.1f images/s, matmul %.1f GFLOP/s",
+                   mode, configuration, dtype, round_index, rates["runner"], rates["bare"],
+                   peak[-1] / 1e9)
+      if round_index:
+        best = {k: max(v, rates[k]) for k, v in best.items()}
+    rows = [dict(input="synthetic", runner=best["runner"], bare=best["bare"])]
+    if pattern:
+      pipeline_fn = lambda ctx: dataloader.input_fn(pattern, training, params, ctx).repeat()
+      runner(estimator, pipeline_fn, steps)  # warm-up: fills the shuffle buffer, tunes tf.data
+      rows.append(dict(input=f"pipeline ({params['preprocessing']})",
+                       runner=max(runner(estimator, pipeline_fn, steps) for _ in range(rounds))))
+  # Nominal FLOP per image: 2 per MAC; training counts forward + 2 x forward for the backward pass.
+  flop_per_image = (3 if training else 1) * 2 * totals["macs"]
+  for row in rows:
+    row["images/s"] = row.pop("runner")
+    row.update({"network": _network_label(configuration), "dtype": dtype,
+                "GFLOP/s": row["images/s"] * flop_per_image / 1e9})
+  return rows
+
+
+_SPEED_COLUMNS = ["network", "dtype", "input", "images/s", "bare images/s", "runner/bare",
+                  "GFLOP/s", "% of matmul peak"]
+
+
+def _configurations():
+  names = FLAGS.configuration
+  return list(PUBLISHED) if names == ["official"] else names
+
+
+def _run_speed(mode):
+  """The `train` or `inference` table (see the module docstring)."""
+  peak, rows = [], []
+  load_at_start = round(os.getloadavg()[0], 2)  # before this run adds its own load (~cores)
+  with tempfile.TemporaryDirectory() as scratch:
+    pattern = _pipeline_pattern(scratch)
+    for configuration in _configurations():
+      for dtype in FLAGS.dtype:
+        rows += _measure_network(mode, configuration, dtype, pattern, FLAGS.steps, FLAGS.rounds,
+                                 peak)
+        keras.backend.clear_session()
+  best_peak = max(peak)
+  for row in rows:
+    bare = row.pop("bare", None)
+    row["bare images/s"] = bare if bare else "-"
+    row["runner/bare"] = f"{row['images/s'] / bare:.3f}" if bare else "-"
+    row["% of matmul peak"] = f"{100 * row['GFLOP/s'] * 1e9 / best_peak:.1f}"
+  return {"benchmark": mode, "columns": _SPEED_COLUMNS, "rows": rows,
+          "matmul_peak_gflops": best_peak / 1e9, "matmul_size": FLAGS.matmul_size,
+          "flop_per_image": "3 x 2 x MACs (training)" if mode == "train" else "2 x MACs",
+          "batch_size": FLAGS.batch_size, "image_size": FLAGS.image_size, "steps": FLAGS.steps,
+          "rounds": FLAGS.rounds, **machine(), "load_average_1min_at_start": load_at_start}
+
+
+def machine():
+  """The machine and the run: CPU model, logical cores, TensorFlow version, date, command, and the
+  1-minute load average now (other work on the machine lowers every rate)."""
+  cpu = platform.processor()
+  if os.path.exists("/proc/cpuinfo"):
+    with open("/proc/cpuinfo") as f:
+      cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+  return {"cpu": cpu, "cores": os.cpu_count(), "tensorflow": tf.__version__,
+          "date": datetime.date.today().isoformat(),
+          "command": "python scripts/benchmark.py " + " ".join(sys.argv[1:]),
+          "load_average_1min": round(os.getloadavg()[0], 2)}
+
+
+def run_train():
+  """The `train` benchmark: images/second of the training step (see the module docstring)."""
+  return _run_speed("train")
+
+
+def run_inference():
+  """The `inference` benchmark: images/second of the EVAL step (see the module docstring)."""
+  return _run_speed("inference")
+
+
+def run_all():
+  """Every benchmark, for the README's results section: complexity, train and inference (by
+  default for the five official networks in float32 and bfloat16), and input when --file_pattern
+  or --synthetic_jpegs is given. Returns the machine table with the others as "sections"."""
+  if not FLAGS["configuration"].present:
+    FLAGS.configuration = ["official"]
+  if not FLAGS["dtype"].present:
+    FLAGS.dtype = ["float32", "bfloat16"]
+  sections = [run_complexity(), run_train(), run_inference()]
+  if FLAGS.file_pattern or FLAGS.synthetic_jpegs:
+    sections.append(run_input())
+  info = machine()
+  columns = ["cpu", "cores", "tensorflow", "date", "command", "load_average_1min"]
+  return {"benchmark": "all", "columns": columns, "rows": [info], "sections": sections}
+
+
 # Sub-command name -> function returning {"columns": [...], "rows": [...], ...}.
 SUBCOMMANDS = {
     "input": run_input,
+    "complexity": run_complexity,
+    "train": run_train,
+    "inference": run_inference,
+    "all": run_all,
 }
 
 
@@ -189,7 +496,8 @@ def main(argv):
     raise UserError(f"expected one sub-command, one of {sorted(SUBCOMMANDS)}; got {argv[1:]}")
   results = SUBCOMMANDS[argv[1]]()
   print(f"\n`python scripts/benchmark.py {' '.join(sys.argv[1:])}` ({os.cpu_count()} CPUs)\n")
-  print(markdown_table(results["columns"], results["rows"]))
+  for section in [results] + results.get("sections", []):  # `all`: the machine, then each table
+    print(f"\n{section['benchmark']}:\n\n{markdown_table(section['columns'], section['rows'])}")
   if FLAGS.output_json:
     write_json(FLAGS.output_json, results)
 
