@@ -81,6 +81,16 @@ def define_flags():
                     "Compute dtype (mixed precision for 16-bit; float16 uses loss scaling).")
   flags.DEFINE_boolean("xla", False, "Compile each replica's step with XLA.")
   flags.DEFINE_integer("seed", None, "Random seed of the input pipeline and initialisation.")
+  flags.DEFINE_boolean("deterministic", False,
+                       "Reproducible training: seeds (--seed, default 0), deterministic ops and "
+                       "input order. A run killed and restarted with "
+                       "--checkpoint_input_pipeline ends with the weights of an uninterrupted one.")
+  flags.DEFINE_boolean("checkpoint_input_pipeline", False,
+                       "Also checkpoint the input pipeline's position, so that a restarted run "
+                       "sees the batches an uninterrupted one would have seen.")
+  flags.DEFINE_integer("collective_timeout_secs", 300,
+                       "Multi-worker: a collective operation waiting longer than this for another "
+                       "worker fails the run instead of hanging (0: no limit).")
 
 # Defaults for ImageNet training with the official recipe (shared/DESIGN.md sections 3-5), and the
 # demo's overrides (small images, 10 digit classes, a short schedule that reaches >= 97% top-1).
@@ -105,13 +115,16 @@ def _flag_values():
            "log_every_n_steps", "save_checkpoints_steps", "steps_per_loop", "seed"]
   values = {name: FLAGS[name].value for name in names if FLAGS[name].value is not None}
   values.update(dtype=FLAGS.dtype, keep_checkpoint_max=FLAGS.keep_checkpoint_max, xla=FLAGS.xla,
-                output_train_images=FLAGS.output_train_images)
+                output_train_images=FLAGS.output_train_images,
+                checkpoint_input_pipeline=FLAGS.checkpoint_input_pipeline)
+  if FLAGS.deterministic:  # the input pipeline's order too, and a seed for everything
+    values.update(deterministic_training=True, seed=values.get("seed", 0))
   return values
 
 
 # Runner settings whose defaults do not depend on the data set.
 RUN_DEFAULTS = dict(dtype="float32", keep_checkpoint_max=5, xla=False, output_train_images=True,
-                    eval_every_n_secs=0)
+                    eval_every_n_secs=0, checkpoint_input_pipeline=False)
 
 
 def resolve_params(user, data):
@@ -163,7 +176,7 @@ def _data_sources():
               num_examples_per_epoch=demo.num_train, label_map=demo.label_map)
 
 
-def make_strategy(num_gpus, num_cpu_devices):
+def make_strategy(num_gpus, num_cpu_devices, collective_timeout_secs=0):
   """The distribution strategy: TF_CONFIG -> MultiWorkerMirrored; several GPUs (or logical CPU
   devices) -> Mirrored (NCCL all-reduce on GPUs); else the default one-device strategy.
 
@@ -174,7 +187,7 @@ def make_strategy(num_gpus, num_cpu_devices):
                       if num_gpus else tf.distribute.experimental.CommunicationImplementation.AUTO)
     return tf.distribute.MultiWorkerMirroredStrategy(
         communication_options=tf.distribute.experimental.CommunicationOptions(
-            implementation=implementation))
+            implementation=implementation, timeout_seconds=collective_timeout_secs or None))
   if num_cpu_devices > 1:
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(
@@ -232,7 +245,7 @@ def build_estimator(params, model_dir, strategy=None, init_fn=None):
       summary_images_fn=(lambda f: dataloader.add_mean(f["image"][:3], params))
       if params["output_train_images"] else None,
       log_step_count_steps=params["log_every_n_steps"], steps_per_loop=params["steps_per_loop"],
-      jit_compile=params["xla"])
+      jit_compile=params["xla"], checkpoint_input_pipeline=params["checkpoint_input_pipeline"])
   scaffold_fn = model.scaffold_fn
   if init_fn is not None:
     def scaffold_fn(p):
@@ -266,13 +279,48 @@ def write_params(params, model_dir):
   os.replace(path + ".tmp", path)
 
 
+def check_model_dir(model_dir):
+  """Fails early when a local model_dir cannot be created or written (a file, no permission)."""
+  if "://" in model_dir:  # a remote file system: its own errors tell
+    return
+  existing = os.path.abspath(model_dir)
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+    raise cli.UserError(f"--model_dir={model_dir}: {existing} is not a writable folder")
+
+
+# Errors that mean another worker of a multi-worker run is gone (killed, preempted, unreachable).
+LOST_WORKER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+                      tf.errors.AbortedError, tf.errors.CancelledError)
+
+
+def run_training(est, params):
+  """train_and_evaluate with the run's failures as one-line errors; returns the final results."""
+  try:
+    with dataloader.user_errors_from_data():  # a bad record: one line naming the file
+      return train_and_evaluate(est, params)
+  except estimator_lib.NonFiniteLossError as e:
+    raise cli.UserError(f"training stopped: {e}") from e
+  except LOST_WORKER_ERRORS as e:
+    if "TF_CONFIG" not in os.environ:
+      raise
+    raise cli.UserError(
+        f"lost contact with another worker ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
+        f"restart all workers to resume from the last checkpoint "
+        f"({est.latest_checkpoint()})") from e
+
+
 def main(argv):
   if len(argv) > 1:
     raise cli.UserError(f"unexpected arguments {argv[1:]}; all options are --flags")
-  if FLAGS.seed is not None:
-    keras.utils.set_random_seed(FLAGS.seed)
-  strategy = make_strategy(FLAGS.num_gpus, FLAGS.num_cpu_devices)
+  check_model_dir(FLAGS.model_dir)
+  strategy = make_strategy(FLAGS.num_gpus, FLAGS.num_cpu_devices, FLAGS.collective_timeout_secs)
   params = resolve_params(_flag_values(), _data_sources())
+  if params["seed"] is not None:  # initialisation, and the input pipeline through params
+    keras.utils.set_random_seed(params["seed"])
+  if FLAGS.deterministic:
+    tf.config.experimental.enable_op_determinism()
   check_inputs(params)
   check_scale(params, strategy)
   init_fn = None
@@ -283,16 +331,15 @@ def main(argv):
   logging.info("Starting at global step %d.", est.global_step)  # restores or warm-starts: may fail
   tf.io.gfile.makedirs(FLAGS.model_dir)  # only now, so that a user error leaves model_dir untouched
   write_params(params, FLAGS.model_dir)
-  try:
-    with dataloader.user_errors_from_data():  # a bad record: one line naming the file
-      results = train_and_evaluate(est, params)
-  except estimator_lib.NonFiniteLossError as e:
-    raise cli.UserError(f"training stopped: {e}") from e
+  results = run_training(est, params)
   skipped = dataloader.SKIPPED_RECORDS
   if skipped.count:
     logging.warning("Skipped %d record(s) whose image could not be decoded: %s", skipped.count,
                     ", ".join(f"{name}: {n}" for name, n in sorted(skipped.by_file.items())))
-  if results:
+  if est.stopped_by_signal:
+    print(f"Stopped at step {est.global_step} by a signal; checkpoint written; run the same "
+          f"command to resume.", flush=True)
+  elif results:
     print(f"Final evaluation at step {results['global_step']}: top-1 {results['top_1_accuracy']:.4f}  "
           f"top-5 {results['top_5_accuracy']:.4f}  loss {results['loss']:.4f}  "
           f"on {results['num_examples']} examples", flush=True)

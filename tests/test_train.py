@@ -5,9 +5,6 @@ and the CLI's one-line errors. The network is `tiny_SqNxt` at 32x32 on 3 colour 
 import glob
 import json
 import os
-import socket
-import subprocess
-import sys
 
 import cv2
 import numpy as np
@@ -15,12 +12,15 @@ import pytest
 import tensorflow as tf
 
 import model
+from process_utils import free_port
+from process_utils import run
+from process_utils import start
+from process_utils import TRAIN
 import train
 from scripts import build_tfrecords
 from tools import estimator as estimator_lib
 from tools import fine_tune
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_VALIDATION = 9  # with per-replica batch 2 on 2 replicas: 4 full batches and a partial one
 
 
@@ -194,17 +194,6 @@ def test_evaluate_counts_every_example_once_on_two_replicas(records, tmp_path):
   assert results["num_examples"] == NUM_VALIDATION
 
 
-def run_cli(*args, env=None):
-  return subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *args], cwd=ROOT,
-                        capture_output=True, text=True, timeout=300, env=env)
-
-
-def free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def common_flags(records, model_dir):
   return [f"--model_dir={model_dir}", f"--train_file_pattern={records.train_pattern}",
           "--configuration=tiny_SqNxt", "--image_size=32", "--num_classes=3", "--batch_size=4",
@@ -218,9 +207,7 @@ def test_two_workers_train_in_lock_step(records, tmp_path):
   for index in range(2):
     env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster,
                                                  "task": {"type": "worker", "index": index}}))
-    processes.append(subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "train.py"), *common_flags(records, tmp_path / "mw")],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    processes.append(start([TRAIN, *common_flags(records, tmp_path / "mw")], env=env))
   logs = [p.communicate(timeout=300)[0] for p in processes]
   assert [p.returncode for p in processes] == [0, 0], logs
   final = [[line.split("loss")[1].split()[0] for line in log.splitlines() if "step 10/10" in line]
@@ -244,7 +231,7 @@ def test_cli_user_errors_are_one_line(records, tmp_path, case):
       "fine_tune_mismatch": (flags + [f"--fine_tune_ckpt={mismatched_checkpoint(tmp_path)}"],
                              "--fine_tune_ckpt"),
   }[case]
-  result = run_cli(*expected[0])
+  result = run([TRAIN, *expected[0]])
   assert result.returncode != 0
   assert "Traceback" not in result.stderr, result.stderr
   error_lines = [l for l in result.stderr.splitlines() if l.startswith(("error:", "FATAL"))]

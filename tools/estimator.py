@@ -215,6 +215,8 @@ class Estimator:
     self._eval_loop_fn = None
     self._predict_fn = None
     self._stop_signal = None
+    self._restored_path = None
+    self.stopped_by_signal = False
 
   # ----------------------------------------------------------------------------------------------
   # State: scaffold, checkpoints, summary writers.
@@ -242,18 +244,34 @@ class Estimator:
     return tf.train.latest_checkpoint(self.model_dir)
 
   def _restore_or_initialize(self):
-    path = self.latest_checkpoint()
-    if path is None:
-      if self._scaffold.init_fn is not None:
-        self._scaffold.init_fn(self._scaffold)
+    """Restores the newest readable checkpoint of model_dir, else runs the warm start (init_fn).
+
+    A checkpoint that cannot be read (a save killed half-way, a truncated file) is skipped with a
+    warning for the one before it; a checkpoint of another network is a UserError.
+    """
+    state = tf.train.get_checkpoint_state(self.model_dir)
+    candidates = list(reversed(state.all_model_checkpoint_paths)) if state else []
+    for path in candidates:
+      try:
+        self._checkpoint.restore(path).assert_existing_objects_matched()
+      except (tf.errors.DataLossError, tf.errors.OutOfRangeError, tf.errors.NotFoundError,
+              tf.errors.UnknownError, IndexError) as e:  # IndexError: "Read less bytes than requested"
+        logging.warning("Checkpoint %s is unreadable (%s: %s); trying the one before it.", path,
+                        type(e).__name__, str(e).splitlines()[0][:200])
+        continue
+      except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as e:
+        raise UserError(f"--model_dir={self.model_dir}: its checkpoint {os.path.basename(path)} does "
+                        f"not fit this network ({str(e).splitlines()[0][:200]}); use a new "
+                        f"--model_dir or the configuration it was trained with") from e
+      self._restored_path = path
+      logging.info("Restored %s (global step %d)%s.", path, self.global_step,
+                   "" if path == candidates[0] else f", the newest readable checkpoint")
       return
-    try:
-      self._checkpoint.restore(path).assert_existing_objects_matched()
-    except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as e:
-      raise UserError(f"--model_dir={self.model_dir}: its checkpoint {os.path.basename(path)} does not "
-                      f"fit this network ({str(e).splitlines()[0][:200]}); use a new --model_dir "
-                      f"or the configuration it was trained with") from e
-    logging.info("Restored %s (global step %d).", path, self.global_step)
+    if candidates:
+      raise UserError(f"--model_dir={self.model_dir}: none of its checkpoints can be read "
+                      f"({', '.join(os.path.basename(p) for p in candidates)})")
+    if self._scaffold.init_fn is not None:
+      self._scaffold.init_fn(self._scaffold)
 
   def _checkpoint_manager(self, checkpoint):
     directory = self.model_dir
@@ -263,7 +281,17 @@ class Estimator:
                                       max_to_keep=self.config.keep_checkpoint_max)
 
   def _save(self, manager, step):
-    path = manager.save(checkpoint_number=step)
+    """Writes the checkpoint of `step`; refuses non-finite weights, so the last good one stays."""
+    if not all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in self.scaffold.network.weights):
+      raise NonFiniteLossError(f"the weights became non-finite by step {step}; the latest "
+                               f"checkpoint ({manager.latest_checkpoint}) is the last good one")
+    try:
+      path = manager.save(checkpoint_number=step)
+    except (tf.errors.ResourceExhaustedError, tf.errors.PermissionDeniedError,
+            tf.errors.UnknownError, tf.errors.InternalError, OSError) as e:
+      raise UserError(f"--model_dir={self.model_dir}: could not write the checkpoint of step {step} "
+                      f"({str(e).splitlines()[0][:200]}); the previous checkpoint "
+                      f"({manager.latest_checkpoint}) is intact") from e
     if self.is_chief:
       logging.info("Saved checkpoint %s.", path)
     else:
@@ -371,6 +399,18 @@ class Estimator:
     except ValueError:  # not the main thread: leave the default handlers
       return {}
 
+  def _checkpointable(self, input_fn):
+    """input_fn whose datasets can be checkpointed when RunConfig.checkpoint_input_pipeline is set.
+
+    State kept outside the pipeline (a Python counter called through tf.py_function, say) is not
+    part of the input position and is left out of the checkpoint instead of failing the save.
+    """
+    if not self.config.checkpoint_input_pipeline:
+      return input_fn
+    options = tf.data.Options()
+    options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
+    return lambda input_context: input_fn(input_context).with_options(options)
+
   def _tracked_for_checkpoint(self, iterator):
     if not self.config.checkpoint_input_pipeline:
       return self._checkpoint
@@ -393,12 +433,13 @@ class Estimator:
     if step >= max_steps:
       logging.info("Global step %d >= max_steps %d: nothing to train.", step, max_steps)
       return {}
-    dataset = self.strategy.distribute_datasets_from_function(input_fn)
+    dataset = self.strategy.distribute_datasets_from_function(self._checkpointable(input_fn))
     iterator = iter(dataset)
     checkpoint = self._tracked_for_checkpoint(iterator)
     manager = self._checkpoint_manager(checkpoint)
-    if self.config.checkpoint_input_pipeline and manager.latest_checkpoint:
-      checkpoint.restore(manager.latest_checkpoint).expect_partial()  # the iterator's position
+    if self.config.checkpoint_input_pipeline and self._restored_path:
+      checkpoint.restore(self._restored_path).expect_partial()  # the input pipeline's position
+    self._restored_path = None  # a later train() call in this process starts a new pipeline
     if self._train_loop_fn is None:
       self._train_loop_fn = self._make_train_loop()
     for hook in hooks:
@@ -447,6 +488,7 @@ class Estimator:
       if self._stop_signal is not None or stop or itstime(step, cfg.save_checkpoints_steps, max_steps):
         self._save(manager, step)
       if self._stop_signal is not None:
+        self.stopped_by_signal = True
         logging.info("Stopped by %s at step %d; the checkpoint for step %d is written, and the next "
                      "start resumes there.", signal.Signals(self._stop_signal).name, step, step)
         break
@@ -584,6 +626,8 @@ def train_and_evaluate(estimator, train_spec, eval_spec):
   """
   hook = _EvaluateHook(eval_spec)
   estimator.train(train_spec.input_fn, train_spec.max_steps, hooks=(*train_spec.hooks, hook))
+  if estimator.stopped_by_signal:  # preempted: leave quickly; the next start resumes
+    return hook.results
   if hook.results is None or hook.results["global_step"] != estimator.global_step:
     hook.evaluate(estimator)
   return hook.results

@@ -1,0 +1,28 @@
+"""Helpers for tests that run the project's command-line programs as real processes."""
+
+import os
+import socket
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN = os.path.join(ROOT, "train.py")
+
+
+def free_port():
+  """A TCP port on 127.0.0.1 that is free now (for TF_CONFIG clusters of local workers)."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def run(args, env=None, timeout=300):
+  """Runs `python args...` from the repository root; returns the CompletedProcess (text output)."""
+  return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                        timeout=timeout, env=env)
+
+
+def start(args, env=None):
+  """Starts `python args...` with stderr merged into a text stdout pipe; returns the Popen."""
+  return subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, env=env)

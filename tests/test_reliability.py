@@ -1,0 +1,141 @@
+"""A killed, preempted or failing run loses nothing: the processes are real `train.py` runs on small
+records (tiny_SqNxt at 32x32), killed with real signals."""
+
+import glob
+import json
+import os
+import random
+import signal
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import data_utils
+from process_utils import free_port
+from process_utils import run
+from process_utils import start
+from process_utils import TRAIN
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+  return data_utils.build_records(tmp_path_factory.mktemp("reliability"))
+
+
+def flags_for(records, model_dir, max_steps=30, *extra):
+  return [TRAIN, f"--model_dir={model_dir}",
+          f"--train_file_pattern={records.train_pattern}", "--configuration=tiny_SqNxt",
+          "--image_size=32", f"--num_classes={records.num_classes}", "--batch_size=4",
+          f"--max_steps={max_steps}", "--log_every_n_steps=1", "--steps_per_loop=1",
+          "--save_checkpoints_steps=3", "--base_learning_rate=0.05", "--warmup_steps=2",
+          "--output_train_images=false", *extra]
+
+
+def wait_for_step(process, step, log):
+  """Reads the process's log until it reports `step` (or a later one); returns the step seen."""
+  for line in process.stdout:
+    log.append(line)
+    if " step " in line and "/" in line.split(" step ")[1]:
+      seen = int(line.split(" step ")[1].split("/")[0])
+      if seen >= step:
+        return seen
+  raise AssertionError("".join(log[-30:]))
+
+
+def network_weights(model_dir):
+  reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(model_dir))
+  return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
+          if k.startswith("network/")}
+
+
+def test_killed_three_times_ends_with_the_uninterrupted_weights(records, tmp_path):
+  deterministic = ["--deterministic", "--checkpoint_input_pipeline", "--seed=7"]
+  reference = run(flags_for(records, tmp_path / "reference", 30, *deterministic))
+  assert reference.returncode == 0, reference.stderr[-3000:]
+
+  rng = random.Random(0)
+  for kill_at in sorted(rng.sample(range(2, 29), 3)):
+    process, log = start(flags_for(records, tmp_path / "killed", 30, *deterministic)), []
+    wait_for_step(process, kill_at, log)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+  final = run(flags_for(records, tmp_path / "killed", 30, *deterministic))
+  assert final.returncode == 0, final.stderr[-3000:]
+  assert "Restored" in final.stderr
+
+  expected, actual = network_weights(tmp_path / "reference"), network_weights(tmp_path / "killed")
+  assert expected.keys() == actual.keys()
+  for key in expected:
+    np.testing.assert_array_equal(actual[key], expected[key], err_msg=key)  # bitwise
+
+
+def test_sigterm_writes_a_checkpoint_and_the_next_start_resumes(records, tmp_path):
+  process, log = start(flags_for(records, tmp_path, 1000)), []
+  stopped_after = wait_for_step(process, 5, log)
+  process.send_signal(signal.SIGTERM)
+  output, _ = process.communicate(timeout=120)
+  log.append(output)
+  assert process.returncode == 0, "".join(log)[-3000:]
+  step = int(os.path.basename(tf.train.latest_checkpoint(tmp_path)).split("-")[1])
+  assert step >= stopped_after and "Stopped by SIGTERM" in "".join(log)
+
+  resumed = run(flags_for(records, tmp_path, step + 2))
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f"global step {step})" in resumed.stderr  # restored at the preempted step
+  assert f"step {step + 1}/{step + 2}" in resumed.stderr  # and continued at the next one
+
+
+def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_one(records, tmp_path):
+  first = run(flags_for(records, tmp_path, 6))
+  assert first.returncode == 0, first.stderr[-3000:]
+  newest = tf.train.latest_checkpoint(tmp_path)
+  assert newest.endswith("ckpt-6")
+  for data_file in glob.glob(newest + ".data-*"):  # a save killed half-way through writing
+    with open(data_file, "r+b") as f:
+      f.truncate(os.path.getsize(data_file) // 2)
+  resumed = run(flags_for(records, tmp_path, 8))
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "ckpt-6 is unreadable" in resumed.stderr
+  assert "Restored" in resumed.stderr and "ckpt-3 (global step 3)" in resumed.stderr
+  assert tf.train.latest_checkpoint(tmp_path).endswith("ckpt-8")
+
+
+def test_a_non_finite_loss_stops_without_saving_bad_weights(records, tmp_path):
+  result = run(flags_for(records, tmp_path, 30, "--base_learning_rate=1e30",
+                         "--warmup_start_learning_rate=1e30"))
+  assert result.returncode != 0
+  error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+  assert len(error) == 1 and "non-finite" in error[0] and "Traceback" not in result.stderr
+  for prefix in glob.glob(str(tmp_path / "ckpt-*.index")):  # whatever was saved is finite
+    reader = tf.train.load_checkpoint(prefix[:-len(".index")])
+    for key in reader.get_variable_to_shape_map():
+      if key.startswith("network/"):
+        assert np.all(np.isfinite(reader.get_tensor(key))), key
+
+
+def test_a_dead_worker_stops_the_other_and_both_resume(records, tmp_path):
+  cluster = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]}
+  def env(index):
+    return dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster,
+                                                  "task": {"type": "worker", "index": index}}))
+  args = flags_for(records, tmp_path, 100000, "--save_checkpoints_steps=5")
+  chief, worker = start(args, env(0)), start(args, env(1))
+  log = []
+  wait_for_step(worker, 12, log)
+  worker.send_signal(signal.SIGKILL)
+  killed_at = time.time()
+  output, _ = chief.communicate(timeout=300)
+  elapsed = time.time() - killed_at
+  worker.wait()
+  assert chief.returncode != 0 and elapsed < 120
+  assert "error: lost contact with another worker" in output, output[-3000:]
+  assert "Traceback" not in output
+  last = int(os.path.basename(tf.train.latest_checkpoint(tmp_path)).split("-")[1])
+
+  args = flags_for(records, tmp_path, last + 2, "--save_checkpoints_steps=5")
+  chief, worker = start(args, env(0)), start(args, env(1))
+  outputs = [chief.communicate(timeout=300)[0], worker.communicate(timeout=300)[0]]
+  assert [chief.returncode, worker.returncode] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+  assert f"global step {last})" in outputs[0]
