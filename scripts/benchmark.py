@@ -273,15 +273,15 @@ def matmul_peak(size, repeats=3):
   return 2.0 * size ** 3 / best
 
 
-def _benchmark_params(configuration, dtype, steps):
-  """train.py's params for a benchmark run: defaults, no summaries, one tf.function call per timed
-  measurement (steps_per_loop = steps), a checkpoint only at the end of each `train` call."""
+def _benchmark_params(configuration, dtype, steps_per_loop):
+  """train.py's params for a benchmark run: ImageNet defaults with the flags' batch, size and dtype,
+  no summaries or progress lines, a checkpoint only at the end of each `train` call."""
   if dtype not in ("float32", "bfloat16", "float16"):
     raise UserError(f"--dtype={dtype}: expected float32, bfloat16 or float16")
   model.get_config(configuration)  # UserError naming the known configurations
   user = dict(configuration=configuration, dtype=dtype, batch_size=FLAGS.batch_size,
               image_size=FLAGS.image_size, num_classes=_IMAGENET_CLASSES, max_steps=10 ** 6,
-              steps_per_loop=steps, save_checkpoints_steps=0, save_summary_steps=0,
+              steps_per_loop=steps_per_loop, save_checkpoints_steps=0, save_summary_steps=0,
               log_every_n_steps=0, image_summary_steps=0, output_train_images=False,
               preprocessing=FLAGS.preprocessing, shuffle_buffer_size=1024)
   return train.resolve_params(user, {})
@@ -295,35 +295,36 @@ def _synthetic_batch(params):
   return images, labels
 
 
-class _LoopTimer(estimator_lib.Hook):
-  """Times `Estimator.train` from its first step to the end of its first loop (set up and the
-  checkpoint written at the end are left out)."""
+class _StepTimer(estimator_lib.Hook):
+  """Host times at the start of `Estimator.train` and after each of its loops (one step each with
+  steps_per_loop 1), so that the step times leave out set-up and the final checkpoint."""
 
   def begin(self, estimator):
-    self.start = time.perf_counter()
+    self.times = [time.perf_counter()]
 
   def after_step(self, estimator, step, outputs):
-    self.seconds = time.perf_counter() - self.start
-    return True
+    self.times.append(time.perf_counter())
+    return False
 
 
-def _runner_train_rate(estimator, input_fn, steps):
-  """Images/second of one loop of `steps` training steps through Estimator.train and model_fn."""
-  timer = _LoopTimer()
+def _runner_train_seconds(estimator, input_fn, steps):
+  """Seconds of each of `steps` training steps through Estimator.train and model_fn (list)."""
+  timer = _StepTimer()
   estimator.train(input_fn, estimator.global_step + steps, hooks=(timer,))
-  return steps * estimator.params["batch_size"] / timer.seconds
+  return list(np.diff(timer.times))
 
 
-def _runner_inference_rate(estimator, input_fn, steps):
-  """Images/second of Estimator.evaluate (model_fn's EVAL branch) over `steps` batches."""
+def _runner_inference_seconds(estimator, input_fn, steps):
+  """Seconds per batch of one Estimator.evaluate pass (model_fn's EVAL branch) over `steps` batches,
+  set-up and summaries included (evaluate has no hooks); a one-element list."""
   start = time.perf_counter()
   estimator.evaluate(lambda ctx: input_fn(ctx).take(steps))
-  return steps * estimator.params["batch_size"] / (time.perf_counter() - start)
+  return [(time.perf_counter() - start) / steps]
 
 
 def _bare_train_loop(network, params, images, labels):
   """`loop(num_steps)`: a plain tf.function GradientTape loop over `network` with model_fn's loss
-  (cross-entropy + weight decay, model.train_loss) and a separate optimizer of the same recipe."""
+  (cross-entropy + weight decay, model.train_loss) and its own optimizer of the same recipe."""
   optimizer = optimizer_lib.build_optimizer(model.recipe_from_params(params),
                                             loss_scale=params["dtype"] == "float16")
   variables = network.trainable_variables
@@ -352,10 +353,14 @@ def _bare_inference_loop(network, images):
   return loop
 
 
-def _bare_rate(loop, steps, batch_size):
-  start = time.perf_counter()
-  loop(tf.constant(steps)).numpy()
-  return steps * batch_size / (time.perf_counter() - start)
+def _bare_seconds(loop, steps, per_step):
+  """Seconds of `steps` steps of `loop`: each timed alone (per_step), or all in one call (one
+  element: seconds per step)."""
+  def timed(n):
+    start = time.perf_counter()
+    loop(tf.constant(n)).numpy()
+    return time.perf_counter() - start
+  return [timed(1) for _ in range(steps)] if per_step else [timed(steps) / steps]
 
 
 def _pipeline_pattern(scratch):
@@ -366,14 +371,20 @@ def _pipeline_pattern(scratch):
   return FLAGS.file_pattern
 
 
-def _measure_network(mode, configuration, dtype, pattern, steps, rounds, peak):
-  """Rows for one network and dtype: synthetic input through the runner against the bare loop
-  (interleaved rounds, best of each), then the real pipeline when `pattern` is set.
+def _measure_network(mode, configuration, dtype, pattern, steps, rounds):
+  """Rows for one network and dtype, and the matmul peaks (FLOP/s) measured meanwhile.
 
-  `peak` is a list of float32 matmul rates (FLOP/s), appended to once per round.
+  Synthetic input (one in-memory batch, repeated): rounds of [matmul peak, runner, bare loop], the
+  first round untimed (tracing, warm-up); each rate is the best step (training: every step timed
+  on its own; inference: a pass of `steps` batches) over the rounds. Short, interleaved
+  measurements let other work on the machine hit every measurement alike. Then, when `pattern` is
+  set, the runner on the real pipeline: mean step time after a warm-up pass (a step's best would
+  credit batches the pipeline prefetched while the model waited).
   """
-  params = _benchmark_params(configuration, dtype, steps)
   training = mode == "train"
+  params = _benchmark_params(configuration, dtype, 1 if training else steps)
+  runner = _runner_train_seconds if training else _runner_inference_seconds
+  batch_size, peaks, rounds_detail = params["batch_size"], [], []
   with tempfile.TemporaryDirectory() as model_dir:
     estimator = train.build_estimator(params, model_dir)
     network = estimator.scaffold.network
@@ -381,55 +392,60 @@ def _measure_network(mode, configuration, dtype, pattern, steps, rounds, peak):
     images, labels = _synthetic_batch(params)
     synthetic_fn = lambda ctx: tf.data.Dataset.from_tensors(
         ({"image": images}, {"class_idx": labels})).repeat()
-    runner = _runner_train_rate if training else _runner_inference_rate
     bare = (_bare_train_loop(network, params, images, labels) if training
             else _bare_inference_loop(network, images))
-    best = {"runner": 0.0, "bare": 0.0}
-    for round_index in range(rounds + 1):  # round 0 traces and warms up: not counted
-      peak.append(matmul_peak(FLAGS.matmul_size))
-      rates = {"runner": runner(estimator, synthetic_fn, steps),
-               "bare": _bare_rate(bare, steps, params["batch_size"])}
-      logging.info("%s %s %s round %d: runner %.1f, bare %.1f images/s, matmul %.1f GFLOP/s",
-                   mode, configuration, dtype, round_index, rates["runner"], rates["bare"],
-                   peak[-1] / 1e9)
-      if round_index:
-        best = {k: max(v, rates[k]) for k, v in best.items()}
-    rows = [dict(input="synthetic", runner=best["runner"], bare=best["bare"])]
+    best = {"runner": float("inf"), "bare": float("inf")}
+    for round_index in range(rounds + 1):
+      peaks.append(matmul_peak(FLAGS.matmul_size))
+      seconds = {"runner": min(runner(estimator, synthetic_fn, steps)),
+                 "bare": min(_bare_seconds(bare, steps, per_step=training))}
+      rates = {k: batch_size / v for k, v in seconds.items()}
+      rounds_detail.append({"matmul_gflops": peaks[-1] / 1e9, **rates})
+      logging.info("%s %s %s round %d/%d: runner %.1f, bare %.1f images/s, matmul %.1f GFLOP/s",
+                   mode, configuration, dtype, round_index, rounds, rates["runner"], rates["bare"],
+                   peaks[-1] / 1e9)
+      if round_index:  # round 0 traces the functions
+        best = {k: min(v, seconds[k]) for k, v in best.items()}
+    rows = [dict(input="synthetic", runner=batch_size / best["runner"],
+                 bare=batch_size / best["bare"], rounds=rounds_detail[1:])]
     if pattern:
       pipeline_fn = lambda ctx: dataloader.input_fn(pattern, training, params, ctx).repeat()
       runner(estimator, pipeline_fn, steps)  # warm-up: fills the shuffle buffer, tunes tf.data
+      step_seconds = runner(estimator, pipeline_fn, steps * rounds)
       rows.append(dict(input=f"pipeline ({params['preprocessing']})",
-                       runner=max(runner(estimator, pipeline_fn, steps) for _ in range(rounds))))
-  # Nominal FLOP per image: 2 per MAC; training counts forward + 2 x forward for the backward pass.
+                       runner=batch_size / float(np.mean(step_seconds))))
+  # Nominal FLOP per image: 2 per MAC; training counts the forward pass and twice it backward.
   flop_per_image = (3 if training else 1) * 2 * totals["macs"]
   for row in rows:
     row["images/s"] = row.pop("runner")
     row.update({"network": _network_label(configuration), "dtype": dtype,
                 "GFLOP/s": row["images/s"] * flop_per_image / 1e9})
-  return rows
+  return rows, peaks
 
 
 _SPEED_COLUMNS = ["network", "dtype", "input", "images/s", "bare images/s", "runner/bare",
                   "GFLOP/s", "% of matmul peak"]
 
 
-def _configurations():
-  names = FLAGS.configuration
-  return list(PUBLISHED) if names == ["official"] else names
+def _speed_cases():
+  """(configuration, dtype) pairs from --configuration and --dtype ('official': the five)."""
+  names = list(PUBLISHED) if FLAGS.configuration == ["official"] else FLAGS.configuration
+  return [(name, dtype) for name in names for dtype in FLAGS.dtype]
 
 
-def _run_speed(mode):
-  """The `train` or `inference` table (see the module docstring)."""
-  peak, rows = [], []
+def _run_speed(mode, cases):
+  """The `train` or `inference` table for `cases`, (configuration, dtype) pairs (see the module
+  docstring); the FLOP rates are against the best float32 matmul rate measured in the run."""
+  peaks, rows = [], []
   load_at_start = round(os.getloadavg()[0], 2)  # before this run adds its own load (~cores)
   with tempfile.TemporaryDirectory() as scratch:
     pattern = _pipeline_pattern(scratch)
-    for configuration in _configurations():
-      for dtype in FLAGS.dtype:
-        rows += _measure_network(mode, configuration, dtype, pattern, FLAGS.steps, FLAGS.rounds,
-                                 peak)
-        keras.backend.clear_session()
-  best_peak = max(peak)
+    for configuration, dtype in cases:
+      case_rows, case_peaks = _measure_network(mode, configuration, dtype, pattern, FLAGS.steps,
+                                               FLAGS.rounds)
+      rows, peaks = rows + case_rows, peaks + case_peaks
+      keras.backend.clear_session()
+  best_peak = max(peaks)
   for row in rows:
     bare = row.pop("bare", None)
     row["bare images/s"] = bare if bare else "-"
@@ -457,29 +473,31 @@ def machine():
 
 def run_train():
   """The `train` benchmark: images/second of the training step (see the module docstring)."""
-  return _run_speed("train")
+  return _run_speed("train", _speed_cases())
 
 
 def run_inference():
   """The `inference` benchmark: images/second of the EVAL step (see the module docstring)."""
-  return _run_speed("inference")
+  return _run_speed("inference", _speed_cases())
 
 
 def run_all():
-  """Every benchmark, for the README's results section: complexity, train and inference (by
-  default for the five official networks in float32 and bfloat16), and input when --file_pattern
-  or --synthetic_jpegs is given. Returns the machine table with the others as "sections"."""
-  if not FLAGS["configuration"].present:
-    FLAGS.configuration = ["official"]
-  if not FLAGS["dtype"].present:
-    FLAGS.dtype = ["float32", "bfloat16"]
-  sections = [run_complexity(), run_train(), run_inference()]
+  """Every benchmark, for the README's results section: the machine, complexity, train and
+  inference, and input when --file_pattern or --synthetic_jpegs is given.
+
+  Speed cases: --configuration x --dtype when either flag is given; by default (a few minutes on
+  2 cores) 1.0-SqNxt-23 in float32 and bfloat16 and the four other official networks in bfloat16.
+  """
+  cases = _speed_cases()
+  if not (FLAGS["configuration"].present or FLAGS["dtype"].present):
+    cases = [("v_1_0_SqNxt_23", "float32")] + [(name, "bfloat16") for name in PUBLISHED]
+  load_at_start = round(os.getloadavg()[0], 2)
+  sections = [run_complexity(), _run_speed("train", cases), _run_speed("inference", cases)]
   if FLAGS.file_pattern or FLAGS.synthetic_jpegs:
     sections.append(run_input())
-  info = machine()
-  columns = ["cpu", "cores", "tensorflow", "date", "command", "load_average_1min"]
+  info = {**machine(), "load_average_1min_at_start": load_at_start}
+  columns = ["cpu", "cores", "tensorflow", "date", "command", "load_average_1min_at_start"]
   return {"benchmark": "all", "columns": columns, "rows": [info], "sections": sections}
-
 
 # Sub-command name -> function returning {"columns": [...], "rows": [...], ...}.
 SUBCOMMANDS = {
