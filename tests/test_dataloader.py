@@ -210,3 +210,36 @@ def test_label_map_round_trip_and_errors(tmp_path):
   (tmp_path / "bad.txt").write_text("1\ta\ta\n3\tc\tc\n")
   with pytest.raises(UserError, match="line 2"):
     dataloader.read_label_map(str(tmp_path / "bad.txt"))
+
+
+def _batches(iterator, count):
+  return [(features["image"].numpy(), labels["class_idx"].numpy())
+          for features, labels in (next(iterator) for _ in range(count))]
+
+
+def _assert_same_batches(batches, expected):
+  assert len(batches) == len(expected)
+  for (images, class_idx), (expected_images, expected_class_idx) in zip(batches, expected):
+    np.testing.assert_array_equal(class_idx, expected_class_idx)
+    np.testing.assert_array_equal(images, expected_images)
+
+
+def test_training_iterator_checkpoint_restores_the_same_batches(records, tmp_path):
+  params = _params(deterministic_training=True, shuffle_buffer_size=8)
+  iterator = iter(dataloader.input_fn(records.train_pattern, True, params))
+  _batches(iterator, 3)
+  checkpoint = tf.train.Checkpoint(iterator=iterator)
+  path = checkpoint.write(str(tmp_path / "iterator"))
+  after_save = _batches(iterator, 3)  # 6 batches of 4 > 18 records: crosses an epoch
+  checkpoint.restore(path)
+  _assert_same_batches(_batches(iterator, 3), after_save)
+
+
+def test_deterministic_training_with_a_seed_repeats_the_batches(records):
+  params = _params(deterministic_training=True)
+  first, second = (_batches(iter(dataloader.input_fn(records.train_pattern, True, params)), 6)
+                   for _ in range(2))
+  _assert_same_batches(second, first)
+  other_seed = _batches(iter(dataloader.input_fn(records.train_pattern, True,
+                                                 {**params, "seed": 2})), 6)
+  assert any(not np.array_equal(a[0], b[0]) for a, b in zip(other_seed, first))
