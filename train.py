@@ -59,6 +59,8 @@ def define_flags():
                        "Warm-up steps. Default: the official 780 at batch 1024, scaled inversely.")
   flags.DEFINE_float("weight_decay", None, "L2 weight decay (Caffe's sense). Default 1e-4.")
   flags.DEFINE_float("bn_momentum", None, "BatchNorm moving-average fraction. Default 0.999 (prototxt).")
+  flags.DEFINE_boolean("bn_synchronized", None,
+                       "BatchNorm statistics over the global batch (all replicas). Default off.")
   flags.DEFINE_integer("eval_every_n_steps", None, "Evaluate every N steps (and at the end).")
   flags.DEFINE_integer("eval_every_n_secs", None, "Evaluate every N seconds (and at the end).")
   flags.DEFINE_boolean("output_train_images", True, "Write training/validation images to TensorBoard.")
@@ -110,7 +112,7 @@ def _flag_values():
   """The flags the user set, as a dict of the params they define (unset flags are left out)."""
   names = ["configuration", "batch_size", "num_epochs", "max_steps", "num_examples_per_epoch",
            "image_size", "num_classes", "preprocessing", "base_learning_rate",
-           "warmup_start_learning_rate", "warmup_steps", "weight_decay", "bn_momentum",
+           "warmup_start_learning_rate", "warmup_steps", "weight_decay", "bn_momentum", "bn_synchronized",
            "eval_every_n_steps", "eval_every_n_secs", "image_summary_steps", "save_summary_steps",
            "log_every_n_steps", "save_checkpoints_steps", "steps_per_loop", "seed"]
   values = {name: FLAGS[name].value for name in names if FLAGS[name].value is not None}

@@ -16,10 +16,12 @@ def free_port():
     return s.getsockname()[1]
 
 
-def run(args, env=None, timeout=300):
-  """Runs `python args...` from the repository root; returns the CompletedProcess (text output)."""
+def run(args, env=None, timeout=300, preexec_fn=None):
+  """Runs `python args...` from the repository root; returns the CompletedProcess (text output).
+
+  `preexec_fn` runs in the child before Python starts (e.g. to set a resource limit)."""
   return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
-                        timeout=timeout, env=env)
+                        timeout=timeout, env=env, preexec_fn=preexec_fn)
 
 
 def start(args, env=None):

@@ -287,8 +287,9 @@ class Estimator:
                                f"checkpoint ({manager.latest_checkpoint}) is the last good one")
     try:
       path = manager.save(checkpoint_number=step)
-    except (tf.errors.ResourceExhaustedError, tf.errors.PermissionDeniedError,
-            tf.errors.UnknownError, tf.errors.InternalError, OSError) as e:
+    except (tf.errors.ResourceExhaustedError, tf.errors.OutOfRangeError,  # disk full, file too big
+            tf.errors.PermissionDeniedError, tf.errors.UnknownError, tf.errors.InternalError,
+            OSError) as e:
       raise UserError(f"--model_dir={self.model_dir}: could not write the checkpoint of step {step} "
                       f"({str(e).splitlines()[0][:200]}); the previous checkpoint "
                       f"({manager.latest_checkpoint}) is intact") from e

@@ -1,0 +1,117 @@
+"""Rows of the README's bad-input catalogue that the module tests do not cover already: unusual
+records that training goes on with, and the model_dir failures of `train.py`."""
+
+import io
+import os
+import resource
+import signal
+
+import cv2
+import numpy as np
+from PIL import Image
+import pytest
+import tensorflow as tf
+
+import data_utils
+import dataloader
+from process_utils import run
+from process_utils import TRAIN
+from tools.cli import UserError
+
+PARAMS = dict(image_size=24, batch_size=4, num_classes=3)
+
+
+def decoded_records(path):
+  """(images, class_idx, skipped) of one evaluation pass over the TFRecord file `path`."""
+  counter = dataloader.SkippedRecords()
+  images, labels = [], []
+  with dataloader.user_errors_from_data():
+    for features, batch_labels in dataloader.input_fn(path, False, PARAMS, skipped=counter):
+      images.append(features["image"].numpy())
+      labels.append(batch_labels["class_idx"].numpy())
+  return np.concatenate(images), np.concatenate(labels), counter.count
+
+
+def encoded(image, extension, **pil):
+  if pil:  # Pillow writes the CMYK JPEGs OpenCV cannot
+    buffer = io.BytesIO()
+    Image.fromarray(image).convert(pil["mode"]).save(buffer, format="JPEG")
+    return buffer.getvalue()
+  return cv2.imencode(extension, image)[1].tobytes()
+
+
+def test_png_grayscale_and_cmyk_bytes_in_records_decode_as_rgb(tmp_path):
+  rgb = np.zeros((30, 30, 3), np.uint8)
+  rgb[..., 0] = 200  # red in RGB order
+  sources = [encoded(rgb[..., ::-1], ".jpg"), encoded(rgb[..., ::-1], ".png"),
+             encoded(rgb[..., 0], ".jpg"), encoded(rgb, ".jpg", mode="CMYK")]
+  path = data_utils.write_records(str(tmp_path / "records"),
+                                  [data_utils.example(b, label=1) for b in sources])
+  images, labels, skipped = decoded_records(path)
+  assert skipped == 0 and list(labels) == [0, 0, 0, 0]
+  pixels = dataloader.add_mean(images, dataloader.input_params(PARAMS)).numpy().astype(int)
+  centre = pixels[:, 12, 12]
+  np.testing.assert_allclose(centre[:2], [[200, 0, 0]] * 2, atol=4)  # JPEG and PNG: red
+  assert abs(centre[2, 0] - centre[2, 1]) <= 2  # grayscale: three equal channels
+  np.testing.assert_allclose(centre[3], [200, 0, 0], atol=12)  # CMYK converted to RGB
+
+
+def test_a_file_that_is_not_a_tfrecord_is_named(tmp_path):
+  path = tmp_path / "train-00000-of-00001"
+  path.write_bytes(data_utils.jpeg_bytes())  # a JPEG under a record file's name
+  with pytest.raises(UserError, match="train-00000-of-00001"):
+    decoded_records(str(path))
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+  return data_utils.build_records(tmp_path_factory.mktemp("bad_input"))
+
+
+def train_args(records, model_dir, *extra):
+  return [TRAIN, f"--model_dir={model_dir}", f"--train_file_pattern={records.train_pattern}",
+          "--configuration=tiny_SqNxt", "--image_size=32", f"--num_classes={records.num_classes}",
+          "--batch_size=4", "--max_steps=4", "--steps_per_loop=2", "--save_checkpoints_steps=2",
+          "--output_train_images=false", *extra]
+
+
+def one_error_line(result):
+  assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+  lines = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+  assert len(lines) == 1, result.stderr[-3000:]
+  return lines[0]
+
+
+def test_model_dir_not_writable(records, tmp_path):
+  if os.geteuid() == 0:
+    blocked = tmp_path / "a_file"  # root may write anywhere: a file in the way stands for it
+    blocked.write_text("")
+  else:
+    blocked = tmp_path / "read_only"
+    blocked.mkdir(mode=0o500)
+  line = one_error_line(run(train_args(records, blocked / "run")))
+  assert "--model_dir" in line and "not a writable folder" in line
+
+
+def test_model_dir_holding_another_network(records, tmp_path):
+  assert run(train_args(records, tmp_path)).returncode == 0
+  line = one_error_line(run(train_args(records, tmp_path, "--configuration=v_1_0_SqNxt_23",
+                                       "--max_steps=6")))
+  assert f"--model_dir={tmp_path}" in line and "does not fit this network" in line
+  assert tf.train.latest_checkpoint(tmp_path).endswith("ckpt-4")  # nothing new written
+
+
+def test_disk_full_while_saving_keeps_the_previous_checkpoint(records, tmp_path):
+  assert run(train_args(records, tmp_path)).returncode == 0  # ckpt-2 and ckpt-4
+  data_file = tf.io.gfile.glob(str(tmp_path / "ckpt-4.data-*"))[0]
+  limit = os.path.getsize(data_file) // 2  # room for the event files, not for a checkpoint
+
+  def disk_full():  # writes past `limit` bytes fail as on a full disk (EFBIG instead of ENOSPC)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+  result = run(train_args(records, tmp_path, "--max_steps=6"), preexec_fn=disk_full)
+  line = one_error_line(result)
+  assert "could not write the checkpoint of step 6" in line and "ckpt-4" in line
+  assert tf.train.latest_checkpoint(tmp_path).endswith("ckpt-4")
+  assert run(train_args(records, tmp_path, "--max_steps=6")).returncode == 0  # and it resumes
