@@ -12,9 +12,7 @@ import pytest
 import tensorflow as tf
 
 import model
-from process_utils import free_port
 from process_utils import run
-from process_utils import start
 from process_utils import TRAIN
 import train
 from scripts import build_tfrecords
@@ -198,23 +196,6 @@ def common_flags(records, model_dir):
   return [f"--model_dir={model_dir}", f"--train_file_pattern={records.train_pattern}",
           "--configuration=tiny_SqNxt", "--image_size=32", "--num_classes=3", "--batch_size=4",
           "--max_steps=10", "--log_every_n_steps=5", "--steps_per_loop=5"]
-
-
-def test_two_workers_train_in_lock_step(records, tmp_path):
-  ports = [free_port(), free_port()]
-  cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-  processes = []
-  for index in range(2):
-    env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster,
-                                                 "task": {"type": "worker", "index": index}}))
-    processes.append(start([TRAIN, *common_flags(records, tmp_path / "mw")], env=env))
-  logs = [p.communicate(timeout=300)[0] for p in processes]
-  assert [p.returncode for p in processes] == [0, 0], logs
-  final = [[line.split("loss")[1].split()[0] for line in log.splitlines() if "step 10/10" in line]
-           for log in logs]
-  assert final[0] and final[0] == final[1], logs  # the same all-reduced loss at the same step
-  assert os.path.exists(tmp_path / "mw" / "ckpt-10.index")
-  assert not glob.glob(str(tmp_path / "mw" / ".worker_*" / "*"))  # the worker's copy is removed
 
 
 @pytest.mark.parametrize("case", ["missing_model_dir", "no_match", "batch", "configuration",
