@@ -399,8 +399,10 @@ def _measure_network(mode, configuration, dtype, pattern, steps, rounds):
     best = {"runner": float("inf"), "bare": float("inf")}
     for round_index in range(rounds + 1):
       peaks.append(matmul_peak(FLAGS.matmul_size))
-      seconds = {"runner": min(runner(estimator, synthetic_fn, steps)),
-                 "bare": min(_bare_seconds(bare, steps, per_step=training))}
+      measure = {"runner": lambda: runner(estimator, synthetic_fn, steps),
+                 "bare": lambda: _bare_seconds(bare, steps, per_step=training)}
+      order = ["runner", "bare"] if round_index % 2 else ["bare", "runner"]  # no order bias
+      seconds = {k: min(measure[k]()) for k in order}
       rates = {k: batch_size / v for k, v in seconds.items()}
       rounds_detail.append({"matmul_gflops": peaks[-1] / 1e9, **rates})
       logging.info("%s %s %s round %d/%d: runner %.1f, bare %.1f images/s, matmul %.1f GFLOP/s",
@@ -487,12 +489,13 @@ def run_all():
   """Every benchmark, for the README's results section: the machine, complexity, train and
   inference, and input when --file_pattern or --synthetic_jpegs is given.
 
-  Speed cases: --configuration x --dtype when either flag is given; by default (a few minutes on
-  2 cores) 1.0-SqNxt-23 in float32 and bfloat16 and the four other official networks in bfloat16.
+  Speed cases: --configuration x --dtype; by default (a few minutes on 2 cores) 1.0-SqNxt-23 in
+  float32 and bfloat16. Every network: add --configuration official (about 2 minutes per network
+  and dtype on 2 cores).
   """
+  if not FLAGS["dtype"].present:
+    FLAGS.dtype = ["float32", "bfloat16"]
   cases = _speed_cases()
-  if not (FLAGS["configuration"].present or FLAGS["dtype"].present):
-    cases = [("v_1_0_SqNxt_23", "float32")] + [(name, "bfloat16") for name in PUBLISHED]
   load_at_start = round(os.getloadavg()[0], 2)
   sections = [run_complexity(), _run_speed("train", cases), _run_speed("inference", cases)]
   if FLAGS.file_pattern or FLAGS.synthetic_jpegs:
