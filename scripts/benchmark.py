@@ -10,6 +10,22 @@ beat; input_fn decodes only its crop window, so its training ratio can exceed 1 
 pipeline is measured --rounds times, alternating, and the best round is reported, so that a burst of
 other work on the machine does not decide the result.
 
+  python scripts/benchmark.py complexity
+  python scripts/benchmark.py train [--configuration v_1_0_SqNxt_23|official|a,b] [--dtype float32,bfloat16]
+  python scripts/benchmark.py inference [same flags]
+  python scripts/benchmark.py all [--synthetic_jpegs 512]
+
+`complexity`: params and MACs at 227 of the five official networks measured from the built model
+(tools/stats.py) next to the official figures (`PUBLISHED`, the one place they are kept), and the
+published top-1/top-5. `train` / `inference`: images/second of the training step (Estimator.train ->
+model_fn TRAIN: forward, backward, update) and of evaluation (Estimator.evaluate -> model_fn EVAL) on
+one in-memory batch repeated (the model alone), and on the real pipeline with --file_pattern or
+--synthetic_jpegs; next to a bare tf.function GradientTape (or forward) loop over the same network
+with the same loss and recipe, the ratio runner/bare, and the nominal FLOP rate (2 FLOP per MAC;
+training 3 x forward) as a share of the best float32 --matmul_size matmul rate measured in the run.
+Runner, bare loop and matmul are measured in alternating rounds, the best of each reported.
+`all`: the machine (CPU, cores, TensorFlow, date, command, load) and every table.
+
 Adding a sub-command: write `def run_<name>() -> dict` returning {"columns": [...], "rows": [...],
 ...} and register it in `SUBCOMMANDS`; `main` prints the table and writes the JSON.
 """
