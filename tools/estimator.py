@@ -445,6 +445,7 @@ class Estimator:
       self._train_loop_fn = self._make_train_loop()
     for hook in hooks:
       hook.begin(self)
+    self._stop_signal, self.stopped_by_signal = None, False
     previous_handlers = self._install_signal_handlers()
     try:
       outputs = self._train_steps(iterator, manager, step, max_steps, hooks)
