@@ -11,7 +11,7 @@ pipeline is measured --rounds times, alternating, and the best round is reported
 other work on the machine does not decide the result.
 
   python scripts/benchmark.py complexity
-  python scripts/benchmark.py train [--configuration v_1_0_SqNxt_23|official|a,b] [--dtype float32,bfloat16]
+  python scripts/benchmark.py train [--configuration v_1_0_SqNxt_23|official] [--dtype float32,bfloat16]
   python scripts/benchmark.py inference [same flags]
   python scripts/benchmark.py all [--synthetic_jpegs 512]
 
@@ -306,7 +306,7 @@ def _benchmark_params(configuration, dtype, steps_per_loop):
 
 
 def _synthetic_batch(params):
-  """One in-memory batch: float32 images [B, S, S, 3] in the mean-subtracted range, int32 labels [B]."""
+  """One in-memory batch: float32 images [B, S, S, 3] (mean-subtracted range), int32 labels [B]."""
   size, batch = params["image_size"], params["batch_size"]
   images = tf.random.uniform([batch, size, size, 3], -128.0, 128.0, seed=1)
   labels = tf.random.uniform([batch], 0, params["num_classes"], tf.int32, seed=2)
@@ -382,7 +382,7 @@ def _bare_seconds(loop, steps, per_step):
 
 
 def _pipeline_pattern(scratch):
-  """The real pipeline's TFRecords: --file_pattern, or --synthetic_jpegs written to `scratch`, or None."""
+  """The real pipeline's TFRecords: --file_pattern, --synthetic_jpegs written to `scratch`, or None."""
   if FLAGS.synthetic_jpegs:
     logging.info("Writing %d synthetic JPEG records to %s", FLAGS.synthetic_jpegs, scratch)
     return write_synthetic_records(FLAGS.synthetic_jpegs, scratch)
@@ -484,7 +484,8 @@ def machine():
   cpu = platform.processor()
   if os.path.exists("/proc/cpuinfo"):
     with open("/proc/cpuinfo") as f:
-      cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+      cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
+                 cpu)
   return {"cpu": cpu, "cores": os.cpu_count(), "tensorflow": tf.__version__,
           "date": datetime.date.today().isoformat(),
           "command": "python scripts/benchmark.py " + " ".join(sys.argv[1:]),

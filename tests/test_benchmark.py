@@ -1,4 +1,4 @@
-"""Tests of scripts/benchmark.py's complexity, train and inference sub-commands (no timing asserted)."""
+"""Tests of scripts/benchmark.py: complexity, train and inference sub-commands (no timing asserted)."""
 
 from absl import flags
 from absl.testing import flagsaver
