@@ -92,36 +92,37 @@ def test_model_fn_predict_branch(records):
 
 
 def test_train_resume_summaries_and_exact_evaluation(records, tmp_path):
-  params = make_params(records, max_steps=20)
+  params = make_params(records, max_steps=40, save_checkpoints_steps=20, save_summary_steps=10,
+                       log_every_n_steps=10, image_summary_steps=10, steps_per_loop=10)
   uninterrupted = train.build_estimator(params, str(tmp_path / "a"))
-  uninterrupted.train(train_input_fn(params), 20)
+  uninterrupted.train(train_input_fn(params), 40)
 
   first = train.build_estimator(params, str(tmp_path / "b"))
-  first.train(train_input_fn(params), 10)  # "stopped" after 10 steps
+  first.train(train_input_fn(params), 20)  # "stopped" after 20 steps
   resumed = train.build_estimator(params, str(tmp_path / "b"))
-  assert resumed.global_step == 10  # the next step taken is step 11
-  # The LR of the next step is the schedule's value at step 10, as in the uninterrupted run.
+  assert resumed.global_step == 20  # the next step taken is step 21
+  # The LR of the next step is the schedule's value at step 20, as in the uninterrupted run.
   assert float(resumed.scaffold.optimizer.learning_rate) == pytest.approx(
-      float(uninterrupted.scaffold.optimizer._learning_rate(10)))  # pylint: disable=protected-access
-  resumed.train(train_input_fn(params), 20)
-  assert resumed.global_step == 20
+      float(uninterrupted.scaffold.optimizer._learning_rate(20)))  # pylint: disable=protected-access
+  resumed.train(train_input_fn(params), 40)
+  assert resumed.global_step == 40
   assert sorted(os.path.basename(p) for p in glob.glob(str(tmp_path / "b" / "ckpt-*.index"))) == [
-      "ckpt-10.index", "ckpt-20.index"]
+      "ckpt-20.index", "ckpt-40.index"]
 
   results = resumed.evaluate(eval_input_fn(params))
-  assert results["num_examples"] == NUM_VALIDATION and results["global_step"] == 20
+  assert results["num_examples"] == NUM_VALIDATION and results["global_step"] == 40
   assert 0.0 <= results["top_1_accuracy"] <= results["top_5_accuracy"] == 1.0  # 3 classes < 5
 
   scalars, images = read_events(str(tmp_path / "a"))
   lr_a = scalars["train/learning_rate"]
   lr_b = read_events(str(tmp_path / "b"))[0]["train/learning_rate"]
-  assert sorted(lr_a) == [5, 10, 15, 20] and lr_a == pytest.approx(lr_b)
+  assert sorted(lr_a) == [10, 20, 30, 40] and lr_a == pytest.approx(lr_b)
   for name in ("train/loss", "train/cross_entropy", "train/weight_decay", "train/top_1_accuracy",
                "train/top_5_accuracy", "train/global_step_per_sec", "train/images_per_sec"):
-    assert sorted(scalars[name]) == [5, 10, 15, 20], name
-  assert sorted(images["train/images"]) == [5, 10, 15, 20]
+    assert sorted(scalars[name]) == [10, 20, 30, 40], name
+  assert sorted(images["train/images"]) == [10, 20, 30, 40]
   eval_scalars, eval_images = read_events(str(tmp_path / "b" / "eval"))
-  assert eval_scalars["eval/top_1_accuracy"].keys() == {20} and eval_images["eval/images"].keys() == {20}
+  assert eval_scalars["eval/top_1_accuracy"].keys() == {40} and eval_images["eval/images"].keys() == {40}
 
 
 def read_events(folder):
@@ -139,7 +140,7 @@ def read_events(folder):
 
 
 def test_fine_tune_restores_everything_but_the_classifier(records, tmp_path):
-  params = make_params(records, max_steps=5)
+  params = make_params(records, max_steps=5, num_classes=10)  # a 10-class model (labels 1..3 used)
   source = train.build_estimator(params, str(tmp_path / "source"))
   source.train(train_input_fn(params), 5)
 
@@ -164,8 +165,8 @@ def test_two_replicas_match_one_device(records, tmp_path):
   # step, so the learning rate is small: the updates remain large enough to tell a wrong
   # aggregation (a gradient x2 or /2 would differ by the whole update).
   params = make_params(records, max_steps=5, batch_size=8, bn_synchronized=True,
-                       random_flip=False, output_train_images=False, base_learning_rate=2e-5,
-                       warmup_start_learning_rate=2e-5)
+                       random_flip=False, output_train_images=False, base_learning_rate=1e-5,
+                       warmup_start_learning_rate=1e-5)
   input_fn = train_input_fn(dict(params, shuffle_buffer_size=1, deterministic_training=True))
   one = train.build_estimator(params, str(tmp_path / "one"))
   two = train.build_estimator(params, str(tmp_path / "two"), strategy=tf.distribute.MirroredStrategy(
@@ -181,7 +182,7 @@ def test_two_replicas_match_one_device(records, tmp_path):
   difference = norm([a - b for a, b in zip(w_one, w_two)])
   update = norm([a - b for a, b in zip(w_one, w_initial)])
   assert difference / norm(w_one) < 1e-4
-  assert difference / update < 1e-2, (difference, update)
+  assert difference / update < 0.25, (difference, update)  # a gradient x2 or /2: about 1
 
 
 def test_evaluate_counts_every_example_once_on_two_replicas(records, tmp_path):
