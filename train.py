@@ -102,7 +102,7 @@ IMAGENET_DEFAULTS = dict(
     eval_every_n_steps=10000, save_checkpoints_steps=1000, save_summary_steps=100,
     log_every_n_steps=100, image_summary_steps=1000, steps_per_loop=100)
 DEMO_DEFAULTS = dict(
-    batch_size=64, num_epochs=30.0, image_size=64, num_classes=10, base_learning_rate=0.2,
+    batch_size=64, num_epochs=50.0, image_size=64, num_classes=10, base_learning_rate=0.2,
     warmup_start_learning_rate=0.02, warmup_steps=50, seed=0, bn_momentum=0.9, eval_every_n_steps=200,
     save_checkpoints_steps=200, save_summary_steps=20, log_every_n_steps=50, image_summary_steps=200,
     steps_per_loop=20)
