@@ -9,11 +9,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "train.py")
 
 
-def free_port():
-  """A TCP port on 127.0.0.1 that is free now (for TF_CONFIG clusters of local workers)."""
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
+def free_ports(count):
+  """`count` distinct TCP ports on 127.0.0.1 that are free now (for TF_CONFIG clusters of local
+  workers). The sockets stay open until all are chosen, so the ports differ."""
+  sockets = [socket.socket() for _ in range(count)]
+  try:
+    for s in sockets:
+      s.bind(("127.0.0.1", 0))
+    return [s.getsockname()[1] for s in sockets]
+  finally:
+    for s in sockets:
+      s.close()
 
 
 def run(args, env=None, timeout=300, preexec_fn=None):

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 import data_utils
-from process_utils import free_port
+from process_utils import free_ports
 from process_utils import run
 from process_utils import start
 from process_utils import TRAIN
@@ -120,7 +120,7 @@ def final_loss(log, step):
 
 
 def test_a_dead_worker_stops_the_other_and_both_resume_in_lock_step(records, tmp_path):
-  cluster = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]}
+  cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
   def env(index):
     return dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster,
                                                   "task": {"type": "worker", "index": index}}))
