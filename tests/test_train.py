@@ -3,7 +3,6 @@ fine-tuning, summaries, exact evaluation, MirroredStrategy on 2 logical CPUs, tw
 and the CLI's one-line errors. The network is `tiny_SqNxt` at 32x32 on 3 colour classes."""
 
 import glob
-import json
 import os
 
 import cv2
