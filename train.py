@@ -50,7 +50,7 @@ def define_flags():
                        "Training examples per epoch. Default 1,281,167 (ImageNet) or the demo's count.")
   flags.DEFINE_integer("image_size", None, "Input side in pixels. Default 227 (demo 64).")
   flags.DEFINE_integer("num_classes", None, "Number of classes. Default 1000 (demo 10).")
-  flags.DEFINE_enum("preprocessing", None, ["caffe", "inception"], "Preprocessing. Default caffe.")
+  flags.DEFINE_enum("preprocessing", None, dataloader.PREPROCESSINGS, "Preprocessing. Default caffe.")
   flags.DEFINE_float("base_learning_rate", None,
                      "Learning rate after warm-up. Default: the official 0.4 at batch 1024, scaled linearly.")
   flags.DEFINE_float("warmup_start_learning_rate", None,
