@@ -1,26 +1,37 @@
-"""Command-line plumbing shared by every entry point (train.py, tools/*, scripts/*).
+"""Command-line plumbing of the programs (train.py, scripts/*); the library never imports it.
 
 A user error (a bad flag, a missing file, a wrong configuration name) must reach the user as one line
 naming what was wrong and what was expected, with a non-zero exit status and no Python traceback.
-Library code signals such errors by raising `UserError`; `run(main)` is `absl.app.run(main)` that turns
-a `UserError` into that one line. Every other exception is a bug and keeps its traceback.
+Library code raises `tools.common.UserError` naming its *parameter* (`batch_size=10: ...`);
+`run(main)` is `absl.app.run(main)` that prints it as `error: --batch_size=10: ...` (the flag of the
+same name) and exits 2. A Ctrl-C before the program handles signals itself exits 130, quietly.
+Every other exception is a bug and keeps its traceback.
+
+Run the programs as modules from the repository's root: `python train.py ...`,
+`python -m scripts.predict ...`.
 """
 
 import sys
 
 from absl import app
+from absl import flags
 from absl import logging
+
+from tools.common import UserError
 
 # Exit status for a user error; 2 is the usual "bad usage" status of command-line tools (argparse too).
 USER_ERROR_EXIT_CODE = 2
+# Exit status after SIGINT (128 + 2), as shells report it.
+INTERRUPTED_EXIT_CODE = 130
 
 
-class UserError(ValueError):
-  """Bad input from the user: a flag value, a file or pattern, a data record, a checkpoint.
-
-  The message is shown as is on one line, so it names the flag/file/value and what is accepted.
-  Subclasses ValueError so library callers that catch ValueError keep working.
-  """
+def flag_message(error):
+  """The one-line text of a UserError, its parameter shown as the flag of the same name."""
+  message = " ".join(str(error).split())
+  param = getattr(error, "param", None)
+  if param and param in flags.FLAGS and message.startswith(f"{param}="):
+    message = "--" + message
+  return message
 
 
 def _main_with_user_errors(main):
@@ -28,10 +39,13 @@ def _main_with_user_errors(main):
     try:
       return main(argv)
     except UserError as e:
-      message = " ".join(str(e).split())  # one line, whatever the message's layout
       logging.flush()
-      print(f"error: {message}", file=sys.stderr, flush=True)
+      print(f"error: {flag_message(e)}", file=sys.stderr, flush=True)
       sys.exit(USER_ERROR_EXIT_CODE)
+    except KeyboardInterrupt:
+      logging.flush()
+      print("interrupted", file=sys.stderr, flush=True)
+      sys.exit(INTERRUPTED_EXIT_CODE)
   return wrapped
 
 

@@ -1,0 +1,107 @@
+"""Small facilities every part of the library shares: the user-error type, atomic writes, a progress
+reporter, one-line error text and the image file extensions.
+
+One place for each: the library (model.py, dataloader.py, estimator/, tools/) and the programs
+(train.py, scripts/) import them from here; nothing here reads flags.
+"""
+
+import contextlib
+import datetime
+import os
+import re
+import shutil
+import time
+
+from absl import logging
+
+# What a folder of images is searched for (case-insensitive): the formats the input pipeline and the
+# record builder decode (GIF: its first frame).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+
+
+class UserError(ValueError):
+  """Bad input from the user: a parameter value, a file or pattern, a data record, a checkpoint.
+
+  The message is shown as is on one line, so it names the parameter/file/value and what is accepted.
+  Library code names *parameters* (`batch_size=10: ...`); a program whose flags carry the same names
+  shows them as flags (`--batch_size=10: ...`, see tools/cli.py). Subclasses ValueError so that
+  library callers that catch ValueError keep working.
+
+  Args:
+    message: str, one line (white space is folded when shown).
+    param: optional name of the parameter the message starts with (`param=value: ...`).
+  """
+
+  def __init__(self, message, param=None):
+    super().__init__(message)
+    self.param = param
+
+
+def one_line(error, limit=300):
+  """The message of an exception on one line, without the node, op and function names TensorFlow
+  appends (`{{node ...}}`, `[[...]]`, `[Op:...]`); at most `limit` characters."""
+  text = getattr(error, "message", None) or str(error)
+  text = re.sub(r"\{\{.*?\}\}|\[\[.*?\]\]|\[Op:.*?\]|name: *$", "", text, flags=re.DOTALL)
+  return " ".join(text.split())[:limit]
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+  """Context manager yielding a temporary path beside `path`, renamed to `path` when the block ends
+  without an error, and removed (file or folder) when it fails: readers see all of `path` or none.
+
+  An existing file at `path` is replaced; an existing folder is not (os.replace refuses a non-empty
+  one), callers decide that. Local paths only.
+  """
+  temporary = f"{path.rstrip('/')}.tmp-{os.getpid()}"
+  try:
+    yield temporary
+    os.replace(temporary, path)
+  finally:
+    if os.path.isdir(temporary):
+      shutil.rmtree(temporary, ignore_errors=True)
+    elif os.path.lexists(temporary):
+      os.remove(temporary)
+
+
+def atomic_write(path, content):
+  """Writes `content` (str or bytes) to `path` atomically (see atomic_path); returns path."""
+  with atomic_path(path) as temporary:
+    with open(temporary, "wb" if isinstance(content, bytes) else "w") as f:
+      f.write(content)
+  return path
+
+
+def format_duration(seconds):
+  """'H:MM:SS' for a number of seconds ('?' when not finite)."""
+  if seconds != seconds or seconds in (float("inf"), float("-inf")):
+    return "?"
+  return str(datetime.timedelta(seconds=int(max(seconds, 0))))
+
+
+class Progress:
+  """Logs `done/total unit` with the rate and the time left, at most every `interval` seconds.
+
+  Args:
+    name: str, what is being done (starts each line).
+    total: int, the number of items.
+    unit: str, what an item is ("images", "examples").
+    interval: float, seconds between lines; the last item always logs.
+  """
+
+  def __init__(self, name, total, unit="images", interval=10.0):
+    self.name, self.total, self.unit, self.interval = name, total, unit, interval
+    self.done = 0
+    self.start = self._last = time.monotonic()
+
+  def advance(self, n=1):
+    """Counts `n` more items done and logs when it is time."""
+    self.done += n
+    now = time.monotonic()
+    if now - self._last >= self.interval or self.done == self.total:
+      self._last = now
+      rate = self.done / max(now - self.start, 1e-9)
+      eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+      logging.info("%s: %d/%d %s (%.0f%%), %.1f %s/s, ETA %s", self.name, self.done, self.total,
+                   self.unit, 100.0 * self.done / max(self.total, 1), rate, self.unit,
+                   format_duration(eta))
