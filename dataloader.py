@@ -1,9 +1,27 @@
-"""Input pipeline: ImageNet-schema TFRecords in, batches of preprocessed images out (DESIGN.md section 3).
+"""Input pipeline: ImageNet-schema TFRecords in, batches of preprocessed images out.
 
-The records are the `tf.train.Example`s of TensorFlow's `build_imagenet_data.py` (and of our own
-`scripts/build_tfrecords.py`): JPEG bytes in `image/encoded`, a 1-based `image/class/label`, optional
-bounding boxes. `input_fn` turns them into `({"image": float32 [B, H, W, 3]}, {"class_idx": int32 [B]})`
-in the standard tf.data order (STYLE.md 6):
+Data contract. The records are the `tf.train.Example`s of TensorFlow's `build_imagenet_data.py` (the
+Inception, Model Garden and seed repositories all use it), and of our own tools/records.py:
+`image/encoded` (JPEG bytes), `image/class/label` (int64, 1-based: 1..1000 for ImageNet, 0 unused),
+`image/class/synset`, `image/class/text`, `image/height`, `image/width`, `image/colorspace`,
+`image/channels`, `image/format`, `image/filename`, and `image/object/bbox/{xmin,ymin,xmax,ymax}`
+(float lists in [0, 1], possibly empty) with `image/object/bbox/label`. Shards are named
+`train-00000-of-01024` and `validation-00000-of-00128`. Only `image/encoded`, the label and the boxes
+are read here.
+
+Preprocessing (InputParams.preprocessing):
+  caffe      the seed repository and the official Caffe model. Training: resize to 256x256 (aspect
+             ratio not kept), a random 227x227 crop, a random left-right flip (the seed repository
+             flips, Caffe did not: `random_flip`), RGB mean (123, 117, 104) subtracted, no scaling.
+             Evaluation: the same resize and the central crop. For another image size S the resize
+             side is round(S * 256 / 227).
+  inception  Model Garden. Training: `sample_distorted_bounding_box` (the record's boxes, else the
+             whole image; min_object_covered 0.1, aspect ratio 3/4..4/3, area 0.05..1), flip, resize
+             to S. Evaluation: the central crop of 87.5% of the short side resized to S.
+Evaluation is one exact pass: no shuffle, no repeat, the last partial batch kept.
+
+`input_fn` turns the records into `({"image": float32 [B, H, W, 3]}, {"class_idx": int32 [B]})`
+(class_idx = label - 1) in the standard tf.data order, Extract / Transform / Load:
 
   training:   list files -> shard per input pipeline -> shuffle files -> parallel interleave of
               TFRecordDataset -> shuffle records -> repeat -> number -> parallel map (parse +
@@ -36,6 +54,7 @@ the synset or class-folder name (`image/class/synset`), the human-readable text 
 
 import collections
 import contextlib
+import dataclasses
 import os
 import random
 import re
@@ -44,46 +63,50 @@ import threading
 from absl import logging
 import tensorflow as tf
 
-from tools.cli import UserError
+from tools.common import one_line
+from tools.common import UserError
 
 AUTOTUNE = tf.data.AUTOTUNE  # -1, so it fits the JSON params
 
-# Every input tunable with its default. `input_params(params)` merges them under the caller's params.
-DEFAULT_INPUT_PARAMS = {
-    # "caffe" (seed repository / official Caffe model) or "inception" (Model Garden); DESIGN.md 3.
-    "preprocessing": "caffe",
-    # RGB means subtracted from 0..255 pixels (the ImageNet means of the Caffe models), no scaling.
-    "mean_rgb": [123.0, 117.0, 104.0],
-    # Random left-right flip in training: the seed repository flips, Caffe's prototxt did not.
-    "random_flip": True,
-    # class_idx = image/class/label - label_offset (ImageNet labels are 1..1000, 0 unused).
-    "label_offset": 1,
-    # Seeds file and record shuffles and the augmentation (None: different every run).
-    "seed": None,
-    # Records in the shuffle buffer: Model Garden's ImageNet value; about 1.1 GB of ImageNet records.
-    "shuffle_buffer_size": 10_000,
-    # Files read at once in training (Model Garden's ImageNet value); more files mix classes better.
-    "interleave_cycle_length": 16,
-    # Threads reading those files. None: the reading thread itself, in turn (a local disk or the page
-    # cache: the autotuned -1 cost 0.2-0.25 ms of CPU per image here, 15% more per training image,
-    # in thread hand-offs); -1 lets tf.data tune it, for remote storage with long reads.
-    "interleave_num_parallel_calls": None,
-    # Read buffer per open TFRecord file, in bytes.
-    "read_buffer_size": 8 * 1024 * 1024,
-    # Elements parsed and preprocessed in parallel; -1 lets tf.data tune it to the free cores.
-    "num_parallel_calls": AUTOTUNE,
-    # Batches prepared ahead of the training step; -1 lets tf.data tune it.
-    "prefetch_buffer_size": AUTOTUNE,
-    # 0: share TensorFlow's inter-op pool. A value > 0 gives the pipeline its own threads, so that on a
-    # GPU host the training step's host ops do not wait behind JPEG decoding.
-    "private_threadpool_size": 0,
-    # One thread per element: the parallelism is across elements (Model Garden sets the same).
-    "max_intra_op_parallelism": 1,
-    # libjpeg's IDCT: "" (default, INTEGER_ACCURATE), "INTEGER_FAST" (tf_cnn_benchmarks' choice).
-    "dct_method": "",
-    # Training order is allowed to vary with thread timing (faster); True makes a seeded run repeatable.
-    "deterministic_training": False,
-}
+@dataclasses.dataclass(frozen=True)
+class InputParams:
+  """The input pipeline's parameters (the `input` section of tools/params.Params); every field has
+  its default here. The image side, the global batch and the class count come from the model and
+  recipe sections and are passed to input_fn beside this."""
+  # "caffe" (seed repository / official Caffe model) or "inception" (Model Garden); module docstring.
+  preprocessing: str = "caffe"
+  # RGB means subtracted from 0..255 pixels (the ImageNet means of the Caffe models), no scaling.
+  mean_rgb: tuple = (123.0, 117.0, 104.0)
+  # Random left-right flip in training: the seed repository flips, Caffe's prototxt did not.
+  random_flip: bool = True
+  # class_idx = image/class/label - label_offset (ImageNet labels are 1..1000, 0 unused).
+  label_offset: int = 1
+  # Seeds file and record shuffles and the augmentation (None: different every run).
+  seed: int | None = None
+  # Records in the shuffle buffer: Model Garden's ImageNet value; about 1.1 GB of ImageNet records.
+  shuffle_buffer_size: int = 10_000
+  # Files read at once in training (Model Garden's ImageNet value); more files mix classes better.
+  interleave_cycle_length: int = 16
+  # Threads reading those files. None: the reading thread itself, in turn (a local disk or the page
+  # cache: the autotuned -1 cost 0.2-0.25 ms of CPU per image here, 15% more per training image,
+  # in thread hand-offs); -1 lets tf.data tune it, for remote storage with long reads.
+  interleave_num_parallel_calls: int | None = None
+  # Read buffer per open TFRecord file, in bytes.
+  read_buffer_size: int = 8 * 1024 * 1024
+  # Elements parsed and preprocessed in parallel; -1 lets tf.data tune it to the free cores.
+  num_parallel_calls: int = AUTOTUNE
+  # Batches prepared ahead of the training step; -1 lets tf.data tune it.
+  prefetch_buffer_size: int = AUTOTUNE
+  # 0: share TensorFlow's inter-op pool. A value > 0 gives the pipeline its own threads, so that on a
+  # GPU host the training step's host ops do not wait behind JPEG decoding.
+  private_threadpool_size: int = 0
+  # One thread per element: the parallelism is across elements (Model Garden sets the same).
+  max_intra_op_parallelism: int = 1
+  # libjpeg's IDCT: "" (default, INTEGER_ACCURATE), "INTEGER_FAST" (tf_cnn_benchmarks' choice).
+  dct_method: str = ""
+  # Training order is allowed to vary with thread timing (faster); True makes a seeded run repeatable.
+  deterministic_training: bool = False
+
 
 PREPROCESSINGS = ("caffe", "inception")
 
@@ -108,26 +131,22 @@ LabelEntry = collections.namedtuple("LabelEntry", ["label", "name", "text"])
 LabelEntry.__doc__ = """One class: 1-based record label (int), synset/class name (str), human text (str)."""
 
 
-def input_params(params):
-  """Returns `DEFAULT_INPUT_PARAMS` overridden by `params` (a new dict; `params` is not changed).
-
-  Raises:
-    UserError: an unknown `preprocessing`, or a `mean_rgb` that is not 3 numbers.
-  """
-  merged = {**DEFAULT_INPUT_PARAMS, **params}
-  if merged["preprocessing"] not in PREPROCESSINGS:
-    raise UserError(f"preprocessing {merged['preprocessing']!r} is not one of {PREPROCESSINGS}")
-  if len(merged["mean_rgb"]) != 3:
-    raise UserError(f"mean_rgb {merged['mean_rgb']!r} must have 3 values (R, G, B)")
-  return merged
+def check_input_params(input_params):
+  """Raises UserError for an unknown `preprocessing` or a `mean_rgb` that is not 3 numbers."""
+  if input_params.preprocessing not in PREPROCESSINGS:
+    raise UserError(f"preprocessing={input_params.preprocessing}: expected one of "
+                    f"{', '.join(PREPROCESSINGS)}", param="preprocessing")
+  if len(input_params.mean_rgb) != 3:
+    raise UserError(f"mean_rgb={input_params.mean_rgb}: expected 3 values (R, G, B)",
+                    param="mean_rgb")
 
 
 # ------------------------------------------------------------------------------------------------
 # Preprocessing of one image.
 
 
-def preprocess_image(image_bytes, training, params, bboxes=None, seed=None):
-  """Decodes and preprocesses one image as DESIGN.md section 3 says for `params["preprocessing"]`.
+def preprocess_image(image_bytes, training, params, image_size, bboxes=None, seed=None):
+  """Decodes and preprocesses one image as the module docstring says for `params.preprocessing`.
 
   Works eagerly and inside `tf.data.Dataset.map`; with the same `seed` both give the same result.
   Exactly what input_fn yields for the same image and seed: `subtract_mean` of
@@ -136,9 +155,9 @@ def preprocess_image(image_bytes, training, params, bboxes=None, seed=None):
   Args:
     image_bytes: string scalar, an encoded image. JPEG takes the fast path (only the crop window is
       decoded); PNG, BMP and GIF (first frame) are decoded whole, for predicting on raw files.
-    training: Python bool; True draws a random crop (and flip, if `params["random_flip"]`).
-    params: dict with `image_size` (int, output side in pixels) and optionally the keys of
-      `DEFAULT_INPUT_PARAMS` (`preprocessing`, `mean_rgb`, `random_flip`, `dct_method`).
+    training: Python bool; True draws a random crop (and flip, if `params.random_flip`).
+    params: InputParams (`preprocessing`, `mean_rgb`, `random_flip`, `dct_method` are read).
+    image_size: int, the output side S in pixels.
     bboxes: optional float32 [N, 4] boxes (ymin, xmin, ymax, xmax) in [0, 1]; the inception training
       crop covers at least 10% of one of them. None or N = 0: the whole image.
     seed: optional int32/int64 [2] tensor for the stateless random ops of training; None draws one.
@@ -149,42 +168,41 @@ def preprocess_image(image_bytes, training, params, bboxes=None, seed=None):
   Raises:
     tf.errors.InvalidArgumentError (when run): undecodable image bytes.
   """
-  image = preprocess_image_uint8(image_bytes, training, params, bboxes, seed)
+  image = preprocess_image_uint8(image_bytes, training, params, image_size, bboxes, seed)
   return subtract_mean(image, params)
 
 
-def preprocess_image_uint8(image_bytes, training, params, bboxes=None, seed=None):
+def preprocess_image_uint8(image_bytes, training, params, image_size, bboxes=None, seed=None):
   """`preprocess_image` before the mean subtraction: uint8 [image_size, image_size, 3], RGB 0..255.
 
   Arguments and errors as `preprocess_image`. The resized image is rounded to uint8, as Caffe's
   pipeline stored its resized images (its crop and mean subtraction then worked on uint8 pixels);
   input_fn batches these 4x smaller images and subtracts the mean once per batch.
   """
-  p = input_params(params)
-  size = int(p["image_size"])
+  p, size = params, int(image_size)
   if seed is None:
     seed = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32)
   crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
-  if p["preprocessing"] == "caffe":
+  if p.preprocessing == "caffe":
     window_fn = _caffe_window_fn(size, training, crop_seed)
   else:
     window_fn = _inception_window_fn(training, bboxes, crop_seed)
-  image = _decode_window(image_bytes, window_fn, p["dct_method"])  # uint8 [h, w, 3]
+  image = _decode_window(image_bytes, window_fn, p.dct_method)  # uint8 [h, w, 3]
   image = tf.image.resize(image, [size, size], method="bilinear")  # float32 [size, size, 3]
   # Bilinear weights are convex, so the values stay in 0..255: round, no clipping needed.
   image = tf.cast(tf.round(image), tf.uint8)
-  if training and p["random_flip"]:  # on the uint8 resize: the fewest bytes to move (4x < float32)
+  if training and p.random_flip:  # on the uint8 resize: the fewest bytes to move (4x < float32)
     image = tf.image.stateless_random_flip_left_right(image, flip_seed)
   return image
 
 
 def subtract_mean(images, params):
-  """uint8 [..., S, S, 3] RGB 0..255 -> float32 minus `params["mean_rgb"]` (about -123..152).
+  """uint8 [..., S, S, 3] RGB 0..255 -> float32 minus `params.mean_rgb` (about -123..152).
 
   The last three dimensions must be static. The mean is subtracted as a whole [S, S, 3] image:
   a same-shape subtraction is vectorised, a [3] broadcast (or bias_add) is about 3x slower here.
   """
-  mean = tf.constant(input_params(params)["mean_rgb"], tf.float32)
+  mean = tf.constant(params.mean_rgb, tf.float32)
   mean_image = tf.broadcast_to(mean, images.shape[-3:])  # [S, S, 3], folded to a constant
   return tf.cast(images, tf.float32) - mean_image
 
@@ -194,19 +212,19 @@ def add_mean(images, params):
 
   Args:
     images: float32 [..., 3], preprocessed images.
-    params: dict; `mean_rgb` as in `DEFAULT_INPUT_PARAMS`.
+    params: InputParams (`mean_rgb` is read).
 
   Returns:
     uint8 [..., 3], RGB in 0..255 (rounded, values outside clipped).
   """
-  mean = tf.constant(input_params(params)["mean_rgb"], tf.float32)
+  mean = tf.constant(params.mean_rgb, tf.float32)
   return tf.cast(tf.clip_by_value(tf.round(images + mean), 0.0, 255.0), tf.uint8)
 
 
 def _caffe_window_fn(size, training, seed):
   """Caffe: the window of the original that a (random or central) size x size crop of the resize shows.
 
-  The resize side is round(size * 256 / 227) (DESIGN.md 3); the aspect ratio is not kept, so the
+  The resize side is round(size * 256 / 227) (module docstring); the aspect ratio is not kept, so the
   window's fractions of the original height and width are those of the crop in the resize.
   """
   resize = round(size * _CAFFE_RESIZE / _CAFFE_CROP)
@@ -364,7 +382,8 @@ def _number(state, element):
   return state, (record, filename, end_of_file, file_ok, next_index, previous_file)
 
 
-def _parse_and_preprocess(record, end_of_file, training, params, with_bboxes, seed):
+def _parse_and_preprocess(record, end_of_file, training, params, image_size, num_classes,
+                          with_bboxes, seed):
   """(image uint8 [S, S, 3], class_idx int32, label int64, check int32) of one record or marker.
 
   Raises an error only if the record cannot be parsed or its image not decoded (the record is then
@@ -380,8 +399,8 @@ def _parse_and_preprocess(record, end_of_file, training, params, with_bboxes, se
         [], tf.float32, allow_missing=True) for k in _BBOX_KEYS})
   parsed = tf.io.parse_single_example(record, features)
   encoded, label = parsed["image/encoded"], parsed["image/class/label"]
-  num_classes = params.get("num_classes") or tf.int64.max - params["label_offset"]
-  class_idx = label - params["label_offset"]
+  num_classes = num_classes or tf.int64.max - params.label_offset
+  class_idx = label - params.label_offset
   # Scalar selects, not tf.case: no control flow for the common case.
   check = tf.where(end_of_file, _OK, tf.where(
       tf.strings.length(encoded) == 0, _NO_IMAGE, tf.where(
@@ -390,17 +409,15 @@ def _parse_and_preprocess(record, end_of_file, training, params, with_bboxes, se
   bboxes = None
   if with_bboxes:
     bboxes = tf.stack([parsed[f"image/object/bbox/{k}"] for k in _BBOX_KEYS], 1)  # [N, 4]
-  size = params["image_size"]
+  size = image_size
   image = tf.cond((check == _OK) & ~end_of_file,
-                  lambda: preprocess_image_uint8(encoded, training, params, bboxes, seed),
+                  lambda: preprocess_image_uint8(encoded, training, params, size, bboxes, seed),
                   lambda: tf.zeros([size, size, 3], tf.uint8))
   return image, tf.cast(class_idx, tf.int32), label, check
 
 
-def _check_message(check, label, filename, params):
+def _check_message(check, label, filename, offset, num_classes):
   """The error message for a `check` of `_parse_and_preprocess` (string scalar)."""
-  num_classes = params.get("num_classes")
-  offset = params["label_offset"]
   valid = f"{offset}..{offset + num_classes - 1}" if num_classes else f">= {offset}"
   in_file = tf.strings.join([" in file ", filename])
   return tf.strings.join([_ERROR_START, tf.gather(tf.stack([
@@ -411,7 +428,7 @@ def _check_message(check, label, filename, params):
                        f"{num_classes}, label_offset={offset})", in_file])]), check), _ERROR_END])
 
 
-def _report_fn(params, skipped):
+def _report_fn(offset, num_classes, skipped):
   """Scan function over batches: counts skipped records, fails on bad data, drops the markers.
 
   State: int64, the number the next record has if none is skipped. Element: a batch of the
@@ -438,7 +455,8 @@ def _report_fn(params, skipped):
         _ERROR_START, "damaged TFRecord file ", first(filename, bad_file),
         " (it ends in a corrupted record)", _ERROR_END]), lambda: tf.constant(""))
     record_message = tf.cond(tf.reduce_any(bad_record), lambda: _check_message(
-        first(check, bad_record), first(label, bad_record), first(filename, bad_record), params),
+        first(check, bad_record), first(label, bad_record), first(filename, bad_record), offset,
+        num_classes),
         lambda: tf.constant(""))
     checks = [tf.debugging.Assert(~tf.reduce_any(bad_file), [file_message]),
               tf.debugging.Assert(~tf.reduce_any(bad_record), [record_message])]
@@ -466,17 +484,18 @@ def _per_replica_batch_size(batch_size, input_context):
     return batch_size
   replicas = input_context.num_replicas_in_sync
   if batch_size % replicas:
-    raise UserError(f"batch_size {batch_size} (global) does not divide across {replicas} replicas")
+    raise UserError(f"batch_size={batch_size} does not divide over {replicas} replicas; use a "
+                    f"multiple of {replicas}", param="batch_size")
   return input_context.get_per_replica_batch_size(batch_size)
 
 
 def dataset_options(params, training, input_context=None):
-  """The tf.data.Options of input_fn (params merged by `input_params`); shared with benchmarks."""
+  """The tf.data.Options of input_fn for InputParams `params`; shared with benchmarks."""
   options = tf.data.Options()
-  options.deterministic = not training or params["deterministic_training"]
+  options.deterministic = not training or params.deterministic_training
   options.autotune.enabled = True
-  options.threading.private_threadpool_size = params["private_threadpool_size"]
-  options.threading.max_intra_op_parallelism = params["max_intra_op_parallelism"]
+  options.threading.private_threadpool_size = params.private_threadpool_size
+  options.threading.max_intra_op_parallelism = params.max_intra_op_parallelism
   # The skip counter (a py_function) is the only state outside the pipeline: an iterator checkpoint
   # (tf.train.Checkpoint(iterator=...)) saves everything else and warns about it. The skip count
   # is per process: it restarts at 0 after a restore.
@@ -486,26 +505,58 @@ def dataset_options(params, training, input_context=None):
   return options
 
 
-def input_fn(file_pattern, training, params, input_context=None, skipped=None):
+def _records(files, training, p, seed, num_pipelines, pipeline):
+  """Extract: the records of this pipeline's share of `files`, with file names and end markers
+  (see _read_file); in training shuffled and repeated."""
+  sizes = [tf.io.gfile.stat(f).length for f in files]
+  shard_files = len(files) >= num_pipelines
+  dataset = tf.data.Dataset.from_tensor_slices((files, tf.constant(sizes, tf.int64)))
+  if shard_files:  # before the shuffle, so that every pipeline shards the same sorted list
+    dataset = dataset.shard(num_pipelines, pipeline)
+  if training:  # a new file order every epoch (the repeat below re-runs this)
+    dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+
+  def read(filename, size):
+    return _read_file(filename, size, p.read_buffer_size)
+  if training:  # reads of several files in turn mix the classes; in parallel, their order may vary
+    parallel = p.interleave_num_parallel_calls
+    dataset = dataset.interleave(read, cycle_length=min(p.interleave_cycle_length, len(files)),
+                                 num_parallel_calls=parallel,
+                                 deterministic=p.deterministic_training if parallel else None)
+  else:  # files one after another: the records come in their stored order
+    dataset = dataset.flat_map(read)
+  if not shard_files:  # fewer files than pipelines: each keeps every num_pipelines-th record
+    dataset = dataset.shard(num_pipelines, pipeline)
+  if training:
+    # Shuffle, then repeat: one epoch is all seen before the next starts.
+    dataset = dataset.shuffle(p.shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.repeat()
+  return dataset
+
+
+def input_fn(file_pattern, training, params, image_size, batch_size, num_classes=None,
+             input_context=None, skipped=None):
   """The dataset of batches for training or evaluation.
 
   Args:
     file_pattern: glob of TFRecord files (str, or a list of globs), e.g. `DIR/train-*`.
     training: Python bool. True: shuffled, repeated forever, random crops, full batches only.
       False: one pass in file-name and record order, central crops, the last partial batch kept.
-    params: dict with `image_size` (int), `batch_size` (int, GLOBAL batch), optionally `num_classes`
-      (int; labels are checked against it) and the keys of `DEFAULT_INPUT_PARAMS`.
+    params: InputParams.
+    image_size: int, the output side S in pixels.
+    batch_size: int, the GLOBAL batch (split over the replicas of input_context).
+    num_classes: optional int; labels are checked against it.
     input_context: optional `tf.distribute.InputContext`. Its pipeline reads every
       num_input_pipelines-th file (or record, when there are fewer files than pipelines), so the
       pipelines together read every record exactly once per epoch, and batches are per replica.
     skipped: the `SkippedRecords` that counts undecodable records (default `SKIPPED_RECORDS`).
 
   Returns:
-    tf.data.Dataset of ({"image": float32 [B, S, S, 3]}, {"class_idx": int32 [B]}), S = image_size,
-    B = per-replica batch; images as `preprocess_image` returns them, class_idx = label - label_offset
-    in 0..num_classes - 1. Its iterator can be saved with `tf.train.Checkpoint(iterator=...)`
-    (a restored iterator goes on with the same batches when `deterministic_training` and `seed`
-    are set); the skip count is not part of the checkpoint.
+    tf.data.Dataset of ({"image": float32 [B, S, S, 3]}, {"class_idx": int32 [B]}), B = per-replica
+    batch; images as `preprocess_image` returns them, class_idx = label - label_offset in
+    0..num_classes - 1. Its iterator can be saved with `tf.train.Checkpoint(iterator=...)` (a
+    restored iterator goes on with the same batches when `deterministic_training` and `seed` are
+    set); the skip count is not part of the checkpoint.
 
   Raises:
     UserError: no file matches `file_pattern`; a bad `preprocessing` or `mean_rgb`; a global batch
@@ -514,74 +565,46 @@ def input_fn(file_pattern, training, params, input_context=None, skipped=None):
       record without image/encoded or label, a label out of range (`user_errors_from_data` makes
       them one-line UserErrors). Records that cannot be parsed or decoded are skipped and counted.
   """
-  p = input_params(params)
+  p = params
+  check_input_params(p)
   skipped = SKIPPED_RECORDS if skipped is None else skipped
-  batch_size = _per_replica_batch_size(p["batch_size"], input_context)
-  files = list_files(file_pattern)
-  sizes = [tf.io.gfile.stat(f).length for f in files]
+  replica_batch = _per_replica_batch_size(batch_size, input_context)
   num_pipelines, pipeline = ((input_context.num_input_pipelines, input_context.input_pipeline_id)
                              if input_context else (1, 0))
-  shard_files = len(files) >= num_pipelines
-  seed = p["seed"] if p["seed"] is None else p["seed"] + pipeline  # own augmentation per pipeline
+  seed = p.seed if p.seed is None else p.seed + pipeline  # own augmentation per pipeline
+  dataset = _records(list_files(file_pattern), training, p, seed, num_pipelines, pipeline)
+  dataset = dataset.scan((tf.constant(0, tf.int64), tf.constant("")), _number)
   # Element k's crop and flip use the stateless seed (augmentation_seed, k): reproducible, and
   # restored with the iterator (k is the scan state), at no per-element cost.
   augmentation_seed = random.SystemRandom().randrange(2**31) if seed is None else seed
-  with_bboxes = training and p["preprocessing"] == "inception"
-
-  dataset = tf.data.Dataset.from_tensor_slices((files, tf.constant(sizes, tf.int64)))
-  if shard_files:  # before the shuffle, so that every pipeline shards the same sorted list
-    dataset = dataset.shard(num_pipelines, pipeline)
-  if training:  # a new file order every epoch (the repeat below re-runs this)
-    dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-
-  def read(filename, size):
-    return _read_file(filename, size, p["read_buffer_size"])
-  if training:  # reads of several files in turn mix the classes; in parallel, their order may vary
-    parallel = p["interleave_num_parallel_calls"]
-    dataset = dataset.interleave(read, cycle_length=min(p["interleave_cycle_length"], len(files)),
-                                 num_parallel_calls=parallel,
-                                 deterministic=p["deterministic_training"] if parallel else None)
-  else:  # files one after another: the records come in their stored order
-    dataset = dataset.flat_map(read)
-  if not shard_files:  # fewer files than pipelines: each keeps every num_pipelines-th record
-    dataset = dataset.shard(num_pipelines, pipeline)
-  if training:
-    # Shuffle, then repeat: one epoch is all seen before the next starts.
-    dataset = dataset.shuffle(p["shuffle_buffer_size"], seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.repeat()
-  dataset = dataset.scan((tf.constant(0, tf.int64), tf.constant("")), _number)
+  with_bboxes = training and p.preprocessing == "inception"
 
   def parse_and_preprocess(record, filename, end_of_file, file_ok, index, previous_file):
     element_seed = tf.stack([tf.constant(augmentation_seed, tf.int64), index])
-    image, class_idx, label, check = _parse_and_preprocess(record, end_of_file, training, p,
-                                                           with_bboxes, element_seed)
+    image, class_idx, label, check = _parse_and_preprocess(
+        record, end_of_file, training, p, image_size, num_classes, with_bboxes, element_seed)
     return (image, class_idx, label, check, index, filename, previous_file, end_of_file, file_ok)
 
-  # Deterministic even in training: the gap count needs the order (the cost is small, elements
-  # take about the same time).
-  dataset = dataset.map(parse_and_preprocess, num_parallel_calls=p["num_parallel_calls"],
+  # Transform. Deterministic even in training: the gap count needs the order (the cost is small,
+  # elements take about the same time).
+  dataset = dataset.map(parse_and_preprocess, num_parallel_calls=p.num_parallel_calls,
                         deterministic=True)
   dataset = dataset.ignore_errors()  # skips records that cannot be parsed or decoded
-  # Batches of uint8 images: 4x fewer bytes to copy than float32. The checks and the skip count run
-  # once per batch; the markers leave the batches there, and rebatch restores the batch size.
-  dataset = dataset.batch(batch_size)
-  dataset = dataset.scan(tf.constant(0, tf.int64), _report_fn(p, skipped))
-  dataset = dataset.rebatch(batch_size, drop_remainder=training)
+  # Load. Batches of uint8 images: 4x fewer bytes to copy than float32. The checks and the skip
+  # count run once per batch; the markers leave the batches there, and rebatch restores the size.
+  dataset = dataset.batch(replica_batch)
+  dataset = dataset.scan(tf.constant(0, tf.int64), _report_fn(p.label_offset, num_classes, skipped))
+  dataset = dataset.rebatch(replica_batch, drop_remainder=training)
 
   def to_features_and_labels(images, class_idx):  # float32 mean-subtracted, once per batch
     return {"image": subtract_mean(images, p)}, {"class_idx": class_idx}
   dataset = dataset.map(to_features_and_labels, num_parallel_calls=AUTOTUNE)
-  dataset = dataset.prefetch(p["prefetch_buffer_size"])
+  dataset = dataset.prefetch(p.prefetch_buffer_size)
   return dataset.with_options(dataset_options(p, training, input_context))
 
 
 # ------------------------------------------------------------------------------------------------
 # Errors met while iterating.
-
-
-def short_error_message(error):
-  """The message of a `tf.errors.OpError` on one line, without the function and op names TF adds."""
-  return " ".join(re.sub(r"\{\{.*?\}\}|\[Op:.*|\[\[.*?\]\]", "", error.message).split())
 
 
 def user_error_from(error):

@@ -1,7 +1,8 @@
 """SqueezeNext (Gholami et al., arXiv 1803.10615) as the official Caffe release defines it.
 
-Source of every architectural fact: the prototxts of github.com/amirgholami/SqueezeNext
-(shared/DESIGN.md section 4). Five official networks are built by name from one table,
+Source of every architectural fact: the Caffe prototxts of the official release
+(github.com/amirgholami/SqueezeNext); the parameter and MAC counts they imply are in
+scripts/benchmark.py's OFFICIAL table and tests/test_model.py. Five official networks are built by name from one table,
 `CONFIGURATIONS`, which also holds a tiny network for fast tests; a fork adds a variant in one line.
 
 Network (channels-last, input float32 [B, S, S, 3], output float32 logits [B, num_classes]):
@@ -38,13 +39,11 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from tools.cli import UserError
-from tools.estimator import EstimatorSpec
-from tools.estimator import ModeKeys
-from tools.estimator import Scaffold
+from estimator.spec import EstimatorSpec
+from estimator.spec import ModeKeys
+from estimator.spec import Scaffold
+from tools.common import UserError
 from tools.optimizer import build_optimizer
-from tools.optimizer import OFFICIAL_RECIPE
-from tools.optimizer import Recipe
 
 # Caffe BatchNorm defaults; the official prototxts leave them unset: moving_average_fraction, eps.
 BN_MOMENTUM = 0.999
@@ -107,7 +106,7 @@ _WIDTHS_2_0 = (64, 128, 256, 512)
 _BLOCKS_23 = (6, 6, 8, 1)
 _BLOCKS_23_V5 = (2, 4, 14, 1)
 
-# The official networks under the seed repository's configuration names (DESIGN.md section 4).
+# The official networks under the seed repository's configuration names.
 CONFIGURATIONS = {
     "v_1_0_SqNxt_23": SqueezeNextConfig(_WIDTHS_1_0, _BLOCKS_23, stem_kernel=7),
     "v_1_0_G_SqNxt_23": SqueezeNextConfig(_WIDTHS_1_0, _BLOCKS_23, stem_kernel=7, groups=2),
@@ -161,7 +160,7 @@ class CaffeBatchNormalization(keras.layers.BatchNormalization):
   weighted average of the batches seen so far, unbiased from the first step. Keras'
   `moving = m * moving + (1 - m) * batch` starts from mean 0 / variance 1 and with m = 0.999
   keeps ~90% of that initial value after 100 steps and ~37% after 1,000, so a run of a few
-  hundred steps evaluates with nonsense statistics (DESIGN.md section 4: 10% accuracy on a
+  hundred steps evaluates with nonsense statistics (seen while prototyping: 10% accuracy on a
   10-class problem that training had half learned).
 
   With `caffe_correction=True` (default) this layer stores the same quantity as Caffe in Keras'
@@ -197,6 +196,8 @@ class CaffeBatchNormalization(keras.layers.BatchNormalization):
       raise ValueError("CaffeBatchNormalization supports only axis=-1, center=True, scale=True, "
                        "renorm=False")
     self.caffe_correction = bool(caffe_correction)
+    # Set by PopulationStatistics while it recomputes the statistics; read when a step is traced.
+    self.population = False
 
   def add_weight(self, *, shape, name, initializer, trainable=True, autocast=True, **kwargs):
     """Layer.add_weight, except that non-trainable weights are ON_READ/MEAN (see class doc)."""
@@ -240,7 +241,17 @@ class CaffeBatchNormalization(keras.layers.BatchNormalization):
     return tf.cast(y, self.compute_dtype)
 
   def _update_moving_statistics(self, mean, variance):
-    """Caffe's (or Keras') update from the batch's float32 mean and biased variance [C]."""
+    """Caffe's (or Keras') update from the batch's float32 mean and biased variance [C].
+
+    In population mode (PopulationStatistics) the moving mean and variance become equally weighted
+    averages of the batches' means and second moments (variance + mean^2), count = count + 1.
+    """
+    if self.population:
+      count = self.moving_count + 1.0
+      self.moving_mean.assign_sub((self.moving_mean - mean) / count)
+      self.moving_variance.assign_sub((self.moving_variance - (variance + tf.square(mean))) / count)
+      self.moving_count.assign(count)
+      return
     count = self.moving_count * self.momentum + 1.0
     rate = 1.0 / count if self.caffe_correction else 1.0 - self.momentum
     self.moving_mean.assign_sub((self.moving_mean - mean) * rate)
@@ -398,49 +409,108 @@ def build_network(configuration, num_classes, image_size, bn_momentum=BN_MOMENTU
   return keras.Model(inputs, logits, name=name)
 
 
-# ==================================================================================================
-# model_fn: the PREDICT / TRAIN / EVAL branches run by tools/estimator.py.
+class PopulationStatistics:
+  """Recomputes the BatchNorm moving statistics of a network with its current weights ("precise
+  BN": Wu & Johnson, "Rethinking 'Batch' in BatchNorm", arXiv 2105.07576; pycls' precise_bn).
 
-# Hyper-parameters of the network and the loss; train.py merges these into its params (one place).
-DEFAULT_MODEL_PARAMS = {
-    "configuration": "v_1_0_SqNxt_23",
-    "num_classes": 1000,
-    "image_size": 227,
-    "dtype": "float32",  # float32 | bfloat16 | float16: the compute dtype (variables stay float32)
-    "bn_momentum": BN_MOMENTUM,
-    # Global-batch BN statistics over the replicas (slower; Caffe's official run used per-node BN).
-    "bn_synchronized": False,
-    "weight_decay": OFFICIAL_RECIPE.weight_decay,
-}
+  Why: inputs are unscaled 0..255 pixels minus the mean, as in Caffe, so the first hundreds of steps
+  change the weights fast (the stem kernel's squared norm grows about 30x in 50 steps), and moving
+  statistics averaged over the last ~1,000 steps (momentum 0.999) describe weights that no longer
+  exist: short runs then evaluate near chance while training is at 0.8+.
+
+  Protocol (the Estimator's statistics loop): `begin()` in the cross-replica context, `step(features)`
+  on every replica for N training batches (a forward pass in training mode: no gradient, trainable
+  variables unchanged), `end(N)`. The result is the mean and variance over all N x global-batch
+  examples, pooled over replicas (each replica accumulates means and second moments; `end` reads
+  their mean over replicas and writes the same statistics to every replica), so 1 and R replicas
+  agree. The Caffe running count is restored afterwards, so training goes on as before.
+
+  Args:
+    network: a keras.Model built by build_network.
+  """
+
+  def __init__(self, network):
+    self.network = network
+    self.layers = [l for l in network.layers if isinstance(l, CaffeBatchNormalization)]
+    self._counts = None
+
+  def begin(self):
+    """Starts a recomputation: saves the counts and switches the layers to population mode."""
+    self._counts = [layer.moving_count.read_value() for layer in self.layers]
+    for layer in self.layers:
+      layer.moving_count.assign(0.0)
+      layer.population = True
+
+  def step(self, features):
+    """Accumulates one per-replica batch: features {"image": float32 [B, S, S, 3]}."""
+    self.network(features["image"], training=True)
+    return tf.constant(0.0)
+
+  def end(self, num_batches):
+    """Finishes: variance = mean second moment - mean^2, the same on every replica."""
+    del num_batches  # the layers counted them
+    for layer, count in zip(self.layers, self._counts):
+      layer.population = False
+      mean = layer.moving_mean.read_value()  # the mean over replicas (ON_READ, MEAN)
+      second_moment = layer.moving_variance.read_value()
+      layer.moving_mean.assign(mean)
+      layer.moving_variance.assign(tf.maximum(second_moment - tf.square(mean), 0.0))
+      layer.moving_count.assign(count)
+
+
+# ==================================================================================================
+# model_fn: the PREDICT / TRAIN / EVAL branches run by the Estimator (estimator/).
+
+@dataclasses.dataclass(frozen=True)
+class ModelParams:
+  """The network's parameters (the `model` section of tools/params.Params).
+
+  Attributes:
+    configuration: a name in CONFIGURATIONS.
+    num_classes: output classes, >= 2 (1000 for ImageNet).
+    image_size: input side S in pixels (227 in the paper).
+    dtype: compute dtype, "float32", "bfloat16" or "float16" (mixed precision; variables stay
+      float32; float16 uses dynamic loss scaling).
+    bn_momentum: Caffe's moving_average_fraction (0.999 in the prototxts).
+    bn_synchronized: BatchNorm statistics over the global batch (all replicas); slower. Caffe's
+      official run used per-node statistics.
+  """
+  configuration: str = "v_1_0_SqNxt_23"
+  num_classes: int = 1000
+  image_size: int = 227
+  dtype: str = "float32"
+  bn_momentum: float = BN_MOMENTUM
+  bn_synchronized: bool = False
+
+
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 def _dtype_policy(dtype):
-  """Keras dtype policy name for params["dtype"]: float32, or mixed precision for 16-bit types."""
+  """Keras dtype policy name for a compute dtype: float32, or mixed precision for 16-bit types."""
   return {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}[dtype]
 
 
-def recipe_from_params(params):
-  """The optimizer `Recipe` held in params (keys named as the Recipe's fields, batch_size global)."""
-  fields = {f.name for f in dataclasses.fields(Recipe)}
-  return Recipe(**{k: params[k] for k in fields if k in params})
+def build_from_params(model_params):
+  """build_network for a ModelParams."""
+  m = model_params
+  return build_network(m.configuration, m.num_classes, m.image_size, bn_momentum=m.bn_momentum,
+                       bn_synchronized=m.bn_synchronized, dtype=_dtype_policy(m.dtype))
 
 
 def scaffold_fn(params):
   """Builds the network, the poly optimizer and the metrics once (called in `strategy.scope()`).
 
   Args:
-    params: dict with configuration, num_classes, image_size, dtype, bn_momentum and the Recipe's
-      fields (batch_size, base_learning_rate, ..., weight_decay).
+    params: tools.params.Params; its `model` section builds the network, its `recipe` the optimizer.
   Returns:
     A `Scaffold` whose optimizer is built on the network's trainable variables, so that checkpoints
     restore into existing variables. Train metrics: top_1_accuracy, top_5_accuracy; eval metrics:
-    loss (mean cross-entropy), top_1_accuracy, top_5_accuracy, num_examples.
+    loss (mean cross-entropy), top_1_accuracy, top_5_accuracy, num_examples; statistics: the
+    network's PopulationStatistics.
   """
-  network = build_network(params["configuration"], params["num_classes"], params["image_size"],
-                          bn_momentum=params["bn_momentum"],
-                          bn_synchronized=params["bn_synchronized"],
-                          dtype=_dtype_policy(params["dtype"]))
-  optimizer = build_optimizer(recipe_from_params(params), loss_scale=params["dtype"] == "float16")
+  network = build_from_params(params.model)
+  optimizer = build_optimizer(params.recipe, loss_scale=params.model.dtype == "float16")
   optimizer.build(network.trainable_variables)
   accuracy = lambda: {
       "top_1_accuracy": keras.metrics.SparseCategoricalAccuracy(name="top_1_accuracy"),
@@ -448,14 +518,15 @@ def scaffold_fn(params):
   }
   eval_metrics = {"loss": keras.metrics.Mean(name="loss"), **accuracy(),
                   "num_examples": keras.metrics.Sum(name="num_examples")}
-  return Scaffold(network, optimizer, train_metrics=accuracy(), eval_metrics=eval_metrics)
+  return Scaffold(network, optimizer, train_metrics=accuracy(), eval_metrics=eval_metrics,
+                  statistics=PopulationStatistics(network))
 
 
 def weight_decay_loss(variables, weight_decay):
   """Caffe's L2 weight decay as a loss: weight_decay * sum(w**2) / 2, whose gradient is weight_decay * w.
 
   Applied to every trainable variable (convolution and FC kernels, BN scale and shift), as the
-  official solver's `weight_decay: 0.0001` did (DESIGN.md section 5). Returns a float32 scalar.
+  official solver's `weight_decay: 0.0001` did. Returns a float32 scalar.
   """
   if not weight_decay:
     return tf.constant(0.0)
@@ -465,15 +536,15 @@ def weight_decay_loss(variables, weight_decay):
 def train_loss(network, images, class_idx, params):
   """The TRAIN loss of one replica: (loss, cross_entropy, weight_decay, logits).
 
-  cross_entropy is averaged over the GLOBAL batch params["batch_size"] (the sum over replicas is the
+  cross_entropy is averaged over the GLOBAL batch params.batch_size (the sum over replicas is the
   global mean); the weight-decay term is divided by the number of replicas for the same reason.
   images: float32 [B, H, W, 3]; class_idx: int32 [B] in 0..num_classes-1; logits float32 [B, K].
   """
   logits = network(images, training=True)
   per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=class_idx, logits=logits)
-  cross_entropy = tf.nn.compute_average_loss(per_example, global_batch_size=params["batch_size"])
+  cross_entropy = tf.nn.compute_average_loss(per_example, global_batch_size=params.batch_size)
   decay = tf.nn.scale_regularization_loss(
-      weight_decay_loss(network.trainable_variables, params["weight_decay"]))
+      weight_decay_loss(network.trainable_variables, params.recipe.weight_decay))
   return cross_entropy + decay, cross_entropy, decay, logits
 
 
@@ -487,13 +558,13 @@ def predictions_from_logits(logits):
 
 
 def model_fn(features, labels, mode, params, scaffold):
-  """SqueezeNext's model_fn, run per replica inside tf.function by tools/estimator.py.
+  """SqueezeNext's model_fn, run per replica inside tf.function by the Estimator.
 
   Args:
     features: {"image": float32 [B, H, W, 3]} (mean-subtracted RGB, see dataloader.py).
     labels: {"class_idx": int32 [B]} (0-based), or None in PREDICT.
     mode: a ModeKeys value.
-    params: the run's params dict (see scaffold_fn and train.py).
+    params: the run's tools.params.Params (recipe.batch_size, recipe.weight_decay are read).
     scaffold: the Scaffold made by scaffold_fn.
   Returns:
     EstimatorSpec. PREDICT: predictions {"top_1", "top_5", "probabilities", "logits"}.

@@ -1,14 +1,16 @@
 """The poly optimizer of the official SqueezeNext solver: SGD with momentum, linear warm-up, poly decay.
 
 Source: the Caffe solver of the official release (amirgholami/SqueezeNext), identical for all five
-networks, summarised in shared/DESIGN.md section 5:
+networks:
 
   global batch 1024, 150,136 iterations (120 epochs of 1,281,167 images), SGD momentum 0.9 (not Nesterov),
   weight decay 1e-4 on every weight, learning rate warmed up linearly from 0.1 to 0.4 over 780 iterations,
   then  lr = base_lr * (1 - it / max_iter) ** 2  with `it` the absolute iteration.
 
-The seed repository scaled this linearly to batch 256 (base_lr 0.1, warm-up 3120 iterations from 0.025);
-`scale_recipe(batch_size)` does the same for any batch. Weight decay is not part of the optimizer: Caffe
+The seed repository (a TF1 Estimator port) scaled this linearly to batch 256 (base_lr 0.1, warm-up 3120
+iterations from 0.025); `scale_recipe(batch_size)` scales the learning rates the same way for any
+batch. The warm-up is a share of the data, not a number of steps: 780 x 1024 images = 0.623 epochs of
+ImageNet (`OFFICIAL_WARMUP_EPOCHS`); tools/params.py converts it to steps for the run's data and batch. Weight decay is not part of the optimizer: Caffe
 adds `weight_decay * w` to the gradient before the momentum update, which is the gradient of the L2 term
 that model_fn adds to the loss (Keras' own `weight_decay` is decoupled and would not match Caffe).
 """
@@ -18,9 +20,11 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from tools.cli import UserError
+from tools.common import UserError
 
 IMAGENET_TRAIN_EXAMPLES = 1281167  # ILSVRC2012 training set size.
+# The official warm-up as a share of the data: 780 iterations x 1024 images / 1,281,167 = 0.6234 epochs.
+OFFICIAL_WARMUP_EPOCHS = 780 * 1024 / IMAGENET_TRAIN_EXAMPLES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +51,7 @@ class Recipe:
   weight_decay: float = 1e-4
 
 
-# The official Caffe solver (DESIGN.md section 5): 150,136 steps = 120 epochs at batch 1024.
+# The official Caffe solver: 150,136 steps = 120 epochs at batch 1024.
 OFFICIAL_RECIPE = Recipe()
 
 
@@ -58,7 +62,8 @@ def scale_recipe(batch_size, recipe=OFFICIAL_RECIPE):
   600,544 steps. Raises UserError when batch_size is not a positive integer.
   """
   if batch_size < 1:
-    raise UserError(f"--batch_size={batch_size}: expected a positive number of examples")
+    raise UserError(f"batch_size={batch_size}: expected a positive number of examples",
+                    param="batch_size")
   k = batch_size / recipe.batch_size
   return dataclasses.replace(
       recipe, batch_size=batch_size,

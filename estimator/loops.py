@@ -1,0 +1,169 @@
+"""The compiled loops of the Estimator (several steps per tf.function call) and the host-side
+progress and summaries around them. Each `make_*_loop(estimator)` is traced once per Estimator.
+"""
+
+import time
+
+from absl import logging
+import tensorflow as tf
+
+from estimator.spec import itstime
+from estimator.spec import ModeKeys
+from tools.common import format_duration
+
+
+def _replica_fn(estimator, mode):
+  """model_fn for one replica, returning (loss, scalars): nests that strategy.run can carry."""
+  def replica_fn(features, labels):
+    spec = estimator.model_fn(features, labels, mode, estimator.params, estimator.scaffold)
+    return spec.loss, spec.scalars
+  if estimator.config.jit_compile:
+    return tf.function(replica_fn, jit_compile=True)
+  return replica_fn
+
+
+def _summary_images(estimator, features):
+  """uint8 images of one per-replica batch for TensorBoard, or None when disabled."""
+  cfg = estimator.config
+  if cfg.summary_images_fn is None or cfg.image_summary_steps <= 0:
+    return None
+  return cfg.summary_images_fn(features)
+
+
+def make_train_loop(estimator):
+  """`train_loop(iterator, num_steps)`: runs num_steps (>= 1) optimizer steps; returns the last
+  step's outputs (loss, scalars summed over replicas, all_finite over all the steps) and images."""
+  strategy = estimator.strategy
+  replica_fn = _replica_fn(estimator, ModeKeys.TRAIN)
+  sum_ = tf.distribute.ReduceOp.SUM
+
+  @tf.function  # traced once, called twice by train_loop: halves the tracing time
+  def one_step(iterator):
+    features, labels = next(iterator)
+    loss, scalars = strategy.run(replica_fn, args=(features, labels))
+    loss = strategy.reduce(sum_, loss, axis=None)
+    scalars = {k: strategy.reduce(sum_, v, axis=None) for k, v in scalars.items()}
+    images = _summary_images(estimator, strategy.experimental_local_results(features)[0])
+    return loss, scalars, images
+
+  @tf.function
+  def train_loop(iterator, num_steps):
+    finite = tf.constant(True)
+    for _ in tf.range(num_steps - 1):
+      loss, _, _ = one_step(iterator)
+      finite = tf.logical_and(finite, tf.math.is_finite(loss))
+    loss, scalars, images = one_step(iterator)
+    finite = tf.logical_and(finite, tf.math.is_finite(loss))
+    return dict(loss=loss, all_finite=finite, **scalars), images
+
+  return train_loop
+
+
+def make_eval_loop(estimator):
+  """`eval_loop(iterator, num_steps)`: runs up to num_steps batches through model_fn's EVAL branch;
+  returns True when the data is exhausted. Partial last batches leave some replicas an empty batch."""
+  strategy = estimator.strategy
+  model_replica_fn = _replica_fn(estimator, ModeKeys.EVAL)
+
+  def replica_fn(features, labels):
+    # Skip the model on an empty batch (TF 2.21's CPU convolution returns its input unchanged for an
+    # empty batch, which breaks the network).
+    batch_size = tf.shape(tf.nest.flatten(features)[0])[0]
+    return tf.cond(batch_size > 0, lambda: model_replica_fn(features, labels)[0],
+                   lambda: tf.constant(0.0))
+
+  @tf.function
+  def eval_loop(iterator, num_steps):
+    exhausted = tf.constant(False)
+    for _ in tf.range(num_steps):
+      batch = iterator.get_next_as_optional()
+      exhausted = tf.logical_not(batch.has_value())
+      if exhausted:
+        break
+      features, labels = batch.get_value()
+      strategy.run(replica_fn, args=(features, labels))
+    return exhausted
+
+  return eval_loop
+
+
+def make_statistics_loop(estimator):
+  """`statistics_loop(iterator, num_steps)`: feeds num_steps training batches to the scaffold's
+  `statistics.step(features)` on every replica (forward passes only, no optimizer step)."""
+  strategy = estimator.strategy
+
+  @tf.function
+  def statistics_loop(iterator, num_steps):
+    for _ in tf.range(num_steps):
+      features, _ = next(iterator)
+      strategy.run(estimator.scaffold.statistics.step, args=(features,))
+
+  return statistics_loop
+
+
+class TrainProgress:
+  """Host side of the training loop: progress lines with the ETA, scalar and image summaries.
+
+  Args:
+    estimator: the Estimator (its config gives the intervals, its scaffold the metrics).
+    start_step: int, the global step the loop starts at.
+    max_steps: int, the global step it ends at.
+  """
+
+  def __init__(self, estimator, start_step, max_steps):
+    self.estimator, self.start_step, self.max_steps = estimator, start_step, max_steps
+    self.start_time = self.window_time = time.time()
+    self.window_step = start_step
+
+  def report(self, step, outputs, images):
+    """Logs and writes what is due at `step`; returns `outputs` with the summary values added."""
+    cfg = self.estimator.config
+    if itstime(step, cfg.save_summary_steps) or itstime(step, cfg.log_step_count_steps):
+      now = time.time()
+      rate = (step - self.window_step) / max(now - self.window_time, 1e-9)
+      outputs = {**outputs, **self._summaries(step, outputs, rate)}
+      self.window_step, self.window_time = step, now
+      if itstime(step, cfg.log_step_count_steps):
+        self._log(step, outputs, now)
+    if images is not None and itstime(step, cfg.image_summary_steps):
+      with self.estimator.writer("").as_default():
+        tf.summary.image("train/images", images, step=step, max_outputs=images.shape[0])
+    return outputs
+
+  def _log(self, step, outputs, now):
+    eta = (self.max_steps - step) * (now - self.start_time) / max(step - self.start_step, 1)
+    extra = "".join(f"  {k} {outputs[k]:.4f}" for k in sorted(outputs)
+                    if k not in ("loss", "images_per_sec", "global_step_per_sec", "learning_rate"))
+    logging.info("step %d/%d  loss %.4f%s  lr %.5g  %.1f images/s  ETA %s", step, self.max_steps,
+                 outputs["loss"], extra, outputs["learning_rate"], outputs["images_per_sec"],
+                 format_duration(eta))
+
+  def _summaries(self, step, outputs, steps_per_sec):
+    estimator = self.estimator
+    scaffold = estimator.scaffold
+    values = dict(outputs)
+    values["learning_rate"] = float(scaffold.optimizer.learning_rate)
+    for name, metric in scaffold.train_metrics.items():
+      values[name] = float(metric.result())
+      metric.reset_state()
+    values["global_step_per_sec"] = steps_per_sec
+    values["images_per_sec"] = steps_per_sec * estimator.params_batch_size
+    estimator.last_train_summary = values
+    if itstime(step, estimator.config.save_summary_steps):
+      with estimator.writer("").as_default():
+        for name, value in values.items():
+          tf.summary.scalar(f"train/{name}", value, step=step)
+    return values
+
+
+def write_eval_summaries(estimator, input_fn, name, results):
+  """Writes an evaluation's scalars and a few of its images under model_dir/<name>."""
+  step = results["global_step"]
+  with estimator.writer(name).as_default():
+    for key, value in results.items():
+      if key != "global_step":
+        tf.summary.scalar(f"eval/{key}", value, step=step)
+    if estimator.config.summary_images_fn is not None:
+      features, _ = next(iter(input_fn(tf.distribute.InputContext()).take(1)))
+      images = estimator.config.summary_images_fn(features)
+      tf.summary.image("eval/images", images, step=step, max_outputs=images.shape[0])
