@@ -1,4 +1,5 @@
-"""scripts/build_tfrecords.py and scripts/make_demo_data.py on small images written by the tests."""
+"""tools/records.py, tools/demo_data.py and their programs scripts/build_tfrecords.py and
+scripts/make_demo_data.py, on small images written by the tests."""
 
 import os
 import subprocess
@@ -12,9 +13,9 @@ import tensorflow as tf
 
 import data_utils
 import dataloader
-from scripts import build_tfrecords
-from scripts import make_demo_data
-from tools.cli import UserError
+from tools import demo_data
+from tools import records as build_tfrecords
+from tools.common import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -64,7 +65,8 @@ def test_ilsvrc_layout_writes_every_schema_key_with_boxes(tmp_path):
   result = build_tfrecords.build(str(tmp_path / "in"), str(tmp_path / "out"), "imagenet",
                                  train_shards=2, validation_shards=1, num_workers=2)
   assert sorted(os.listdir(tmp_path / "out")) == [
-      "labels.txt", "train-00000-of-00002", "train-00001-of-00002", "validation-00000-of-00001"]
+      "labels.txt", "manifest.json", "train-00000-of-00002", "train-00001-of-00002",
+      "validation-00000-of-00001"]
   assert (result.num_train, result.num_validation, result.num_classes) == (4, 3, 2)
   train = data_utils.read_examples(result.train_pattern)
   for example in train:
@@ -117,15 +119,15 @@ def test_interrupted_build_leaves_no_partial_shard_and_resumes(tmp_path, monkeyp
   calls = []
   real_load = build_tfrecords.load_image
 
-  def load_then_interrupt(path):
+  def load_then_interrupt(path, *args):
     calls.append(path)
     if len(calls) == 5:  # in the second of three training shards (4 + 4 + 4 images)
       raise KeyboardInterrupt
-    return real_load(path)
+    return real_load(path, *args)
   monkeypatch.setattr(build_tfrecords, "load_image", load_then_interrupt)
   with pytest.raises(KeyboardInterrupt):
     build_tfrecords.build(images, str(out), validation_fraction=0.0, train_shards=3, num_workers=1)
-  assert sorted(os.listdir(out)) == ["labels.txt", "train-00000-of-00003"]
+  assert sorted(os.listdir(out)) == ["labels.txt", "manifest.json", "train-00000-of-00003"]
   monkeypatch.setattr(build_tfrecords, "load_image", real_load)
   resumed = build_tfrecords.build(images, str(out), validation_fraction=0.0, train_shards=3)
   fresh = build_tfrecords.build(images, str(tmp_path / "fresh"), validation_fraction=0.0,
@@ -166,9 +168,9 @@ def test_scripts_report_bad_folders_on_one_line(tmp_path):
   empty = tmp_path / "empty"
   os.makedirs(empty)
   for args, expected in (
-      (["scripts/build_tfrecords.py", f"--input_dir={empty}", f"--output_dir={tmp_path}/o"],
-       f"error: --input_dir '{empty}' has no class sub-folder"),
-      (["scripts/make_demo_data.py"], "error: --output_dir is required")):
+      (["-m", "scripts.build_tfrecords", f"--input_dir={empty}", f"--output_dir={tmp_path}/o"],
+       f"error: --input_dir={empty}: has no class sub-folder"),
+      (["-m", "scripts.make_demo_data"], "error: --output_dir=: missing")):
     run = _run_script(*args)
     assert run.returncode == 2, run.stderr
     assert "Traceback" not in run.stderr
@@ -177,7 +179,7 @@ def test_scripts_report_bad_folders_on_one_line(tmp_path):
 
 
 def test_make_demo_data_is_stratified_and_idempotent(tmp_path):
-  data = make_demo_data.make_demo_data(str(tmp_path / "demo"))
+  data = demo_data.make_demo_data(str(tmp_path / "demo"))
   assert (data.num_train, data.num_validation, data.num_classes) == (1438, 359, 10)
   labels = [_values(e, "image/class/label")[0]
             for e in data_utils.read_examples(data.validation_pattern)]
@@ -185,5 +187,5 @@ def test_make_demo_data_is_stratified_and_idempotent(tmp_path):
   example = data_utils.read_examples(data.train_pattern)[0]
   assert (_values(example, "image/height"), _values(example, "image/width")) == ([64], [64])
   stamp = os.path.getmtime(tmp_path / "demo" / "train-00000-of-00004")
-  assert make_demo_data.make_demo_data(str(tmp_path / "demo")) == data
+  assert demo_data.make_demo_data(str(tmp_path / "demo")) == data
   assert os.path.getmtime(tmp_path / "demo" / "train-00000-of-00004") == stamp

@@ -14,7 +14,7 @@ import model
 from process_utils import run
 from process_utils import TRAIN
 import train
-from scripts import build_tfrecords
+from tools import records as build_tfrecords
 from tools import estimator as estimator_lib
 from tools import fine_tune
 
