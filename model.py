@@ -436,7 +436,7 @@ class PopulationStatistics:
 
   def begin(self):
     """Starts a recomputation: saves the counts and switches the layers to population mode."""
-    self._counts = [layer.moving_count.read_value() for layer in self.layers]
+    self._counts = [tf.convert_to_tensor(layer.moving_count) for layer in self.layers]
     for layer in self.layers:
       layer.moving_count.assign(0.0)
       layer.population = True
@@ -451,8 +451,8 @@ class PopulationStatistics:
     del num_batches  # the layers counted them
     for layer, count in zip(self.layers, self._counts):
       layer.population = False
-      mean = layer.moving_mean.read_value()  # the mean over replicas (ON_READ, MEAN)
-      second_moment = layer.moving_variance.read_value()
+      mean = tf.convert_to_tensor(layer.moving_mean)  # the mean over replicas (ON_READ, MEAN)
+      second_moment = tf.convert_to_tensor(layer.moving_variance)
       layer.moving_mean.assign(mean)
       layer.moving_variance.assign(tf.maximum(second_moment - tf.square(mean), 0.0))
       layer.moving_count.assign(count)

@@ -8,13 +8,14 @@ size, class count and schedule; any flag overrides them. With ImageNet records:
       --train_file_pattern 'data/imagenet/train-*' --validation_file_pattern 'data/imagenet/validation-*' \
       --batch_size 1024 --num_gpus 8
 
-This is the only module that reads flags: it assembles one params dict (logged and saved as
-model_dir/params.json) and hands it to the library (model.py, dataloader.py, tools/).
+This is the program: it reads the flags, resolves the params once (tools/params.py; logged and saved
+in model_dir/params.json), and hands them to the library (tools/experiment.py, estimator/, model.py,
+dataloader.py). Flag names are the params' names.
 """
 
 import json
-import math
 import os
+import sys
 
 from absl import flags
 from absl import logging
@@ -22,18 +23,27 @@ import keras
 import tensorflow as tf
 
 import dataloader
+import estimator as estimator_lib
 import model
 from tools import cli
-from tools import estimator as estimator_lib
+from tools import demo_data
+from tools import experiment
 from tools import fine_tune
-from tools import optimizer as optimizer_lib
-from tools import stats
+from tools import params as params_lib
+from tools import records
+from tools.common import acquire_lock
+from tools.common import LockHeld
+from tools.common import one_line
+from tools.common import release_lock
+from tools.common import UserError
 
 FLAGS = flags.FLAGS
 
 def define_flags():
-  """Defines the CLI flags; only when run as a script, so that importing train.py (tests,
-  notebooks, scripts/predict.py) defines no flag."""
+  """Defines the CLI flags (once; importing train.py defines none, so tests and notebooks can
+  import it next to other programs and call `define_flags()` then `main`)."""
+  if "model_dir" in FLAGS:
+    return
   flags.DEFINE_string("model_dir", None, "Folder for checkpoints, TensorBoard logs and params.json.")
   flags.DEFINE_string("configuration", None,
                       f"Network, one of: {', '.join(model.CONFIGURATIONS)}. Default v_1_0_SqNxt_23.")
@@ -47,7 +57,8 @@ def define_flags():
   flags.DEFINE_float("num_epochs", None, "Epochs to train; converted to steps once. Default 120.")
   flags.DEFINE_integer("max_steps", None, "Steps to train (overrides --num_epochs).")
   flags.DEFINE_integer("num_examples_per_epoch", None,
-                       "Training examples per epoch. Default 1,281,167 (ImageNet) or the demo's count.")
+                       "Training examples per epoch. Default: counted from the records (the builder's "
+                       "manifest.json, else one counting pass).")
   flags.DEFINE_integer("image_size", None, "Input side in pixels. Default 227 (demo 64).")
   flags.DEFINE_integer("num_classes", None, "Number of classes. Default 1000 (demo 10).")
   flags.DEFINE_enum("preprocessing", None, dataloader.PREPROCESSINGS, "Preprocessing. Default caffe.")
@@ -56,19 +67,30 @@ def define_flags():
   flags.DEFINE_float("warmup_start_learning_rate", None,
                      "Learning rate at step 0. Default: the official 0.1 at batch 1024, scaled linearly.")
   flags.DEFINE_integer("warmup_steps", None,
-                       "Warm-up steps. Default: the official 780 at batch 1024, scaled inversely.")
+                       "Warm-up steps (or --warmup_epochs). Default: --warmup_epochs' default.")
+  flags.DEFINE_float("warmup_epochs", None,
+                     "Warm-up in epochs of the training data. Default: the official 0.623 (780 steps "
+                     "of 1,024 ImageNet images), at most 10% of the run.")
   flags.DEFINE_float("weight_decay", None, "L2 weight decay (Caffe's sense). Default 1e-4.")
   flags.DEFINE_float("bn_momentum", None, "BatchNorm moving-average fraction. Default 0.999 (prototxt).")
   flags.DEFINE_boolean("bn_synchronized", None,
                        "BatchNorm statistics over the global batch (all replicas). Default off.")
   flags.DEFINE_integer("eval_every_n_steps", None, "Evaluate every N steps (and at the end).")
   flags.DEFINE_integer("eval_every_n_secs", None, "Evaluate every N seconds (and at the end).")
-  flags.DEFINE_boolean("output_train_images", True, "Write training/validation images to TensorBoard.")
+  flags.DEFINE_boolean("output_train_images", None,
+                       "Write training/validation images to TensorBoard. Default on.")
   flags.DEFINE_integer("image_summary_steps", None, "Interval of training-image summaries. Default 1000.")
   flags.DEFINE_integer("save_summary_steps", None, "Interval of scalar summaries. Default 100.")
   flags.DEFINE_integer("log_every_n_steps", None, "Interval of progress lines. Default 100.")
   flags.DEFINE_integer("save_checkpoints_steps", None, "Checkpoint interval. Default 1000.")
-  flags.DEFINE_integer("keep_checkpoint_max", 5, "Checkpoints kept in model_dir.")
+  flags.DEFINE_integer("keep_checkpoint_max", None, "Checkpoints kept in model_dir. Default 5.")
+  flags.DEFINE_integer("precise_bn_examples", None,
+                       "Training examples over which the BatchNorm statistics are recomputed with "
+                       "the current weights before each evaluation and the final checkpoint "
+                       "('precise BN'). Default min(8192, one epoch); 0: off.")
+  flags.DEFINE_boolean("allow_params_change", False,
+                       "Resume a model_dir although network, image size, batch, schedule, classes or "
+                       "preprocessing differ from its params.json.")
   flags.DEFINE_integer("steps_per_loop", None, "Steps per tf.function call. Default 100.")
   flags.DEFINE_string("fine_tune_ckpt", None,
                       "Warm-start from this checkpoint (prefix or directory) when model_dir has none.")
@@ -79,112 +101,100 @@ def define_flags():
   flags.DEFINE_integer("num_cpu_devices", 0,
                        "Split the CPU into N logical devices for MirroredStrategy (tests the "
                        "multi-device path without GPUs).")
-  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16", "float16"],
-                    "Compute dtype (mixed precision for 16-bit; float16 uses loss scaling).")
-  flags.DEFINE_boolean("xla", False, "Compile each replica's step with XLA.")
+  flags.DEFINE_enum("dtype", None, list(model.DTYPES),
+                    "Compute dtype (mixed precision for 16-bit; float16 uses loss scaling). "
+                    "Default float32.")
+  flags.DEFINE_boolean("xla", None, "Compile each replica's step with XLA. Default off.")
   flags.DEFINE_integer("seed", None, "Random seed of the input pipeline and initialisation.")
   flags.DEFINE_boolean("deterministic", False,
                        "Reproducible training: seeds (--seed, default 0), deterministic ops and "
                        "input order. A run killed and restarted with "
                        "--checkpoint_input_pipeline ends with the weights of an uninterrupted one.")
-  flags.DEFINE_boolean("checkpoint_input_pipeline", False,
+  flags.DEFINE_boolean("checkpoint_input_pipeline", None,
                        "Also checkpoint the input pipeline's position, so that a restarted run "
                        "sees the batches an uninterrupted one would have seen.")
   flags.DEFINE_integer("collective_timeout_secs", 300,
                        "Multi-worker: a collective operation waiting longer than this for another "
                        "worker fails the run instead of hanging (0: no limit).")
 
-# Defaults for ImageNet training with the official recipe (shared/DESIGN.md sections 3-5), and the
-# demo's overrides (small images, 10 digit classes, a short schedule that reaches >= 97% top-1).
-IMAGENET_DEFAULTS = dict(
-    configuration="v_1_0_SqNxt_23", batch_size=256, num_epochs=120.0, image_size=227,
-    num_classes=1000, preprocessing="caffe", num_examples_per_epoch=optimizer_lib.IMAGENET_TRAIN_EXAMPLES,
-    eval_every_n_steps=10000, save_checkpoints_steps=1000, save_summary_steps=100,
-    log_every_n_steps=100, image_summary_steps=1000, steps_per_loop=100)
-DEMO_DEFAULTS = dict(
-    batch_size=64, num_epochs=50.0, image_size=64, num_classes=10, base_learning_rate=0.2,
-    warmup_start_learning_rate=0.02, warmup_steps=50, seed=0, bn_momentum=0.9, eval_every_n_steps=200,
-    save_checkpoints_steps=200, save_summary_steps=20, log_every_n_steps=50, image_summary_steps=200,
-    steps_per_loop=20)
+
+# Flags that are parameters of tools/params.py (same names), read when the user set them.
+PARAM_FLAGS = ("configuration", "batch_size", "num_epochs", "max_steps", "num_examples_per_epoch",
+               "image_size", "num_classes", "preprocessing", "base_learning_rate",
+               "warmup_start_learning_rate", "warmup_steps", "warmup_epochs", "weight_decay",
+               "bn_momentum", "bn_synchronized", "eval_every_n_steps", "eval_every_n_secs",
+               "image_summary_steps", "save_summary_steps", "log_every_n_steps",
+               "save_checkpoints_steps", "keep_checkpoint_max", "steps_per_loop", "seed", "dtype",
+               "xla", "output_train_images", "checkpoint_input_pipeline", "precise_bn_examples")
+# Other numeric flags and their checks: (test, what is expected).
+PROGRAM_CHECKS = {"num_gpus": (lambda v: v >= 0, "a number >= 0"),
+                  "num_cpu_devices": (lambda v: v >= 0, "a number >= 0"),
+                  "collective_timeout_secs": (lambda v: v >= 0, "a number of seconds >= 0")}
+# Bytes of host memory one image of side S needs in a training step, per pixel of the input:
+# activations, their gradients and BatchNorm's saved inputs (measured order of magnitude for
+# 1.0-SqNxt-23 at 227: about 40x the float32 input). Refuses sizes that cannot fit at all.
+TRAIN_BYTES_PER_INPUT_BYTE = 40
 
 
-def _flag_values():
-  """The flags the user set, as a dict of the params they define (unset flags are left out)."""
-  names = ["configuration", "batch_size", "num_epochs", "max_steps", "num_examples_per_epoch",
-           "image_size", "num_classes", "preprocessing", "base_learning_rate",
-           "warmup_start_learning_rate", "warmup_steps", "weight_decay", "bn_momentum", "bn_synchronized",
-           "eval_every_n_steps", "eval_every_n_secs", "image_summary_steps", "save_summary_steps",
-           "log_every_n_steps", "save_checkpoints_steps", "steps_per_loop", "seed"]
-  values = {name: FLAGS[name].value for name in names if FLAGS[name].value is not None}
-  values.update(dtype=FLAGS.dtype, keep_checkpoint_max=FLAGS.keep_checkpoint_max, xla=FLAGS.xla,
-                output_train_images=FLAGS.output_train_images,
-                checkpoint_input_pipeline=FLAGS.checkpoint_input_pipeline)
+def user_values():
+  """{param: value} of the parameter flags the user set, checked (UserError names the flag)."""
+  values = {name: FLAGS[name].value for name in PARAM_FLAGS if FLAGS[name].value is not None}
   if FLAGS.deterministic:  # the input pipeline's order too, and a seed for everything
     values.update(deterministic_training=True, seed=values.get("seed", 0))
+  for name, (test, expected) in PROGRAM_CHECKS.items():
+    if not test(FLAGS[name].value):
+      raise UserError(f"--{name}={FLAGS[name].value}: expected {expected}")
+  params_lib.check_values(values)
   return values
 
 
-# Runner settings whose defaults do not depend on the data set.
-RUN_DEFAULTS = dict(dtype="float32", keep_checkpoint_max=5, xla=False, output_train_images=True,
-                    eval_every_n_secs=0, checkpoint_input_pipeline=False)
-
-
-def resolve_params(user, data):
-  """Assembles the run's params once: defaults < demo defaults < user flags, then derived values.
-
-  Args:
-    user: dict of the values the user set (flag names).
-    data: dict with train_file_pattern, validation_file_pattern and, for the demo, its
-      num_examples_per_epoch; `data["demo"]` is True for the built-in demo.
-  Returns:
-    The flat params dict (JSON values): network, input, recipe (batch_size, learning rates, warm-up,
-    max_steps, momentum, weight decay) and runner intervals.
-  Raises:
-    UserError for an unknown configuration or values out of range.
-  """
-  params = dict(model.DEFAULT_MODEL_PARAMS)
-  params.update(dataloader.DEFAULT_INPUT_PARAMS)
-  params.update(RUN_DEFAULTS)
-  params.update(IMAGENET_DEFAULTS)
-  if data.get("demo"):
-    params.update(DEMO_DEFAULTS, num_examples_per_epoch=data["num_examples_per_epoch"])
-  params.update({k: v for k, v in data.items() if k != "demo"})
-  params.update(user)
-  model.get_config(params["configuration"])  # raises UserError naming the accepted names
-  # The recipe: the official solver scaled to this batch (DESIGN.md section 5), then the user's values.
-  recipe = optimizer_lib.scale_recipe(params["batch_size"])
-  for field in ("base_learning_rate", "warmup_start_learning_rate", "warmup_steps", "momentum",
-                "weight_decay", "poly_power"):
-    params.setdefault(field, getattr(recipe, field))
-  if "max_steps" not in user:
-    params["max_steps"] = math.ceil(
-        params["num_epochs"] * params["num_examples_per_epoch"] / params["batch_size"])
-  if params["max_steps"] < 1:
-    raise cli.UserError(f"--max_steps={params['max_steps']}: expected at least 1 step")
-  return params
-
-
-def _data_sources():
-  """File patterns of the run: the user's, or the demo data (made on first use and cached)."""
+def data_sources(values):
+  """(data, demo): the run's file patterns, example count and label map; demo is True for the
+  built-in demo data (made on first use and cached)."""
   if FLAGS.train_file_pattern:
-    validation = FLAGS.validation_file_pattern
-    return dict(train_file_pattern=FLAGS.train_file_pattern, validation_file_pattern=validation)
-  from scripts import make_demo_data  # pylint: disable=import-outside-toplevel
+    data = dict(train_file_pattern=FLAGS.train_file_pattern,
+                validation_file_pattern=FLAGS.validation_file_pattern)
+    check_inputs(data)
+    if "num_examples_per_epoch" not in values:
+      count, source = records.count_examples(FLAGS.train_file_pattern)
+      logging.info("%d training examples (%s) in %s.", count, source, FLAGS.train_file_pattern)
+      data["num_examples_per_epoch"] = count
+    return data, False
   logging.info("No --train_file_pattern: using the built-in demo data (handwritten digits) in %s.",
                FLAGS.demo_data_dir)
-  demo = make_demo_data.make_demo_data(FLAGS.demo_data_dir)
-  return dict(demo=True, train_file_pattern=demo.train_pattern,
+  try:
+    demo = demo_data.make_demo_data(FLAGS.demo_data_dir)
+  except UserError as e:
+    raise UserError(str(e).replace("output_dir=", "--demo_data_dir=", 1)) from e
+  data = dict(train_file_pattern=demo.train_pattern,
               validation_file_pattern=FLAGS.validation_file_pattern or demo.validation_pattern,
               num_examples_per_epoch=demo.num_train, label_map=demo.label_map)
+  check_inputs(data)
+  return data, True
+
+
+def check_inputs(data):
+  """Fails early on file patterns that match nothing; warns when validation shares training files."""
+  files = {}
+  for name in ("train_file_pattern", "validation_file_pattern"):
+    if data.get(name):
+      files[name] = set(tf.io.gfile.glob(data[name]))
+      if not files[name]:
+        raise UserError(f"--{name}={data[name]}: no file matches this pattern")
+  shared = files.get("train_file_pattern", set()) & files.get("validation_file_pattern", set())
+  if shared:
+    logging.warning("The validation files share %d file(s) with the training files (e.g. %s): the "
+                    "evaluation measures training data.", len(shared), sorted(shared)[0])
 
 
 def make_strategy(num_gpus, num_cpu_devices, collective_timeout_secs=0):
   """The distribution strategy: TF_CONFIG -> MultiWorkerMirrored; several GPUs (or logical CPU
   devices) -> Mirrored (NCCL all-reduce on GPUs); else the default one-device strategy.
 
-  Raises UserError when more GPUs are asked for than are visible.
+  Raises UserError for a bad TF_CONFIG or more GPUs than are visible.
   """
   if "TF_CONFIG" in os.environ:
+    check_tf_config(os.environ["TF_CONFIG"])
     implementation = (tf.distribute.experimental.CommunicationImplementation.NCCL
                       if num_gpus else tf.distribute.experimental.CommunicationImplementation.AUTO)
     return tf.distribute.MultiWorkerMirroredStrategy(
@@ -197,88 +207,46 @@ def make_strategy(num_gpus, num_cpu_devices, collective_timeout_secs=0):
     return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(num_cpu_devices)])
   gpus = tf.config.list_physical_devices("GPU")
   if num_gpus > len(gpus):
-    raise cli.UserError(f"--num_gpus={num_gpus}: only {len(gpus)} GPU(s) visible")
+    raise UserError(f"--num_gpus={num_gpus}: only {len(gpus)} GPU(s) visible")
   if num_gpus > 1:
     return tf.distribute.MirroredStrategy([f"/gpu:{i}" for i in range(num_gpus)])
   return tf.distribute.get_strategy()
 
 
+def check_tf_config(text):
+  """Raises UserError unless TF_CONFIG is JSON with a cluster of workers and a task inside it."""
+  try:
+    config = json.loads(text)
+    cluster, task = config["cluster"], config["task"]
+    members = cluster[task["type"]]
+    index = int(task["index"])
+  except (ValueError, KeyError, TypeError) as e:
+    raise UserError(f"TF_CONFIG={text[:200]!r}: expected JSON like {{\"cluster\": {{\"worker\": "
+                    f"[\"host1:port\", ...]}}, \"task\": {{\"type\": \"worker\", \"index\": 0}}}} "
+                    f"({type(e).__name__}: {e})") from e
+  if not 0 <= index < len(members):
+    raise UserError(f"TF_CONFIG: task index {index} is outside the {len(members)} "
+                    f"{task['type']}(s) of the cluster")
+
+
 def check_scale(params, strategy):
-  """Checks that the global batch divides over the replicas and logs the scale of the run."""
+  """Checks the batch over the replicas and its memory, and logs the scale of the run."""
   replicas = strategy.num_replicas_in_sync
-  if params["batch_size"] % replicas:
-    raise cli.UserError(f"--batch_size={params['batch_size']} does not divide over {replicas} "
-                        f"replicas; use a multiple of {replicas}")
-  steps_per_epoch = params["num_examples_per_epoch"] / params["batch_size"]
+  batch = params.batch_size
+  if batch % replicas:
+    raise UserError(f"--batch_size={batch} does not divide over {replicas} replicas; use a "
+                    f"multiple of {replicas}")
+  size = params.model.image_size
+  needed = batch // replicas * size * size * 3 * 4 * TRAIN_BYTES_PER_INPUT_BYTE
+  memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  if not tf.config.list_physical_devices("GPU") and needed > memory:
+    raise UserError(f"--image_size={size}: a training step at batch {batch // replicas} per "
+                    f"replica needs about {needed / 2**30:.0f} GiB, this machine has "
+                    f"{memory / 2**30:.0f} GiB; use a smaller --image_size or --batch_size")
+  steps_per_epoch = params.run.num_examples_per_epoch / batch
   logging.info("Scale: %d replica(s), global batch %d, per-replica batch %d, %.1f steps per epoch, "
-               "%d steps in all (%.2f epochs).", replicas, params["batch_size"],
-               params["batch_size"] // replicas, steps_per_epoch, params["max_steps"],
-               params["max_steps"] / steps_per_epoch)
-
-
-def check_inputs(params):
-  """Fails early, before anything is written, on file patterns that match nothing."""
-  for flag in ("train_file_pattern", "validation_file_pattern"):
-    pattern = params.get(flag)
-    if pattern and not tf.io.gfile.glob(pattern):
-      raise cli.UserError(f"--{flag}={pattern}: no file matches this pattern")
-
-
-class ModelStatsHook(estimator_lib.Hook):
-  """Writes the per-layer statistics table (tools/stats.py) to model_dir/model_stats.csv at begin;
-  the successor of the seed's ModelStats SessionRunHook."""
-
-  def begin(self, estimator):
-    if not estimator.is_chief:
-      return
-    rows, totals = stats.model_statistics(estimator.scaffold.network)
-    stats.write_csv(rows, os.path.join(estimator.model_dir, "model_stats.csv"))
-    logging.info("Model statistics: %s (model_stats.csv).",
-                 "  ".join(f"{k}={v:,}" for k, v in totals.items()))
-
-
-def build_estimator(params, model_dir, strategy=None, init_fn=None):
-  """The SqueezeNext Estimator for `params` (see resolve_params) on `strategy`."""
-  config = estimator_lib.RunConfig(
-      strategy=strategy, save_checkpoints_steps=params["save_checkpoints_steps"],
-      keep_checkpoint_max=params["keep_checkpoint_max"],
-      save_summary_steps=params["save_summary_steps"],
-      image_summary_steps=params["image_summary_steps"] if params["output_train_images"] else 0,
-      summary_images_fn=(lambda f: dataloader.add_mean(f["image"][:3], params))
-      if params["output_train_images"] else None,
-      log_step_count_steps=params["log_every_n_steps"], steps_per_loop=params["steps_per_loop"],
-      jit_compile=params["xla"], checkpoint_input_pipeline=params["checkpoint_input_pipeline"])
-  scaffold_fn = model.scaffold_fn
-  if init_fn is not None:
-    def scaffold_fn(p):
-      scaffold = model.scaffold_fn(p)
-      scaffold.init_fn = init_fn
-      return scaffold
-  return estimator_lib.Estimator(model.model_fn, model_dir, params, scaffold_fn, config)
-
-
-def train_and_evaluate(est, params):
-  """Trains `est` to params["max_steps"], evaluating every eval_every_n_steps / _secs and at the end.
-
-  Returns the final evaluation's results, or {} when there is no validation_file_pattern.
-  """
-  train_input_fn = lambda ctx: dataloader.input_fn(params["train_file_pattern"], True, params, ctx)
-  train_spec = estimator_lib.TrainSpec(train_input_fn, params["max_steps"], hooks=(ModelStatsHook(),))
-  if not params.get("validation_file_pattern"):
-    est.train(train_input_fn, params["max_steps"], hooks=train_spec.hooks)
-    return {}
-  eval_input_fn = lambda ctx: dataloader.input_fn(params["validation_file_pattern"], False, params, ctx)
-  eval_spec = estimator_lib.EvalSpec(eval_input_fn, every_n_steps=params.get("eval_every_n_steps", 0),
-                                     every_n_secs=params.get("eval_every_n_secs", 0))
-  return estimator_lib.train_and_evaluate(est, train_spec, eval_spec)
-
-
-def write_params(params, model_dir):
-  """Saves params as model_dir/params.json (written to a temporary name, then renamed)."""
-  path = os.path.join(model_dir, "params.json")
-  with open(path + ".tmp", "w") as f:
-    json.dump(params, f, indent=2, sort_keys=True)
-  os.replace(path + ".tmp", path)
+               "%d steps in all (%.2f epochs).", replicas, batch, batch // replicas,
+               steps_per_epoch, params.recipe.max_steps, params.recipe.max_steps / steps_per_epoch)
 
 
 def check_model_dir(model_dir):
@@ -289,7 +257,7 @@ def check_model_dir(model_dir):
   while not os.path.exists(existing):
     existing = os.path.dirname(existing)
   if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
-    raise cli.UserError(f"--model_dir={model_dir}: {existing} is not a writable folder")
+    raise UserError(f"--model_dir={model_dir}: {existing} is not a writable folder")
 
 
 # Errors that mean another worker of a multi-worker run is gone (killed, preempted, unreachable).
@@ -298,42 +266,36 @@ LOST_WORKER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededErro
 
 
 def run_training(est, params):
-  """train_and_evaluate with the run's failures as one-line errors; returns the final results."""
+  """experiment.run with the run's failures as one-line errors; returns the final results."""
   try:
     with dataloader.user_errors_from_data():  # a bad record: one line naming the file
-      return train_and_evaluate(est, params)
+      return experiment.run(est, params)
   except estimator_lib.NonFiniteLossError as e:
-    raise cli.UserError(f"training stopped: {e}") from e
+    raise UserError(f"training stopped: {e}") from e
+  except tf.errors.ResourceExhaustedError as e:
+    raise UserError(f"out of memory ({one_line(e, 200)}); use a smaller --batch_size or "
+                    f"--image_size") from e
   except LOST_WORKER_ERRORS as e:
     if "TF_CONFIG" not in os.environ:
       raise
-    raise cli.UserError(
-        f"lost contact with another worker ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
-        f"restart all workers to resume from the last checkpoint "
-        f"({est.latest_checkpoint()})") from e
+    raise UserError(
+        f"lost contact with another worker ({type(e).__name__}: {one_line(e, 160)}); restart all "
+        f"workers to resume from the last checkpoint ({est.latest_checkpoint()})") from e
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise cli.UserError(f"unexpected arguments {argv[1:]}; all options are --flags")
-  check_model_dir(FLAGS.model_dir)
-  strategy = make_strategy(FLAGS.num_gpus, FLAGS.num_cpu_devices, FLAGS.collective_timeout_secs)
-  params = resolve_params(_flag_values(), _data_sources())
-  if params["seed"] is not None:  # initialisation, and the input pipeline through params
-    keras.utils.set_random_seed(params["seed"])
-  if FLAGS.deterministic:
-    tf.config.experimental.enable_op_determinism()
-  check_inputs(params)
-  check_scale(params, strategy)
-  init_fn = None
-  if FLAGS.fine_tune_ckpt:
-    init_fn = fine_tune.make_init_fn(FLAGS.fine_tune_ckpt, FLAGS.fine_tune_exclude)
-  logging.info("Params:\n%s", json.dumps(params, indent=2, sort_keys=True))
-  est = build_estimator(params, FLAGS.model_dir, strategy, init_fn)
-  logging.info("Starting at global step %d.", est.global_step)  # restores or warm-starts: may fail
-  tf.io.gfile.makedirs(FLAGS.model_dir)  # only now, so that a user error leaves model_dir untouched
-  write_params(params, FLAGS.model_dir)
-  results = run_training(est, params)
+def lock_model_dir(est):
+  """The chief's lock on model_dir for the life of the run (None elsewhere, or remote folders)."""
+  if not est.is_chief or "://" in est.model_dir:
+    return None
+  try:
+    return acquire_lock(os.path.join(est.model_dir, ".lock"))
+  except LockHeld as e:
+    raise UserError(f"--model_dir={est.model_dir} is in use by {e}; wait for it to end or use "
+                    f"another --model_dir") from e
+
+
+def report(est, results):
+  """Prints the final line: the evaluation, or how the run stopped; logs the skipped records."""
   skipped = dataloader.SKIPPED_RECORDS
   if skipped.count:
     logging.warning("Skipped %d record(s) whose image could not be decoded: %s", skipped.count,
@@ -345,6 +307,36 @@ def main(argv):
     print(f"Final evaluation at step {results['global_step']}: top-1 {results['top_1_accuracy']:.4f}  "
           f"top-5 {results['top_5_accuracy']:.4f}  loss {results['loss']:.4f}  "
           f"on {results['num_examples']} examples", flush=True)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise UserError(f"unexpected arguments {argv[1:]}; all options are --flags")
+  values = user_values()
+  check_model_dir(FLAGS.model_dir)
+  strategy = make_strategy(FLAGS.num_gpus, FLAGS.num_cpu_devices, FLAGS.collective_timeout_secs)
+  params = params_lib.resolve_params(values, *data_sources(values))
+  if params.input.seed is not None:  # initialisation, and the input pipeline through params
+    keras.utils.set_random_seed(params.input.seed)
+  if FLAGS.deterministic:
+    tf.config.experimental.enable_op_determinism()
+  check_scale(params, strategy)
+  init_fn = None
+  if FLAGS.fine_tune_ckpt:
+    init_fn = fine_tune.make_init_fn(FLAGS.fine_tune_ckpt, FLAGS.fine_tune_exclude)
+  logging.info("Params:\n%s", json.dumps(params.to_dict(), indent=2, sort_keys=True))
+  logging.info(params_lib.describe_schedule(params))
+  est = experiment.build_estimator(params, FLAGS.model_dir, strategy, init_fn)
+  logging.info("Starting at global step %d.", est.global_step)  # restores or warm-starts: may fail
+  tf.io.gfile.makedirs(FLAGS.model_dir)  # only now, so that a user error leaves model_dir untouched
+  lock = lock_model_dir(est)
+  try:
+    if est.is_chief:
+      params_lib.save_params(params, FLAGS.model_dir, sys.argv, FLAGS.allow_params_change)
+    report(est, run_training(est, params))
+  finally:
+    if lock:
+      release_lock(lock)
 
 
 if __name__ == "__main__":

@@ -105,3 +105,47 @@ class Progress:
       logging.info("%s: %d/%d %s (%.0f%%), %.1f %s/s, ETA %s", self.name, self.done, self.total,
                    self.unit, 100.0 * self.done / max(self.total, 1), rate, self.unit,
                    format_duration(eta))
+
+
+class LockHeld(Exception):
+  """Another living process holds the lock; the message names it."""
+
+
+def acquire_lock(path):
+  """Takes an exclusive lock on the file `path` for the life of this process (fcntl.flock).
+
+  The kernel releases the lock when its process dies, so a lock file left by a killed process is
+  taken over (with a warning naming it). The file holds the holder's host name and process id.
+
+  Returns:
+    The open file object; keep a reference to it (closing it releases the lock).
+  Raises:
+    LockHeld: another living process holds it.
+  """
+  import fcntl  # pylint: disable=import-outside-toplevel
+  import socket  # pylint: disable=import-outside-toplevel
+  handle = open(path, "a+")  # pylint: disable=consider-using-with
+  try:
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError as e:
+    handle.seek(0)
+    holder = handle.read().strip() or "another process"
+    handle.close()
+    raise LockHeld(holder) from e
+  handle.seek(0)
+  previous = handle.read().strip()
+  if previous:
+    logging.warning("Taking over the lock %s left by %s, which is no longer running.", path,
+                    previous)
+  handle.seek(0)
+  handle.truncate()
+  handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+  handle.flush()
+  return handle
+
+
+def release_lock(handle):
+  """Empties and releases a lock taken by acquire_lock (a clean exit leaves no holder behind)."""
+  handle.seek(0)
+  handle.truncate()
+  handle.close()

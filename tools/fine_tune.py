@@ -13,19 +13,19 @@ import re
 from absl import logging
 import tensorflow as tf
 
-from tools.cli import UserError
-from tools.estimator import checkpoint_key
+from estimator.checkpoints import checkpoint_key
+from tools.common import UserError
 
 
-def resolve_checkpoint(path, flag="--fine_tune_ckpt"):
+def resolve_checkpoint(path, param="fine_tune_ckpt"):
   """A checkpoint prefix for `path`: a prefix (`.../ckpt-100`) or a directory (its newest checkpoint).
 
-  Raises UserError naming `flag` when there is no readable checkpoint there.
+  Raises UserError naming `param` when there is no readable checkpoint there.
   """
   prefix = tf.train.latest_checkpoint(path) if os.path.isdir(path) else path
   if not prefix or not tf.io.gfile.exists(prefix + ".index"):
-    raise UserError(f"{flag}={path}: no checkpoint there (expected a checkpoint prefix such as "
-                    f"model_dir/ckpt-1000, or a directory holding one)")
+    raise UserError(f"{param}={path}: no checkpoint there (expected a checkpoint prefix such as "
+                    f"model_dir/ckpt-1000, or a directory holding one)", param=param)
   return prefix
 
 
@@ -34,7 +34,7 @@ def plan_warm_start(network, prefix, exclude=None):
 
   Args:
     network: the keras.Model to warm-start.
-    prefix: checkpoint prefix written by tools/estimator.py (network variables keyed by name).
+    prefix: checkpoint prefix written by the Estimator (estimator/checkpoints.py) (network variables keyed by name).
     exclude: optional regular expression; variables whose path matches it are skipped.
   Returns:
     (restore, skipped): a list of (variable, checkpoint key) and a list of (variable path, reason).
@@ -65,8 +65,9 @@ def make_init_fn(checkpoint, exclude=None):
   def init_fn(scaffold):
     restore, skipped = plan_warm_start(scaffold.network, prefix, exclude)
     if not restore:
-      raise UserError(f"--fine_tune_ckpt={checkpoint}: no variable of this network matches the "
-                      f"checkpoint by name and shape (is it a checkpoint of another architecture?)")
+      raise UserError(f"fine_tune_ckpt={checkpoint}: no variable of this network matches the "
+                      f"checkpoint by name and shape (is it a checkpoint of another architecture?)",
+                      param="fine_tune_ckpt")
     reader = tf.train.load_checkpoint(prefix)
     for variable, key in restore:
       variable.assign(reader.get_tensor(key))

@@ -190,7 +190,7 @@ def resolve_params(user, data, demo=False):
     UserError: a value out of range, an unknown configuration or preprocessing, both warm-up forms.
   """
   check_values(user)
-  values = dict(batch_size=DEFAULT_BATCH_SIZE, **(DEMO_DEFAULTS if demo else {}))
+  values = {"batch_size": DEFAULT_BATCH_SIZE, **(DEMO_DEFAULTS if demo else {})}
   values.update({k: v for k, v in data.items() if v is not None})
   values.update(user)
   model.get_config(values.get("configuration", model.ModelParams.configuration))

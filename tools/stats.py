@@ -1,30 +1,24 @@
 """Model statistics: a per-layer table of parameters and multiply-accumulates (MACs), plus totals.
 
-The successor of the seed repository's `ModelStats` hook. Conventions (DESIGN.md section 4):
+The successor of the seed repository's `ModelStats` hook. Conventions (those of the official figures
+in scripts/benchmark.py's OFFICIAL table):
 - params: trainable weights, i.e. convolution and fully connected kernels and BatchNorm scale
   (gamma) and shift (beta); moving statistics (and the BN step count) are excluded.
 - MACs: multiply-accumulates of convolutions and fully connected layers only, for one image:
   output height * width * output channels * kernel height * width * input channels / groups
   (Dense: inputs * outputs). BatchNorm, ReLU, additions and pooling are not counted.
 
-Usage:
-  python -m tools.stats --configuration v_1_0_SqNxt_23 [--image_size 227] [--num_classes 1000]
-      [--csv model_stats.csv]
-prints the table and, as its last line, `params=<int> macs=<int>`.
+The program `python -m scripts.stats --configuration NAME` prints the table.
 """
 
 import csv
 import dataclasses
 import io
 import math
-import os
 
 import keras
-import tensorflow as tf
-from absl import flags
 
-import model
-from tools import cli
+from tools.common import atomic_write
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,19 +94,12 @@ def model_statistics(network):
 
 
 def write_csv(rows, path):
-  """Writes the rows (LayerStats) as CSV with a header of COLUMNS, atomically.
-
-  The file appears complete or not at all: it is written under a temporary name in the same
-  directory and then renamed. `path` may be any tf.io.gfile path (local or e.g. gs://).
-  """
+  """Writes the rows (LayerStats) as CSV with a header of COLUMNS, atomically (a local path)."""
   text = io.StringIO()
   writer = csv.writer(text, lineterminator="\n")
   writer.writerow(COLUMNS)
   writer.writerows(dataclasses.astuple(r) for r in rows)
-  temporary = f"{path}.tmp-{os.getpid()}"
-  with tf.io.gfile.GFile(temporary, "w") as f:
-    f.write(text.getvalue())
-  tf.io.gfile.rename(temporary, path, overwrite=True)
+  atomic_write(path, text.getvalue())
 
 
 def format_table(rows, totals):
@@ -121,31 +108,3 @@ def format_table(rows, totals):
   widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
   lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
   return lines + [f"params={totals['params']} macs={totals['macs']}"]
-
-
-def _define_flags():
-  """Defines the CLI's flags; only when run as a program, so that importing this module (the
-  training runner calls write_csv) leaves the global flag namespace alone."""
-  flags.DEFINE_string("configuration", None,
-                      f"Network name, one of: {', '.join(model.CONFIGURATIONS)}.")
-  flags.DEFINE_integer("image_size", 227, "Input side in pixels.")
-  flags.DEFINE_integer("num_classes", 1000, "Number of classes of the classifier.")
-  flags.DEFINE_string("csv", None, "If set, also write the table to this CSV file.")
-  flags.mark_flag_as_required("configuration")
-
-
-def main(argv):
-  """Prints the statistics table of --configuration; optionally writes it to --csv."""
-  FLAGS = flags.FLAGS
-  if len(argv) > 1:
-    raise cli.UserError(f"unexpected arguments {argv[1:]}; expected only flags")
-  network = model.build_network(FLAGS.configuration, FLAGS.num_classes, FLAGS.image_size)
-  rows, totals = model_statistics(network)
-  if FLAGS.csv:
-    write_csv(rows, FLAGS.csv)
-  print("\n".join(format_table(rows, totals)), flush=True)
-
-
-if __name__ == "__main__":
-  _define_flags()
-  cli.run(main)
