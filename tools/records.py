@@ -57,6 +57,7 @@ removes only the files named like ours: shards, their .tmp- leftovers, labels.tx
 """
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -815,7 +816,11 @@ def build(input_dir, output_dir, layout="folders", validation_fraction=0.1, trai
   """
   _check_params(input_dir, output_dir, layout, validation_fraction, num_workers, seed,
                 max_short_side)
-  splits, entries, label_files = _list_inputs(input_dir, layout, validation_fraction, seed)
+  try:
+    splits, entries, label_files = _list_inputs(input_dir, layout, validation_fraction, seed)
+  except OSError as e:  # e.g. a sub-folder without read permission
+    raise UserError(f"input_dir={input_dir}: cannot be read: {one_line(e)}",
+                    param="input_dir") from e
   shard_counts = {split: _num_shards(requested, split, layout, len(splits[split]))
                   for split, requested in (("train", train_shards),
                                            ("validation", validation_shards)) if splits[split]}
@@ -826,11 +831,12 @@ def build(input_dir, output_dir, layout="folders", validation_fraction=0.1, trai
                 validation_shards=shard_counts.get("validation", 0), max_short_side=max_short_side,
                 num_files=len(sources), content_hash=_content_hash(input_dir, sources))
   manifest = _new_manifest(inputs, entries, shard_counts)
-  previous = _prepare_output(output_dir, inputs, rebuild)
   try:
+    previous = _prepare_output(output_dir, inputs, rebuild)
     _write_all(output_dir, splits, entries, manifest, previous, num_workers, max_short_side)
   except (OSError, tf.errors.OpError) as e:
-    _remove_temporaries(output_dir, only_this_process=True)
+    with contextlib.suppress(OSError):
+      _remove_temporaries(output_dir, only_this_process=True)
     raise UserError(f"output_dir={output_dir}: cannot write the records: {one_line(e)}",
                     param="output_dir") from e
   return _result(output_dir, manifest, len(entries))
