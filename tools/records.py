@@ -1,59 +1,57 @@
 r"""ImageNet-schema TFRecords from image folders, their manifest, and record counts.
 
-Record schema (the tf.train.Example keys of TensorFlow's inception/data/build_imagenet_data.py, which
-dataloader.py reads): image/encoded (bytes, an RGB JPEG), image/height and image/width (int64, pixels
-of the stored JPEG), image/colorspace b"RGB", image/channels 3, image/format b"JPEG", image/filename
-(bytes, the base name of the source file), image/class/label (int64, 1-based), image/class/synset and
-image/class/text (bytes), image/object/bbox/{xmin,ymin,xmax,ymax} (float lists, fractions of the
-width/height in [0, 1]) and image/object/bbox/label (int64, the class label once per box).
+Record schema (the tf.train.Example keys of TensorFlow's inception/data/build_imagenet_data.py,
+which dataloader.py reads): image/encoded (bytes, an RGB JPEG), image/height and image/width (int64,
+pixels of the stored JPEG), image/colorspace b"RGB", image/channels 3, image/format b"JPEG",
+image/filename (bytes, the base name of the source file), image/class/label (int64, 1-based),
+image/class/synset and image/class/text (bytes), image/object/bbox/{xmin,ymin,xmax,ymax} (float
+lists, fractions of the width/height in [0, 1]) and image/object/bbox/label (int64, once per box).
 
 Two input layouts (`layout`):
 
   imagenet  the ILSVRC2012 layout, as TensorFlow's build_imagenet_data.py reads it:
-              DIR/train/<synset>/*.JPEG
-              DIR/validation/*.JPEG            + DIR/validation_labels.txt (or TensorFlow's name
-                                               imagenet_2012_validation_synset_labels.txt): one synset
-                                               per line for the sorted validation file names, or
-              DIR/validation/<synset>/*.JPEG   (already sorted into folders)
-              DIR/synsets.txt                  optional (or imagenet_lsvrc_2015_synsets.txt): the synsets
-                                               in label order (default: the sorted train folders, which
-                                               is ImageNet's order)
-              DIR/metadata.txt                 optional (or imagenet_metadata.txt): `<synset>\t<text>`
-              DIR/bounding_boxes/**/*.xml      optional: ILSVRC bounding-box XML files, and/or
-              DIR/bounding_boxes.csv           optional (or imagenet_2012_bounding_boxes.csv, or any
-                                               DIR/bounding_boxes/**/*.csv): the CSV that TensorFlow's
-                                               process_bounding_boxes.py writes, lines
-                                               `n00007846_64193.JPEG,0.0060,0.2620,0.7545,0.9940`
-                                               (file name, xmin, ymin, xmax, ymax as fractions)
-            When our name and TensorFlow's both exist, ours is read. Boxes are matched to images by file
-            name without extension; an image listed in a CSV takes its boxes from the CSV, else from its
-            XML. Boxes follow process_bounding_boxes.py: XML pixel coordinates are truncated to whole
-            pixels (int()) and divided by the XML's image size, a box with min > max is swapped (kept),
-            coordinates are clipped to [0, 1], and a box empty after clipping is dropped.
-  folders   any DIR/<class>/*.jpg|jpeg|png|bmp|gif; classes are the sorted folder names; a stratified
-            `validation_fraction` of each class (chosen with `seed`) becomes the validation split.
+      DIR/train/<synset>/*.JPEG
+      DIR/validation/*.JPEG with DIR/validation_labels.txt (TensorFlow's name:
+          imagenet_2012_validation_synset_labels.txt), one synset per line for the sorted
+          validation file names; or DIR/validation/<synset>/*.JPEG (already sorted into folders)
+      DIR/synsets.txt (or imagenet_lsvrc_2015_synsets.txt), optional: the synsets in label order
+          (default: the sorted train folders, which is ImageNet's order)
+      DIR/metadata.txt (or imagenet_metadata.txt), optional: `<synset>\t<human text>` lines
+      DIR/bounding_boxes/**/*.xml, optional: ILSVRC bounding-box XML files
+      DIR/bounding_boxes.csv (or imagenet_2012_bounding_boxes.csv, or DIR/bounding_boxes/**/*.csv),
+          optional: the CSV that TensorFlow's process_bounding_boxes.py writes, lines
+          `n00007846_64193.JPEG,0.0060,0.2620,0.7545,0.9940` (file, xmin, ymin, xmax, ymax fractions)
+    When our name and TensorFlow's both exist, ours is read. Boxes are matched to images by file
+    name without extension; an image listed in a CSV takes its boxes from the CSV, else from its
+    XML. Boxes follow process_bounding_boxes.py: XML pixel coordinates are truncated to whole pixels
+    (int()) and divided by the XML's image size, a box with min > max is swapped (and kept), values
+    are clipped to [0, 1], and a box without area after clipping is dropped.
+  folders   any DIR/<class>/*.jpg|jpeg|png|bmp|gif; classes are the sorted folder names; a
+    stratified `validation_fraction` of each class (chosen with `seed`) becomes the validation split.
 
 Output in output_dir: train-00000-of-NNNNN ..., validation-00000-of-MMMMM ... (build_imagenet_data's
-shard names), the label map labels.txt (format: dataloader's module docstring; labels 1..num_classes)
-and manifest.json. Training images are shuffled with `seed` across shards (every shard mixes classes);
-validation images keep their sorted order. The output depends only on the inputs and the seed.
+shard names), the label map labels.txt (format: dataloader's module docstring; labels
+1..num_classes) and manifest.json. Training images are shuffled with `seed` across shards (every
+shard mixes classes); validation images keep their sorted order. The output depends only on the
+inputs and the seed.
 
-Images that are PNG, BMP, GIF (first frame), CMYK or grayscale are decoded with OpenCV and re-encoded
-as RGB JPEG (quality 95); RGB JPEGs are stored as they are once TensorFlow's decoder (the training
-pipeline's) has read them. With `max_short_side` N > 0, images whose shorter side exceeds N pixels are
-shrunk (OpenCV INTER_AREA) to a shorter side of N and re-encoded; boxes are fractions and stay valid.
-An empty, undecodable, or not-UTF-8-named file is skipped with its reason (the build goes on), kept
-in the manifest and listed at the end.
+Images that are PNG, BMP, GIF (first frame), CMYK or grayscale are decoded with OpenCV and
+re-encoded as RGB JPEG (quality 95); RGB JPEGs are stored as they are once TensorFlow's decoder (the
+training pipeline's) has read them. With `max_short_side` N > 0, images whose shorter side exceeds
+N pixels are shrunk (OpenCV INTER_AREA) to a shorter side of N and re-encoded; boxes are fractions
+and stay valid. An empty, undecodable, or not-UTF-8-named file is skipped with its reason (the build
+goes on), kept in the manifest and listed at the end.
 
-manifest.json (JSON, written atomically when the build starts, after each new shard, and last when it
-is complete): {"format": 1, "complete": bool, "inputs": {input_dir, layout, validation_fraction, seed,
-train_shards, validation_shards, max_short_side, num_files, content_hash}, "classes": [{label, name,
-text}], "splits": {split: {"shards": [{file, records, bytes, skipped}], "num_records", "skipped"}}}.
-content_hash is the SHA-256 of the sorted (relative path, size, mtime in ns) of the input images and
-of the files that define labels and boxes. Each shard is written under a temporary name and renamed
-when complete: a re-run with the same inputs keeps the complete shards and writes the others; a re-run
-whose inputs differ, or a folder with shards and no manifest, is refused unless `rebuild` (which
-removes only the files named like ours: shards, their .tmp- leftovers, labels.txt, manifest.json).
+manifest.json (JSON, written atomically when the build starts, after each new shard, and last when
+it is complete): {"format": 1, "complete": bool, "inputs": {input_dir, layout, validation_fraction,
+seed, train_shards, validation_shards, max_short_side, num_files, content_hash}, "classes": [{label,
+name, text}], "splits": {split: {"shards": [{file, records, bytes, skipped}], "num_records",
+"skipped"}}}. content_hash is the SHA-256 of the sorted (relative path, size, mtime in ns) of the
+input images and of the files that define labels and boxes. Each shard is written under a temporary
+name and renamed when complete: a re-run with the same inputs keeps the complete shards and writes
+the others; a re-run whose inputs differ, or a folder with shards and no manifest, is refused unless
+`rebuild` (which removes only the files named like ours: shards, their .tmp- leftovers, labels.txt,
+manifest.json).
 """
 
 import concurrent.futures
@@ -235,7 +233,8 @@ def read_bbox_xml(path):
     width, height = (int(float(root.findtext(f"size/{k}"))) for k in ("width", "height"))
     boxes = []
     for box in root.iter("bndbox"):
-      xmin, ymin, xmax, ymax = (int(float(box.findtext(k))) for k in ("xmin", "ymin", "xmax", "ymax"))
+      xmin, ymin, xmax, ymax = (int(float(box.findtext(k)))
+                                for k in ("xmin", "ymin", "xmax", "ymax"))
       boxes.append(scaled_box(xmin / width, ymin / height, xmax / width, ymax / height))
   except (TypeError, ZeroDivisionError, ElementTree.ParseError) as e:
     raise ValueError(f"{path}: not an ILSVRC bounding-box file ({e})") from e
@@ -318,7 +317,8 @@ def _imagenet_validation(input_dir, task):
   labels_file = _first_file(input_dir, VALIDATION_LABELS_FILES)
   if not labels_file:
     raise UserError(f"input_dir={input_dir}: has validation/ images but no "
-                    f"{' or '.join(VALIDATION_LABELS_FILES)} giving their synsets", param="input_dir")
+                    f"{' or '.join(VALIDATION_LABELS_FILES)} giving their synsets",
+                    param="input_dir")
   labels = _read_lines(labels_file)
   if len(labels) != len(flat):
     raise UserError(f"input_dir={input_dir}: {labels_file} has {len(labels)} lines for {len(flat)} "
@@ -330,16 +330,16 @@ def _list_imagenet(input_dir):
   """(label entries, train tasks, validation tasks, label/box files read) of the ILSVRC2012 layout."""
   train_classes = _class_folders(os.path.join(input_dir, "train"))
   if not train_classes:
-    raise UserError(f"input_dir={input_dir}: has no train/<synset>/ folder with images (the imagenet "
-                    "layout; layout=folders reads class folders)", param="input_dir")
+    raise UserError(f"input_dir={input_dir}: has no train/<synset>/ folder with images (the "
+                    "imagenet layout; layout=folders reads class folders)", param="input_dir")
   entries, label_files = _imagenet_classes(input_dir, train_classes)
   by_synset = {e.name: e for e in entries}
   boxes, box_files = _bounding_boxes(input_dir)
 
   def task(path, synset, where):
     if synset not in by_synset:
-      raise UserError(f"input_dir={input_dir}: {where}: synset {synset!r} is not in the synset list "
-                      f"({len(entries)} synsets)", param="input_dir")
+      raise UserError(f"input_dir={input_dir}: {where}: synset {synset!r} is not in the synset "
+                      f"list ({len(entries)} synsets)", param="input_dir")
     entry = by_synset[synset]
     stem = os.path.splitext(os.path.basename(path))[0]
     return ImageTask(path, entry.label, entry.name, entry.text, boxes.get(stem, ()))
@@ -516,7 +516,7 @@ def read_manifest(folder):
     with tf.io.gfile.GFile(path, "rb") as f:
       manifest = json.loads(f.read())
     _check_manifest(manifest)
-  except (ValueError, tf.errors.OpError) as e:  # json.JSONDecodeError and UnicodeError are ValueErrors
+  except (ValueError, tf.errors.OpError) as e:  # JSONDecodeError, UnicodeError: ValueErrors
     raise UserError(f"{path} is damaged: {one_line(e)}") from e
   return manifest
 
@@ -747,8 +747,8 @@ def _num_shards(requested, split, layout, num_images):
 
 def _new_manifest(inputs, entries, shard_counts):
   """The manifest of a build that has written nothing yet."""
-  splits = {split: {"shards": [{"file": os.path.basename(shard_path("", split, i, n)), "records": None,
-                                "bytes": None, "skipped": []} for i in range(n)],
+  splits = {split: {"shards": [{"file": os.path.basename(shard_path("", split, i, n)),
+                                "records": None, "bytes": None, "skipped": []} for i in range(n)],
                     "num_records": None, "skipped": []}
             for split, n in shard_counts.items()}
   return {"format": MANIFEST_FORMAT, "complete": False, "inputs": inputs,
@@ -848,7 +848,8 @@ def _result(output_dir, manifest, num_classes):
   for split in SPLITS:
     content = manifest["splits"].get(split)
     num_shards = len(content["shards"]) if content else 0
-    patterns[split] = os.path.join(output_dir, f"{split}-*-of-{num_shards:05d}") if content else None
+    patterns[split] = (os.path.join(output_dir, f"{split}-*-of-{num_shards:05d}") if content
+                       else None)
     counts[split] = content["num_records"] if content else 0
     skipped += [tuple(item) for item in (content["skipped"] if content else [])]
   if skipped:
