@@ -16,7 +16,7 @@ import data_utils
 import dataloader
 from process_utils import run
 from process_utils import TRAIN
-from tools.cli import UserError
+from tools.common import UserError
 
 PARAMS = dict(image_size=24, batch_size=4, num_classes=3)
 

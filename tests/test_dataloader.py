@@ -10,7 +10,7 @@ import tensorflow as tf
 import data_utils
 import dataloader
 from tools import records as build_tfrecords
-from tools.cli import UserError
+from tools.common import UserError
 
 SIZE = 24  # output side: tiny, fast
 
@@ -19,13 +19,31 @@ def _params(**overrides):
   return {"image_size": SIZE, "batch_size": 4, "num_classes": 3, "seed": 1, **overrides}
 
 
+def _split(params):
+  """(InputParams, image_size, batch_size, num_classes) of a test's flat params dict."""
+  p = dict(params)
+  size, batch, classes = p.pop("image_size"), p.pop("batch_size"), p.pop("num_classes", None)
+  return dataloader.InputParams(**p), size, batch, classes
+
+
+def input_fn(file_pattern, training, params, input_context=None, skipped=None):
+  input_params, size, batch, classes = _split(params)
+  return dataloader.input_fn(file_pattern, training, input_params, size, batch, classes,
+                             input_context, skipped)
+
+
+def preprocess(encoded, training, params, bboxes=None, seed=None):
+  input_params, size, _, _ = _split(params)
+  return dataloader.preprocess_image(encoded, training, input_params, size, bboxes, seed)
+
+
 def _labels(file_pattern):
   return [e.features.feature["image/class/label"].int64_list.value[0]
           for e in data_utils.read_examples(file_pattern)]
 
 
 def _eval_class_idx(file_pattern, params, input_context=None, skipped=None):
-  dataset = dataloader.input_fn(file_pattern, False, params, input_context, skipped)
+  dataset = input_fn(file_pattern, False, params, input_context, skipped)
   return [int(c) for _, labels in dataset for c in labels["class_idx"].numpy()]
 
 
@@ -51,11 +69,11 @@ def one_per_class(tmp_path_factory):
 def test_batches_have_the_contract_shapes_dtypes_and_ranges(records, preprocessing, training):
   params = _params(preprocessing=preprocessing)
   pattern = records.train_pattern if training else records.validation_pattern
-  batches = list(dataloader.input_fn(pattern, training, params).take(3))
+  batches = list(input_fn(pattern, training, params).take(3))
   for features, labels in batches:
     assert features["image"].shape[1:] == (SIZE, SIZE, 3) and features["image"].dtype == tf.float32
     assert labels["class_idx"].dtype == tf.int32
-    pixels = features["image"].numpy() + np.float32(dataloader.DEFAULT_INPUT_PARAMS["mean_rgb"])
+    pixels = features["image"].numpy() + np.float32(dataloader.InputParams().mean_rgb)
     assert pixels.min() >= -1e-3 and pixels.max() <= 255 + 1e-3 and pixels.std() > 5
   class_idx = np.concatenate([labels["class_idx"].numpy() for _, labels in batches])
   assert class_idx.min() >= 0 and class_idx.max() <= 2  # 0-based: labels 1..3 - 1
@@ -92,11 +110,11 @@ def test_three_input_pipelines_cover_every_record_exactly_once(one_per_class, tm
 def test_training_repeats_with_full_per_replica_batches(records):
   context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1,
                                        num_replicas_in_sync=2)
-  dataset = dataloader.input_fn(records.train_pattern, True, _params(batch_size=8), context)
+  dataset = input_fn(records.train_pattern, True, _params(batch_size=8), context)
   shapes = [features["image"].shape[0] for features, _ in dataset.take(20)]  # 20 x 4 > 18 records
   assert shapes == [4] * 20
-  with pytest.raises(UserError, match="batch_size 7"):
-    dataloader.input_fn(records.train_pattern, True, _params(batch_size=7), context)
+  with pytest.raises(UserError, match="batch_size=7"):
+    input_fn(records.train_pattern, True, _params(batch_size=7), context)
 
 
 @pytest.mark.parametrize("preprocessing", ["caffe", "inception"])
@@ -106,9 +124,9 @@ def test_preprocessing_is_the_same_eagerly_and_in_dataset_map(preprocessing, tra
   encoded = tf.constant(data_utils.jpeg_bytes(48, 64))
   boxes = tf.constant([[0.1, 0.2, 0.9, 0.6]])
   seed = tf.constant([3, 4])
-  eager = dataloader.preprocess_image(encoded, training, params, boxes, seed)
+  eager = preprocess(encoded, training, params, boxes, seed)
   mapped = next(iter(tf.data.Dataset.from_tensors(encoded).map(
-      lambda e: dataloader.preprocess_image(e, training, params, boxes, seed))))
+      lambda e: preprocess(e, training, params, boxes, seed))))
   assert eager.shape == (SIZE, SIZE, 3) and eager.dtype == tf.float32
   np.testing.assert_allclose(eager.numpy(), mapped.numpy(), atol=1e-4)
 
@@ -119,11 +137,11 @@ def test_random_crops_vary_and_flip_follows_its_parameter():
   encoded = tf.constant(cv2.imencode(".png", image)[1].tobytes())  # PNG: decoded without loss
   for flip in (True, False):
     params = _params(preprocessing="caffe", random_flip=flip, mean_rgb=[0.0, 0.0, 0.0])
-    outputs = [dataloader.preprocess_image(encoded, True, params, seed=tf.constant([s, 0])).numpy()
+    outputs = [preprocess(encoded, True, params, seed=tf.constant([s, 0])).numpy()
                for s in range(12)]
     left_white = [o[:, 0].mean() > 128 for o in outputs]
     assert all(left_white) != flip  # some flipped iff flip is on
-  evaluation = [dataloader.preprocess_image(encoded, False, params).numpy() for _ in range(2)]
+  evaluation = [preprocess(encoded, False, params).numpy() for _ in range(2)]
   np.testing.assert_array_equal(*evaluation)
 
 
@@ -135,7 +153,7 @@ def test_png_decodes_like_the_same_jpeg_pixels():
                                       cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444])[1].tobytes()
   for preprocessing in ("caffe", "inception"):
     params = _params(preprocessing=preprocessing)
-    from_png, from_jpeg = (dataloader.preprocess_image(tf.constant(b), False, params).numpy()
+    from_png, from_jpeg = (preprocess(tf.constant(b), False, params).numpy()
                            for b in (png, jpeg))
     np.testing.assert_allclose(from_png, from_jpeg, atol=8)  # JPEG error on the steep ramp
     assert np.abs(from_png - from_jpeg).mean() < 1.0  # same window, same geometry
@@ -144,8 +162,8 @@ def test_png_decodes_like_the_same_jpeg_pixels():
 
 def test_add_mean_inverts_the_mean_subtraction():
   params = _params(mean_rgb=[10.0, 20.0, 30.0])
-  image = dataloader.preprocess_image(tf.constant(data_utils.jpeg_bytes(48, 64)), False, params)
-  restored = dataloader.add_mean(image[tf.newaxis], params)
+  image = preprocess(tf.constant(data_utils.jpeg_bytes(48, 64)), False, params)
+  restored = dataloader.add_mean(image[tf.newaxis], _split(params)[0])
   assert restored.dtype == tf.uint8 and restored.shape == (1, SIZE, SIZE, 3)
   np.testing.assert_allclose(restored.numpy()[0], image.numpy() + [10, 20, 30], atol=0.51)
 
@@ -158,7 +176,7 @@ def test_undecodable_record_is_skipped_and_counted(tmp_path):
   assert _eval_class_idx(path, _params(), skipped=skipped) == [1, 1, 1]
   assert skipped.count == 2 and skipped.by_file == {path: 2}
   skipped.reset()
-  batches = dataloader.input_fn(path, True, _params(batch_size=3), skipped=skipped).take(4)
+  batches = input_fn(path, True, _params(batch_size=3), skipped=skipped).take(4)
   assert [labels["class_idx"].numpy().tolist() for _, labels in batches] == [[1, 1, 1]] * 4
   assert skipped.count >= 6  # two per epoch, at least 4 epochs read
 
@@ -166,7 +184,7 @@ def test_undecodable_record_is_skipped_and_counted(tmp_path):
 def _iteration_error(path, training=False, **params):
   with pytest.raises(UserError) as error:
     with dataloader.user_errors_from_data():
-      for _ in dataloader.input_fn(path, training, _params(**params)).take(50):
+      for _ in input_fn(path, training, _params(**params)).take(50):
         pass
   message = str(error.value)
   assert "\n" not in message
@@ -198,7 +216,7 @@ def test_damaged_tfrecord_file_is_reported_by_name(records, tmp_path):
 
 def test_pattern_without_files_is_a_user_error(tmp_path):
   with pytest.raises(UserError, match=f"no file matches the TFRecord pattern '{tmp_path}/x-\\*'"):
-    dataloader.input_fn(f"{tmp_path}/x-*", True, _params())
+    input_fn(f"{tmp_path}/x-*", True, _params())
 
 
 def test_label_map_round_trip_and_errors(tmp_path):
@@ -226,7 +244,7 @@ def _assert_same_batches(batches, expected):
 
 def test_training_iterator_checkpoint_restores_the_same_batches(records, tmp_path):
   params = _params(deterministic_training=True, shuffle_buffer_size=8)
-  iterator = iter(dataloader.input_fn(records.train_pattern, True, params))
+  iterator = iter(input_fn(records.train_pattern, True, params))
   _batches(iterator, 3)
   checkpoint = tf.train.Checkpoint(iterator=iterator)
   path = checkpoint.write(str(tmp_path / "iterator"))
@@ -237,9 +255,9 @@ def test_training_iterator_checkpoint_restores_the_same_batches(records, tmp_pat
 
 def test_deterministic_training_with_a_seed_repeats_the_batches(records):
   params = _params(deterministic_training=True)
-  first, second = (_batches(iter(dataloader.input_fn(records.train_pattern, True, params)), 6)
+  first, second = (_batches(iter(input_fn(records.train_pattern, True, params)), 6)
                    for _ in range(2))
   _assert_same_batches(second, first)
-  other_seed = _batches(iter(dataloader.input_fn(records.train_pattern, True,
+  other_seed = _batches(iter(input_fn(records.train_pattern, True,
                                                  {**params, "seed": 2})), 6)
   assert any(not np.array_equal(a[0], b[0]) for a, b in zip(other_seed, first))

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 import model
 from tools import stats
-from tools.cli import UserError
+from tools.common import UserError
 
 OFFICIAL = ("v_1_0_SqNxt_23", "v_1_0_G_SqNxt_23", "v_1_0_SqNxt_23_v5", "v_2_0_SqNxt_23",
             "v_2_0_SqNxt_23_v5")

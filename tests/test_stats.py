@@ -59,7 +59,7 @@ def test_write_csv_is_complete_and_replaces(tmp_path):
 
 
 def start_cli(*flags):
-  return subprocess.Popen([sys.executable, "-m", "tools.stats", *flags], cwd=ROOT, text=True,
+  return subprocess.Popen([sys.executable, "-m", "scripts.stats", *flags], cwd=ROOT, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
 

@@ -2,6 +2,7 @@
 fine-tuning, summaries, exact evaluation, MirroredStrategy on 2 logical CPUs, two local workers,
 and the CLI's one-line errors. The network is `tiny_SqNxt` at 32x32 on 3 colour classes."""
 
+import dataclasses
 import glob
 import os
 
@@ -10,13 +11,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import estimator as estimator_lib
 import model
 from process_utils import run
 from process_utils import TRAIN
-import train
-from tools import records as build_tfrecords
-from tools import estimator as estimator_lib
+from tools import experiment
 from tools import fine_tune
+from tools import params as params_lib
+from tools import records as records_lib
 
 NUM_VALIDATION = 9  # with per-replica batch 2 on 2 replicas: 4 full batches and a partial one
 
@@ -32,7 +34,7 @@ def records(tmp_path_factory):
     for i in range(15):
       image = np.clip(rng.normal(colour, 40, size=(40, 40, 3)), 0, 255).astype(np.uint8)
       cv2.imwrite(str(folder / f"{i}.jpg"), image)
-  result = build_tfrecords.build(str(root / "images"), str(root / "records"),
+  result = records_lib.build(str(root / "images"), str(root / "records"),
                                  validation_fraction=0.2, num_workers=2, seed=1)
   assert result.num_validation == NUM_VALIDATION
   return result
@@ -47,17 +49,15 @@ def make_params(records, **overrides):
   user.update(overrides)
   data = dict(train_file_pattern=records.train_pattern,
               validation_file_pattern=records.validation_pattern, num_examples_per_epoch=36)
-  return train.resolve_params(user, data)
+  return params_lib.resolve_params(user, data)
 
 
 def train_input_fn(params):
-  import dataloader  # pylint: disable=import-outside-toplevel
-  return lambda ctx: dataloader.input_fn(params["train_file_pattern"], True, params, ctx)
+  return experiment.make_input_fn(params, params.run.train_file_pattern, True)
 
 
 def eval_input_fn(params):
-  import dataloader  # pylint: disable=import-outside-toplevel
-  return lambda ctx: dataloader.input_fn(params["validation_file_pattern"], False, params, ctx)
+  return experiment.make_input_fn(params, params.run.validation_file_pattern, False)
 
 
 def test_weight_decay_adds_exactly_wd_times_w_to_the_gradient(records):
@@ -93,12 +93,12 @@ def test_model_fn_predict_branch(records):
 def test_train_resume_summaries_and_exact_evaluation(records, tmp_path):
   params = make_params(records, max_steps=40, save_checkpoints_steps=20, save_summary_steps=10,
                        log_every_n_steps=10, image_summary_steps=10, steps_per_loop=10)
-  uninterrupted = train.build_estimator(params, str(tmp_path / "a"))
+  uninterrupted = experiment.build_estimator(params, str(tmp_path / "a"))
   uninterrupted.train(train_input_fn(params), 40)
 
-  first = train.build_estimator(params, str(tmp_path / "b"))
+  first = experiment.build_estimator(params, str(tmp_path / "b"))
   first.train(train_input_fn(params), 20)  # "stopped" after 20 steps
-  resumed = train.build_estimator(params, str(tmp_path / "b"))
+  resumed = experiment.build_estimator(params, str(tmp_path / "b"))
   assert resumed.global_step == 20  # the next step taken is step 21
   # The LR of the next step is the schedule's value at step 20, as in the uninterrupted run.
   assert float(resumed.scaffold.optimizer.learning_rate) == pytest.approx(
@@ -140,12 +140,12 @@ def read_events(folder):
 
 def test_fine_tune_restores_everything_but_the_classifier(records, tmp_path):
   params = make_params(records, max_steps=5, num_classes=10)  # a 10-class model (labels 1..3 used)
-  source = train.build_estimator(params, str(tmp_path / "source"))
+  source = experiment.build_estimator(params, str(tmp_path / "source"))
   source.train(train_input_fn(params), 5)
 
-  target_params = dict(params, num_classes=2)
+  target_params = params.replace_model(num_classes=2)
   init_fn = fine_tune.make_init_fn(str(tmp_path / "source"))
-  target = train.build_estimator(target_params, str(tmp_path / "target"), init_fn=init_fn)
+  target = experiment.build_estimator(target_params, str(tmp_path / "target"), init_fn=init_fn)
   assert target.global_step == 0  # step and optimizer start fresh
   source_weights = {v.path: v.numpy() for v in source.scaffold.network.weights}
   for variable in target.scaffold.network.weights:
@@ -166,9 +166,10 @@ def test_two_replicas_match_one_device(records, tmp_path):
   params = make_params(records, max_steps=5, batch_size=8, bn_synchronized=True,
                        random_flip=False, output_train_images=False, base_learning_rate=1e-5,
                        warmup_start_learning_rate=1e-5)
-  input_fn = train_input_fn(dict(params, shuffle_buffer_size=1, deterministic_training=True))
-  one = train.build_estimator(params, str(tmp_path / "one"))
-  two = train.build_estimator(params, str(tmp_path / "two"), strategy=tf.distribute.MirroredStrategy(
+  input_fn = train_input_fn(dataclasses.replace(params, input=dataclasses.replace(
+      params.input, shuffle_buffer_size=1, deterministic_training=True)))
+  one = experiment.build_estimator(params, str(tmp_path / "one"))
+  two = experiment.build_estimator(params, str(tmp_path / "two"), strategy=tf.distribute.MirroredStrategy(
       [d.name for d in devices[:2]]))
   initial = one.scaffold.network.get_weights()
   two.scaffold.network.set_weights(initial)
@@ -187,7 +188,8 @@ def test_two_replicas_match_one_device(records, tmp_path):
 def test_evaluate_counts_every_example_once_on_two_replicas(records, tmp_path):
   params = make_params(records)
   devices = [d.name for d in tf.config.list_logical_devices("CPU")[:2]]
-  est = train.build_estimator(params, str(tmp_path), strategy=tf.distribute.MirroredStrategy(devices))
+  est = experiment.build_estimator(params, str(tmp_path),
+                                   strategy=tf.distribute.MirroredStrategy(devices))
   results = est.evaluate(eval_input_fn(params))
   assert results["num_examples"] == NUM_VALIDATION
 
