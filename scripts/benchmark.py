@@ -1,82 +1,136 @@
-"""Benchmarks, one sub-command each, printed as a Markdown table (and optionally saved as JSON).
+r"""Benchmarks, one sub-command each, printed as Markdown tables (and optionally saved as JSON).
+Run from the repository's root:
 
-  python scripts/benchmark.py input --synthetic_jpegs 1024 --preprocessing caffe
-  python scripts/benchmark.py input --file_pattern 'DIR/train-*' --preprocessing inception
-
-`input`: images/second of `dataloader.input_fn` (training and evaluation) and of a decode-only pass
-(parse + `tf.io.decode_jpeg` of every record, same reading and parallelism) over the same files in the
-same run, and their ratio. The decode-only pass is the bound a pipeline that decodes every pixel cannot
-beat by decoding; input_fn decodes only its crop window, but on ImageNet-like JPEGs entropy decoding
-of every row dominates (the caffe window costs about a full decode) and the resize to image_size adds
-about 20%, so its ratios stay below 1 here (DESIGN.md 6). Each pipeline is measured --rounds times,
-alternating, and the best round is reported, so that a burst of other work on the machine does not
-decide the result; the load average is in the JSON.
-
-  python scripts/benchmark.py complexity
-  python scripts/benchmark.py train [--configuration v_1_0_SqNxt_23|official] [--dtype float32,bfloat16]
-  python scripts/benchmark.py inference [same flags]
-  python scripts/benchmark.py all [--synthetic_jpegs 512]
+  python -m scripts.benchmark complexity
+  python -m scripts.benchmark input --synthetic_jpegs 1024 [--preprocessing caffe|inception]
+  python -m scripts.benchmark input --file_pattern 'DIR/train-*'
+  python -m scripts.benchmark train [--configuration v_1_0_SqNxt_23|official] [--dtype float32,bfloat16]
+  python -m scripts.benchmark inference [same flags]
+  python -m scripts.benchmark layers --configuration v_1_0_SqNxt_23 [--dtype bfloat16]
+      [--mode train|inference] [--profile_dir DIR]
+  python -m scripts.benchmark all [--synthetic_jpegs 512]
 
 `complexity`: params and MACs at 227 of the five official networks measured from the built model
-(tools/stats.py) next to the official figures (`PUBLISHED`, the one place they are kept), and the
-published top-1/top-5. `train` / `inference`: images/second of the training step (Estimator.train ->
-model_fn TRAIN: forward, backward, update) and of evaluation (Estimator.evaluate -> model_fn EVAL) on
-one in-memory batch repeated (the model alone), and on the real pipeline with --file_pattern or
---synthetic_jpegs; next to a bare tf.function GradientTape (or forward) loop over the same network
-with the same loss and recipe, the ratio runner/bare, and the nominal FLOP rate (2 FLOP per MAC;
-training 3 x forward) as a share of the best float32 --matmul_size matmul rate measured in the run.
-Runner, bare loop and matmul are measured in alternating rounds, the best of each reported.
+(tools/stats.py) next to the official figures (`PUBLISHED`: params and MACs from the official Caffe
+prototxts, top-1/top-5 from the paper, arXiv 1803.10615).
+
+`input`: images/second over the same files, with the same parallelism, in alternating rounds (the
+best round of each is reported) of: decode-only (parse + `tf.io.decode_jpeg` of every record: the
+bound of a pipeline that decodes every pixel); a plain tf.data reference written here after Model
+Garden's ResNet ImageNet input (`_reference_dataset`); this project's `dataloader.input_fn` in
+training and evaluation; and, when the peers are installed (requirements-peers.txt), a PyTorch
+DataLoader with one worker per core doing torchvision's RandomResizedCrop / flip / normalise with
+Pillow and numpy. Columns: images/s, ratio to input_fn training, and CPU cores per 10,000 images/s
+(CPU seconds of the process and its workers per image x 10,000: the cores a 10,000 images/s
+accelerator would need).
+
+`train` / `inference`: images/second of the training step (Estimator.train -> model_fn TRAIN:
+forward, backward, update) and of evaluation (Estimator.evaluate -> model_fn EVAL) on one in-memory
+batch repeated (the model alone), and on the real pipeline with --file_pattern or --synthetic_jpegs;
+next to a bare tf.function GradientTape (or forward) loop over the same network with the same loss
+and recipe, the ratio runner/bare, and the nominal FLOP rate (2 FLOP per MAC; training 3 x forward)
+as a share of the best float32 --matmul_size matmul rate measured in the run. With the peers
+installed, pytorchcv's SqueezeNext of the same configuration (`PEER_MODELS`), channels_last, SGD with
+momentum on the same batch, float32 or bfloat16 autocast, eager and torch.compile (compile time
+reported apart) is timed in the same rounds, and a second table gives project/peer per dtype and
+best against best. Everything is measured in alternating rounds, the first untimed, the best of
+each reported, so that a burst of other work on the machine does not decide a ratio.
+
+`layers`: per layer of tools/stats.py's table, params, MACs and the time measured by TensorFlow's
+profiler over a few bare steps (forward; backward in train mode), attributed to layers by the op
+names' scopes, with the share of the step, achieved GFLOP/s and arithmetic intensity; the rows add
+up to the measured step, the unattributed rest in rows of its own. --profile_dir keeps the trace
+for TensorBoard's profile tab.
+
 `all`: the machine (CPU, cores, TensorFlow, date, command, load) and every table.
 
-Adding a sub-command: write `def run_<name>() -> dict` returning {"columns": [...], "rows": [...],
-...} and register it in `SUBCOMMANDS`; `main` prints the table and writes the JSON.
+Adding a sub-command: write `def run_<name>() -> dict` returning {"benchmark": name, "columns":
+[...], "rows": [...], ...} (optionally "notes": [str] and "sections": [more such dicts]) and register
+it in `SUBCOMMANDS`; `main` prints the tables and writes the JSON.
 """
 
+import collections
 import dataclasses
 import datetime
+import glob
+import importlib
+import io
 import json
+import math
 import os
 import platform
+import random
+import re
+import struct
 import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import flags
+from absl import logging
+import cv2
+import keras
+import numpy as np
+import tensorflow as tf
 
-from absl import flags  # noqa: E402
-from absl import logging  # noqa: E402
-import cv2  # noqa: E402
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-import dataloader  # noqa: E402
-import model  # noqa: E402
-from scripts import build_tfrecords  # noqa: E402
-import train  # noqa: E402
-from tools import cli  # noqa: E402
-from tools import estimator as estimator_lib  # noqa: E402
-from tools import optimizer as optimizer_lib  # noqa: E402
-from tools import stats  # noqa: E402
-from tools.cli import UserError  # noqa: E402
+import dataloader
+import model
+from tools import cli
+from tools import experiment
+from tools import optimizer as optimizer_lib
+from tools import params as params_lib
+from tools import records
+from tools import stats
+from tools.common import one_line
+from tools.common import UserError
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("output_json", None, "Also write the results to this JSON file.")
-# input
-flags.DEFINE_string("file_pattern", None, "input: TFRecord files to read (or --synthetic_jpegs).")
-flags.DEFINE_integer("synthetic_jpegs", 0,
-                     "input: first write this many ImageNet-like JPEG records to a temporary folder.")
-flags.DEFINE_enum("preprocessing", "caffe", dataloader.PREPROCESSINGS, "input: preprocessing.")
-flags.DEFINE_integer("image_size", 227, "Image side in pixels.")
-flags.DEFINE_integer("batch_size", 64, "Batch size.")
-flags.DEFINE_integer("rounds", 3, "input: measurements of each pipeline; the best is reported.")
-flags.DEFINE_integer("max_images", 4096, "input: images timed per measurement (at most one pass).")
 
 # ImageNet-like shapes (height, width): most ImageNet photos are 500 wide, 375 or 333 high.
 _SYNTHETIC_SHAPES = ((375, 500), (333, 500), (500, 375), (400, 500))
 _SYNTHETIC_JPEG_QUALITY = 90
 _SYNTHETIC_CLASSES = 10
 _SYNTHETIC_SHARDS = 16
+_IMAGENET_CLASSES = 1000
+_IMAGENET_EXAMPLES = optimizer_lib.IMAGENET_TRAIN_EXAMPLES
+PEERS_HINT = "pip install -r requirements-peers.txt"
+SPEED_MODES = ("train", "inference")
+
+
+def _define(kind, name, default, text, **kwargs):
+  if name not in FLAGS:  # tests define the flags of several programs in one process
+    getattr(flags, f"DEFINE_{kind}")(name, default, help=text, **kwargs)
+
+
+def define_flags():
+  """Defines the program's flags once (importing this module defines none)."""
+  _define("string", "output_json", None, "Also write the results to this JSON file.")
+  _define("string", "file_pattern", None, "input/train/inference: TFRecord files to read.")
+  _define("integer", "synthetic_jpegs", 0,
+          "input/train/inference: first write this many ImageNet-like JPEG records to a temporary "
+          "folder and read them.")
+  _define("enum", "preprocessing", "caffe", "Preprocessing of the pipelines.",
+          enum_values=list(dataloader.PREPROCESSINGS))
+  _define("integer", "image_size", 227, "Image side in pixels.")
+  _define("integer", "batch_size", 64, "Batch size.")
+  _define("integer", "rounds", 3, "Timed rounds of each measurement; the best is reported.")
+  _define("integer", "max_images", 4096, "input: images timed per measurement (at most one pass).")
+  _define("list", "configuration", ["v_1_0_SqNxt_23"],
+          "Networks (names in model.CONFIGURATIONS, comma-separated, or 'official' for the five "
+          "official ones); layers: one name.")
+  _define("list", "dtype", ["float32"],
+          "Compute dtypes, comma-separated, of float32|bfloat16|float16 (16-bit: Keras mixed "
+          "precision, float32 variables; peers: autocast).")
+  _define("integer", "steps", 5, "train/inference/layers: steps (batches) per timed measurement.")
+  _define("integer", "matmul_size", 4096,
+          "train/inference: side N of the float32 N x N matmul whose rate is the peak.")
+  _define("boolean", "peers", True,
+          f"Also time the PyTorch peers when they are installed ({PEERS_HINT}).")
+  _define("boolean", "peer_compile", True, "train/inference: also time the peer under torch.compile.")
+  _define("enum", "mode", "train", "layers: profile a training step or inference.",
+          enum_values=list(SPEED_MODES))
+  _define("string", "profile_dir", None,
+          "layers: keep the profiler trace here (TensorBoard --logdir DIR, profile tab).")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -99,6 +153,68 @@ def write_json(path, results):
   with open(temporary, "w") as f:
     json.dump(results, f, indent=2)
   os.replace(temporary, path)
+
+
+def machine():
+  """The machine and the run: CPU model, logical cores, TensorFlow version (and torch when
+  installed), date, command, and the 1-minute load average now (other work lowers every rate)."""
+  cpu = platform.processor()
+  if os.path.exists("/proc/cpuinfo"):
+    with open("/proc/cpuinfo") as f:
+      cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
+                 cpu)
+  torch = _import_or_none("torch")
+  return {"cpu": cpu, "cores": os.cpu_count(), "tensorflow": tf.__version__,
+          "torch": torch.__version__ if torch else "-", "date": datetime.date.today().isoformat(),
+          "command": "python -m scripts.benchmark " + " ".join(sys.argv[1:]),
+          "load_average_1min": round(os.getloadavg()[0], 2)}
+
+
+def sections(results):
+  """The tables of `results` in print order: itself, then its sections (recursively)."""
+  return [results] + [s for section in results.get("sections", []) for s in sections(section)]
+
+
+def _import_or_none(name):
+  try:
+    return importlib.import_module(name)
+  except ImportError:
+    return None
+
+
+def _cpu_seconds(pids):
+  """CPU seconds (user + system) used so far by the processes `pids` (all their threads); a
+  process that has ended counts 0. Without /proc: this process's time.process_time()."""
+  if not os.path.exists("/proc/self/stat"):
+    return time.process_time()
+  total = 0
+  for pid in pids:
+    try:
+      with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+      total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    except (OSError, IndexError, ValueError):
+      pass
+  return total / os.sysconf("SC_CLK_TCK")
+
+
+def _alternate(measures, rounds, label):
+  """Runs `measures` ({name: fn() -> list of seconds}) in rounds + 1 rounds, the order reversed
+  every other round, the first round untimed (tracing, compilation, warm-up).
+
+  Returns:
+    ({name: best seconds over the timed rounds}, [{name: best seconds of the round}, ...]).
+  """
+  best, detail = {name: float("inf") for name in measures}, []
+  for round_index in range(rounds + 1):
+    order = list(measures) if round_index % 2 else list(reversed(list(measures)))
+    seconds = {name: min(measures[name]()) for name in order}
+    logging.info("%s round %d/%d: %s", label, round_index, rounds,
+                 ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in seconds.items()))
+    if round_index:
+      best = {k: min(v, seconds[k]) for k, v in best.items()}
+      detail.append(seconds)
+  return best, detail
 
 
 # ------------------------------------------------------------------------------------------------
@@ -126,7 +242,7 @@ def write_synthetic_records(num_images, folder, seed=0):
   """Writes `num_images` synthetic photos as JPEG class folders and TFRecords under `folder`.
 
   Returns:
-    str, the pattern of the TFRecord files (16 shards, no validation split).
+    str, the pattern of the TFRecord files (up to 16 shards, no validation split).
   """
   rng = np.random.default_rng(seed)
   images_dir = os.path.join(folder, "images")
@@ -136,81 +252,261 @@ def write_synthetic_records(num_images, folder, seed=0):
     height, width = _SYNTHETIC_SHAPES[rng.integers(len(_SYNTHETIC_SHAPES))]
     cv2.imwrite(os.path.join(class_dir, f"{i:06d}.jpg"), synthetic_photo(rng, height, width),
                 [cv2.IMWRITE_JPEG_QUALITY, _SYNTHETIC_JPEG_QUALITY])
-  result = build_tfrecords.build(images_dir, os.path.join(folder, "records"), "folders",
-                                 validation_fraction=0.0, train_shards=_SYNTHETIC_SHARDS)
+  result = records.build(images_dir, os.path.join(folder, "records"), "folders",
+                         validation_fraction=0.0, train_shards=min(_SYNTHETIC_SHARDS, num_images))
   return result.train_pattern
 
 
-def _decode_only_dataset(file_pattern, params):
-  """Parse + full `tf.io.decode_jpeg` of every record, with input_fn's reading, parallelism, options."""
-  p = dataloader.input_params(params)
-  files = tf.io.gfile.glob(file_pattern)
-  dataset = tf.data.Dataset.from_tensor_slices(sorted(files)).flat_map(
-      lambda f: tf.data.TFRecordDataset(f, buffer_size=p["read_buffer_size"]))
+def _pipeline_pattern(scratch):
+  """The TFRecords to read: --file_pattern, or --synthetic_jpegs written to `scratch`, or None."""
+  if FLAGS.synthetic_jpegs:
+    logging.info("Writing %d synthetic JPEG records to %s", FLAGS.synthetic_jpegs, scratch)
+    return write_synthetic_records(FLAGS.synthetic_jpegs, scratch)
+  return FLAGS.file_pattern
+
+
+def _parse_record(record):
+  """(encoded image bytes, 0-based int32 label) of one ImageNet-schema record."""
+  features = tf.io.parse_single_example(record, {
+      "image/encoded": tf.io.FixedLenFeature([], tf.string),
+      "image/class/label": tf.io.FixedLenFeature([], tf.int64, default_value=1)})
+  return features["image/encoded"], tf.cast(features["image/class/label"] - 1, tf.int32)
+
+
+def _decode_only_dataset(file_pattern, input_params, batch_size):
+  """Parse + full `tf.io.decode_jpeg` of every record, with input_fn's reading, parallelism and
+  options (and IDCT: the bound must decode the way the pipeline does); yields image shapes."""
+  p = input_params
+  dataset = tf.data.Dataset.from_tensor_slices(dataloader.list_files(file_pattern)).flat_map(
+      lambda f: tf.data.TFRecordDataset(f, buffer_size=p.read_buffer_size))
 
   def decode(record):
-    encoded = tf.io.parse_single_example(
-        record, {"image/encoded": tf.io.FixedLenFeature([], tf.string)})["image/encoded"]
-    # input_fn's IDCT (dct_method) too: the bound must decode the way the pipeline does.
-    image = tf.io.decode_jpeg(encoded, channels=3, dct_method=p["dct_method"])
+    image = tf.io.decode_jpeg(_parse_record(record)[0], channels=3, dct_method=p.dct_method)
     return tf.shape(image)  # only the shape leaves the pipeline
-  dataset = dataset.map(decode, num_parallel_calls=p["num_parallel_calls"])
-  dataset = dataset.batch(p["batch_size"]).prefetch(p["prefetch_buffer_size"])
-  return dataset.with_options(dataloader.dataset_options(p, False, None))
+  dataset = dataset.map(decode, num_parallel_calls=p.num_parallel_calls)
+  dataset = dataset.batch(batch_size).prefetch(p.prefetch_buffer_size)
+  return dataset.with_options(dataloader.dataset_options(p, False))
 
 
-def _images_per_second(dataset, max_images, warmup_batches):
-  """Images/second over at most `max_images` images after `warmup_batches` (not timed) batches."""
-  iterator = iter(dataset)
+def _reference_preprocess(record, input_params, image_size):
+  """Model Garden's ResNet ImageNet training preprocessing of one record (--preprocessing
+  inception), or its plain Caffe equivalent (decode, resize 256x256, random crop, flip): float32
+  [S, S, 3] minus the mean (per element), int32 label."""
+  encoded, label = _parse_record(record)
+  if input_params.preprocessing == "inception":
+    shape = tf.io.extract_jpeg_shape(encoded)
+    whole_image = tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, [1, 1, 4])
+    begin, size, _ = tf.image.sample_distorted_bounding_box(
+        shape, whole_image, min_object_covered=0.1, aspect_ratio_range=[0.75, 1.33],
+        area_range=[0.05, 1.0], max_attempts=100, use_image_if_no_bounding_boxes=True)
+    window = tf.stack([begin[0], begin[1], size[0], size[1]])
+    image = tf.io.decode_and_crop_jpeg(encoded, window, channels=3)
+    image = tf.image.random_flip_left_right(image)
+    image = tf.image.resize(image, [image_size, image_size], method="bilinear")
+  else:
+    resize = round(image_size * 256 / 227)  # 256 at 227, as dataloader's caffe preprocessing
+    image = tf.image.resize(tf.io.decode_jpeg(encoded, channels=3), [resize, resize])
+    image = tf.image.random_crop(image, [image_size, image_size, 3])
+    image = tf.image.random_flip_left_right(image)
+  return image - tf.constant(input_params.mean_rgb, tf.float32), label
+
+
+def _reference_dataset(file_pattern, input_params, image_size, batch_size):
+  """A plain tf.data training pipeline written after Model Garden's ResNet ImageNet input: files
+  interleaved (cycle 10, AUTOTUNE), shuffle 10,000, repeat, map AUTOTUNE, batch, prefetch AUTOTUNE;
+  with input_fn's dataset options (threads), so that only the pipelines differ."""
+  files = tf.data.Dataset.list_files(file_pattern, shuffle=True)
+  dataset = files.interleave(tf.data.TFRecordDataset, cycle_length=10,
+                             num_parallel_calls=tf.data.AUTOTUNE)
+  dataset = dataset.shuffle(10_000).repeat()
+  dataset = dataset.map(lambda r: _reference_preprocess(r, input_params, image_size),
+                        num_parallel_calls=tf.data.AUTOTUNE)
+  dataset = dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+  return dataset.with_options(dataloader.dataset_options(input_params, True))
+
+
+def tfrecord_index(files):
+  """[(path, offset, length)] of every record of the TFRecord `files`, read from the framing
+  (8-byte length, 4-byte CRC, data, 4-byte CRC) without TensorFlow."""
+  index = []
+  for path in files:
+    size, offset = os.path.getsize(path), 0
+    with open(path, "rb") as f:
+      while offset + 12 <= size:
+        f.seek(offset)
+        length = struct.unpack("<Q", f.read(8))[0]
+        index.append((path, offset + 12, length))
+        offset += 12 + length + 4
+  return index
+
+
+def random_resized_crop_box(width, height, scale, ratio, rng=random):
+  """torchvision's RandomResizedCrop window: (left, top, right, bottom) pixels of an image of
+  `width` x `height`, area in `scale` (fractions), aspect ratio in `ratio` (log-uniform); 10 tries,
+  then the central crop of the ratio clamped to `ratio`."""
+  area = width * height
+  for _ in range(10):
+    target = area * rng.uniform(*scale)
+    aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+    w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+    if 0 < w <= width and 0 < h <= height:
+      left, top = rng.randint(0, width - w), rng.randint(0, height - h)
+      return left, top, left + w, top + h
+  w, h = width, height
+  if width / height < ratio[0]:
+    h = round(width / ratio[0])
+  elif width / height > ratio[1]:
+    w = round(height * ratio[1])
+  left, top = (width - w) // 2, (height - h) // 2
+  return left, top, left + w, top + h
+
+
+def pillow_transform(image, preprocessing, image_size, mean_rgb, rng=random):
+  """torchvision-like training transforms with Pillow and numpy: inception: RandomResizedCrop
+  (area 0.05-1, the project's range; aspect 3/4-4/3) with bilinear resize; caffe: resize to 256x256
+  (at 227) and random crop; then random flip and normalise to pixel - mean. Returns float32
+  [3, S, S] (channels first, as torchvision's ToTensor)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  size = image_size
+  if preprocessing == "inception":
+    box = random_resized_crop_box(*image.size, (0.05, 1.0), (3 / 4, 4 / 3), rng)
+    image = image.resize((size, size), Image.Resampling.BILINEAR, box=box)
+  else:
+    resize = round(size * 256 / 227)
+    image = image.resize((resize, resize), Image.Resampling.BILINEAR)
+    left, top = rng.randint(0, resize - size), rng.randint(0, resize - size)
+    image = image.crop((left, top, left + size, top + size))
+  if rng.random() < 0.5:
+    image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+  array = np.asarray(image, np.float32) - np.float32(mean_rgb)
+  return np.ascontiguousarray(array.transpose(2, 0, 1))
+
+
+class RecordImages:
+  """A map-style dataset for torch.utils.data.DataLoader over TFRecord files: item i is (float32
+  [3, S, S] image, int label) from Pillow decoding and `pillow_transform`; no TensorFlow is used in
+  the workers (records are read by offset, parsed with the protobuf class)."""
+
+  def __init__(self, file_pattern, preprocessing, image_size, mean_rgb):
+    self.index = tfrecord_index(dataloader.list_files(file_pattern))
+    self.preprocessing, self.image_size, self.mean_rgb = preprocessing, image_size, mean_rgb
+    self._files = {}
+
+  def __len__(self):
+    return len(self.index)
+
+  def __getitem__(self, i):
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    path, offset, length = self.index[i]
+    f = self._files.get((os.getpid(), path)) or open(path, "rb")  # one handle per worker and file
+    self._files[(os.getpid(), path)] = f
+    f.seek(offset)
+    feature = tf.train.Example.FromString(f.read(length)).features.feature
+    image = Image.open(io.BytesIO(feature["image/encoded"].bytes_list.value[0])).convert("RGB")
+    label = feature["image/class/label"].int64_list.value[0] - 1
+    return pillow_transform(image, self.preprocessing, self.image_size, self.mean_rgb), label
+
+
+def _torch_loader(file_pattern, input_params, image_size, batch_size):
+  """(iterator, pids) of a PyTorch DataLoader over RecordImages: shuffled, one worker per core,
+  full batches; pids: this process and its workers (for the CPU time)."""
+  torch = importlib.import_module("torch")
+  dataset = RecordImages(file_pattern, input_params.preprocessing, image_size,
+                         input_params.mean_rgb)
+  loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True,
+                                       num_workers=os.cpu_count(), drop_last=True)
+  iterator = iter(loader)
+  workers = getattr(iterator, "_workers", [])
+  return iterator, [os.getpid()] + [w.pid for w in workers]
+
+
+def _images_per_second(iterator, pids, max_images, warmup_batches):
+  """(images/s, CPU seconds per image) over at most `max_images` images after `warmup_batches`
+  untimed batches (start-up: threads, workers, autotuning); CPU time of the processes `pids`."""
   for _ in range(warmup_batches):
     next(iterator)
-  images, start = 0, time.perf_counter()
+  images, cpu, start = 0, _cpu_seconds(pids), time.perf_counter()
   for batch in iterator:
-    labels = batch[1]["class_idx"] if isinstance(batch, tuple) else batch
-    images += int(labels.shape[0])
+    first = batch[0] if isinstance(batch, (tuple, list)) else batch
+    images += int(first["image"].shape[0] if isinstance(first, dict) else first.shape[0])
     if images >= max_images:
       break
-  return images / (time.perf_counter() - start)
+  seconds, cpu = time.perf_counter() - start, _cpu_seconds(pids) - cpu
+  return images / seconds, cpu / max(images, 1)
+
+
+def _input_pipelines(pattern, params, peers):
+  """{name: make() -> (iterator, pids)}: the pipelines of the `input` table, over `pattern`."""
+  p, size, batch = params.input, params.model.image_size, params.batch_size
+  self_pid = [os.getpid()]
+
+  def tf_pipeline(make_dataset):
+    return lambda: (iter(make_dataset()), self_pid)
+  pipelines = {
+      "decode-only (parse + decode_jpeg)": tf_pipeline(
+          lambda: _decode_only_dataset(pattern, p, batch)),
+      "tf.data reference (Model Garden ResNet)": tf_pipeline(
+          lambda: _reference_dataset(pattern, p, size, batch)),
+      "input_fn training": tf_pipeline(
+          lambda: experiment.make_input_fn(params, pattern, True)(None)),
+      "input_fn evaluation": tf_pipeline(
+          lambda: experiment.make_input_fn(params, pattern, False)(None)),
+  }
+  if peers:
+    pipelines[f"PyTorch DataLoader + Pillow ({os.cpu_count()} workers)"] = (
+        lambda: _torch_loader(pattern, p, size, batch))
+  return pipelines
+
+
+def _peers_note(what):
+  """The one line printed instead of the peer rows when the peers are not installed."""
+  return f"{what}: skipped, PyTorch not installed ({PEERS_HINT})"
+
+
+def _input_params(pattern):
+  """The Params of the input benchmark: the flags' preprocessing, image size and batch."""
+  user = dict(image_size=FLAGS.image_size, batch_size=FLAGS.batch_size,
+              preprocessing=FLAGS.preprocessing, shuffle_buffer_size=1024)
+  return params_lib.resolve_params(user, {"train_file_pattern": pattern,
+                                          "num_examples_per_epoch": _IMAGENET_EXAMPLES})
 
 
 def run_input():
-  """The `input` benchmark: input_fn (training, evaluation) against decode-only, same files."""
+  """The `input` benchmark (module docstring): images/s of each pipeline over the same files, the
+  best of --rounds alternating rounds, its ratio to input_fn training and the CPU cores it needs per
+  10,000 images/s."""
+  notes = []
+  peers = FLAGS.peers and _import_or_none("torch") is not None
+  if FLAGS.peers and not peers:
+    notes.append(_peers_note("PyTorch DataLoader"))
   with tempfile.TemporaryDirectory() as scratch:
-    file_pattern = FLAGS.file_pattern
-    if FLAGS.synthetic_jpegs:
-      logging.info("Writing %d synthetic JPEG records to %s", FLAGS.synthetic_jpegs, scratch)
-      file_pattern = write_synthetic_records(FLAGS.synthetic_jpegs, scratch)
-    if not file_pattern:
-      raise UserError("input: give --file_pattern or --synthetic_jpegs")
-    num_records = sum(1 for f in dataloader.list_files(file_pattern)
-                      for _ in tf.data.TFRecordDataset(f))
-    params = {"image_size": FLAGS.image_size, "batch_size": FLAGS.batch_size,
-              "preprocessing": FLAGS.preprocessing, "shuffle_buffer_size": 1024}
+    pattern = _pipeline_pattern(scratch)
+    if not pattern:
+      raise UserError("input: give --file_pattern or --synthetic_jpegs", param="file_pattern")
+    params = _input_params(pattern)
+    num_records = records.count_examples(pattern)
     max_images = min(FLAGS.max_images, num_records)
-    # Every pipeline starts timing after the same 2 untimed batches (start-up: threads, autotuning),
-    # so that the rates are the steady state that feeds an accelerator.
-    pipelines = {  # name: (make the dataset, warm-up batches)
-        "decode-only (parse + decode_jpeg)": (lambda: _decode_only_dataset(file_pattern, params), 2),
-        "input_fn training": (lambda: dataloader.input_fn(file_pattern, True, params), 2),
-        "input_fn evaluation": (lambda: dataloader.input_fn(file_pattern, False, params), 2),
-    }
-    best = {name: 0.0 for name in pipelines}
+    pipelines = _input_pipelines(pattern, params, peers)
+    best = {name: (0.0, 0.0) for name in pipelines}
     for round_index in range(FLAGS.rounds):
-      for name, (make, warmup) in pipelines.items():
-        rate = _images_per_second(make(), max_images, warmup)
-        logging.info("round %d: %s %.1f images/s", round_index + 1, name, rate)
-        best[name] = max(best[name], rate)
-  bound = best["decode-only (parse + decode_jpeg)"]
-  rows = [{"pipeline": name, "images/s": rate, "ratio to decode-only": rate / bound}
-          for name, rate in best.items()]
-  return {"benchmark": "input", "columns": ["pipeline", "images/s", "ratio to decode-only"],
-          "rows": rows, "records": num_records, "preprocessing": FLAGS.preprocessing,
+      names = list(pipelines) if round_index % 2 == 0 else list(reversed(list(pipelines)))
+      for name in names:  # the same 2 untimed batches for every pipeline: the steady state
+        rate, cpu = _images_per_second(*pipelines[name](), max_images, 2)
+        logging.info("round %d: %s %.1f images/s, %.2f ms CPU per image", round_index + 1, name,
+                     rate, cpu * 1e3)
+        best[name] = max(best[name], (rate, cpu))
+  reference = best["input_fn training"][0]
+  rows = [{"pipeline": name, "images/s": rate, "ratio to input_fn training": rate / reference,
+           "CPU cores per 10,000 images/s": cpu * 1e4} for name, (rate, cpu) in best.items()]
+  columns = ["pipeline", "images/s", "ratio to input_fn training", "CPU cores per 10,000 images/s"]
+  return {"benchmark": "input", "columns": columns, "rows": rows, "notes": notes,
+          "records": num_records, "preprocessing": FLAGS.preprocessing,
           "image_size": FLAGS.image_size, "batch_size": FLAGS.batch_size, "rounds": FLAGS.rounds,
           "cpus": os.cpu_count(), "load_average": os.getloadavg()}  # other work on the host
 
 
 # ------------------------------------------------------------------------------------------------
-# complexity, train, inference, all
+# complexity
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,9 +516,8 @@ class Published:
   Attributes:
     name: the paper's name (e.g. "1.0-SqNxt-23").
     params: trainable parameters (convolution and FC kernels, BN scale and shift).
-    macs: multiply-accumulates per 227x227 image, convolutions and FC (DESIGN.md section 4).
-    top_1, top_5: published ImageNet accuracy in %, single 227 crop (arXiv 1803.10615); None where
-      the paper gives none.
+    macs: multiply-accumulates per 227x227 image, convolutions and FC.
+    top_1, top_5: published ImageNet accuracy in %, single 227 crop; None where the paper gives none.
   """
   name: str
   params: int
@@ -231,7 +526,8 @@ class Published:
   top_5: float = None
 
 
-# The official figures, in this one place (shared/DESIGN.md section 4: official prototxts and paper).
+# The official figures, in this one place: params and MACs counted from the official Caffe
+# prototxts of the SqueezeNext release; top-1/top-5 from the paper (arXiv 1803.10615, Table 2).
 PUBLISHED = {
     "v_1_0_SqNxt_23": Published("1.0-SqNxt-23", 717_280, 278.0e6, 59.05, 82.60),
     "v_1_0_G_SqNxt_23": Published("1.0-G-SqNxt-23", 543_072, 224.2e6),
@@ -240,17 +536,6 @@ PUBLISHED = {
     "v_2_0_SqNxt_23_v5": Published("2.0-SqNxt-23v5", 3_222_912, 702.6e6, 67.44, 88.20),
 }
 _PUBLISHED_SIZE = 227  # the input side of the published MACs and accuracies
-_IMAGENET_CLASSES = 1000
-
-flags.DEFINE_list("configuration", ["v_1_0_SqNxt_23"],
-                  "train/inference: networks (names in model.CONFIGURATIONS, comma-separated, or "
-                  "'official' for the five official ones).")
-flags.DEFINE_list("dtype", ["float32"],
-                  "train/inference: compute dtypes, comma-separated, of float32|bfloat16|float16 "
-                  "(16-bit: Keras mixed precision, float32 variables).")
-flags.DEFINE_integer("steps", 5, "train/inference: steps (batches) per timed measurement.")
-flags.DEFINE_integer("matmul_size", 4096,
-                     "train/inference: side N of the float32 N x N matmul whose rate is the peak.")
 
 
 def _network_label(configuration):
@@ -280,53 +565,64 @@ def run_complexity():
           "image_size": _PUBLISHED_SIZE, "num_classes": _IMAGENET_CLASSES}
 
 
-def matmul_peak(size, repeats=3):
-  """Best rate, in FLOP/s, of a dense float32 [size, size] x [size, size] tf.matmul in a tf.function
-  (2 * size**3 FLOP per product) over `repeats` timed calls after one untimed call."""
+# ------------------------------------------------------------------------------------------------
+# train, inference: the project
+
+
+def matmul_seconds(size):
+  """`measure() -> [seconds]`: one float32 [size, size] x [size, size] tf.matmul in a tf.function
+  (2 * size**3 FLOP), timed alone."""
   a = tf.random.uniform([size, size])
   b = tf.random.uniform([size, size])
   product = tf.function(lambda a, b: tf.reduce_sum(tf.matmul(a, b)))
-  product(a, b).numpy()
-  best = float("inf")
-  for _ in range(repeats):
+
+  def measure():
     start = time.perf_counter()
     product(a, b).numpy()
-    best = min(best, time.perf_counter() - start)
-  return 2.0 * size ** 3 / best
+    return [time.perf_counter() - start]
+  return measure
 
 
-def _benchmark_params(configuration, dtype, steps_per_loop):
-  """train.py's params for a benchmark run: ImageNet defaults with the flags' batch, size and dtype,
-  no summaries or progress lines, a checkpoint only at the end of each `train` call."""
-  if dtype not in ("float32", "bfloat16", "float16"):
-    raise UserError(f"--dtype={dtype}: expected float32, bfloat16 or float16")
-  model.get_config(configuration)  # UserError naming the known configurations
+def benchmark_params(configuration, dtype, steps_per_loop, pattern=None):
+  """The Params of a benchmark run: ImageNet defaults (1,000 classes) with the flags' batch, size
+  and preprocessing, `dtype`, no summaries, checkpoints only at the end of a `train` call, no
+  population statistics."""
+  if dtype not in model.DTYPES:
+    raise UserError(f"--dtype={dtype}: expected one of {', '.join(model.DTYPES)}")
   user = dict(configuration=configuration, dtype=dtype, batch_size=FLAGS.batch_size,
               image_size=FLAGS.image_size, num_classes=_IMAGENET_CLASSES, max_steps=10 ** 6,
               steps_per_loop=steps_per_loop, save_checkpoints_steps=0, save_summary_steps=0,
               log_every_n_steps=0, image_summary_steps=0, output_train_images=False,
-              preprocessing=FLAGS.preprocessing, shuffle_buffer_size=1024)
-  return train.resolve_params(user, {})
+              preprocessing=FLAGS.preprocessing, shuffle_buffer_size=1024, precise_bn_examples=0)
+  return params_lib.resolve_params(user, {"train_file_pattern": pattern,
+                                          "num_examples_per_epoch": _IMAGENET_EXAMPLES})
 
 
 def _synthetic_batch(params):
   """One in-memory batch: float32 images [B, S, S, 3] (mean-subtracted range), int32 labels [B]."""
-  size, batch = params["image_size"], params["batch_size"]
+  size, batch = params.model.image_size, params.batch_size
   images = tf.random.uniform([batch, size, size, 3], -128.0, 128.0, seed=1)
-  labels = tf.random.uniform([batch], 0, params["num_classes"], tf.int32, seed=2)
+  labels = tf.random.uniform([batch], 0, params.model.num_classes, tf.int32, seed=2)
   return images, labels
 
 
-class _StepTimer(estimator_lib.Hook):
-  """Host times at the start of `Estimator.train` and after each of its loops (one step each with
-  steps_per_loop 1), so that the step times leave out set-up and the final checkpoint."""
+class _StepTimer:
+  """An estimator Hook: host times at the start of `Estimator.train` and after each of its loops
+  (one step each with steps_per_loop 1), so that the step times leave out set-up and the final
+  checkpoint."""
+  every_n_steps = 0
 
   def begin(self, estimator):
+    del estimator
     self.times = [time.perf_counter()]
 
   def after_step(self, estimator, step, outputs):
+    del estimator, step, outputs
     self.times.append(time.perf_counter())
     return False
+
+  def end(self, estimator, step):
+    del estimator, step
 
 
 def _runner_train_seconds(estimator, input_fn, steps):
@@ -344,11 +640,11 @@ def _runner_inference_seconds(estimator, input_fn, steps):
   return [(time.perf_counter() - start) / steps]
 
 
-def _bare_train_loop(network, params, images, labels):
+def bare_train_loop(network, params, images, labels):
   """`loop(num_steps)`: a plain tf.function GradientTape loop over `network` with model_fn's loss
   (cross-entropy + weight decay, model.train_loss) and its own optimizer of the same recipe."""
-  optimizer = optimizer_lib.build_optimizer(model.recipe_from_params(params),
-                                            loss_scale=params["dtype"] == "float16")
+  optimizer = optimizer_lib.build_optimizer(params.recipe,
+                                            loss_scale=params.model.dtype == "float16")
   variables = network.trainable_variables
   optimizer.build(variables)
 
@@ -364,7 +660,7 @@ def _bare_train_loop(network, params, images, labels):
   return loop
 
 
-def _bare_inference_loop(network, images):
+def bare_inference_loop(network, images):
   """`loop(num_steps)`: a plain tf.function loop of network(images, training=False)."""
   @tf.function
   def loop(num_steps):
@@ -385,70 +681,166 @@ def _bare_seconds(loop, steps, per_step):
   return [timed(1) for _ in range(steps)] if per_step else [timed(steps) / steps]
 
 
-def _pipeline_pattern(scratch):
-  """The real pipeline's TFRecords: --file_pattern, --synthetic_jpegs written to `scratch`, or None."""
-  if FLAGS.synthetic_jpegs:
-    logging.info("Writing %d synthetic JPEG records to %s", FLAGS.synthetic_jpegs, scratch)
-    return write_synthetic_records(FLAGS.synthetic_jpegs, scratch)
-  return FLAGS.file_pattern
-
-
-def _measure_network(mode, configuration, dtype, pattern, steps, rounds):
-  """Rows for one network and dtype, and the matmul peaks (FLOP/s) measured meanwhile.
-
-  Synthetic input (one in-memory batch, repeated): rounds of [matmul peak, runner, bare loop], the
-  first round untimed (tracing, warm-up); each rate is the best step (training: every step timed
-  on its own; inference: a pass of `steps` batches) over the rounds. Short, interleaved
-  measurements let other work on the machine hit every measurement alike. Then, when `pattern` is
-  set, the runner on the real pipeline: mean step time after a warm-up pass (a step's best would
-  credit batches the pipeline prefetched while the model waited).
-  """
+def _project_measures(mode, estimator, params, steps):
+  """{"runner": measure, "bare": measure} on one in-memory batch repeated; each measure() returns
+  seconds per step (training: each step timed alone; inference: a pass of `steps` batches)."""
   training = mode == "train"
-  params = _benchmark_params(configuration, dtype, 1 if training else steps)
+  network = estimator.scaffold.network
+  images, labels = _synthetic_batch(params)
+  synthetic_fn = lambda ctx: tf.data.Dataset.from_tensors(
+      ({"image": images}, {"class_idx": labels})).repeat()
   runner = _runner_train_seconds if training else _runner_inference_seconds
-  batch_size, peaks, rounds_detail = params["batch_size"], [], []
+  bare = (bare_train_loop(network, params, images, labels) if training
+          else bare_inference_loop(network, images))
+  return {"runner": lambda: runner(estimator, synthetic_fn, steps),
+          "bare": lambda: _bare_seconds(bare, steps, per_step=training)}
+
+
+def _pipeline_row(mode, estimator, params, pattern, steps, rounds):
+  """The runner on the real pipeline: mean step time after a warm-up pass (a step's best would
+  credit batches the pipeline prefetched while the model waited); a row."""
+  training = mode == "train"
+  runner = _runner_train_seconds if training else _runner_inference_seconds
+  make = experiment.make_input_fn(params, pattern, training)
+  pipeline_fn = lambda ctx: make(ctx).repeat()
+  runner(estimator, pipeline_fn, steps)  # warm-up: fills the shuffle buffer, tunes tf.data
+  step_seconds = runner(estimator, pipeline_fn, steps * rounds)
+  return dict(input=f"pipeline ({params.input.preprocessing})",
+              runner=params.batch_size / float(np.mean(step_seconds)))
+
+
+def _measure_case(mode, configuration, dtype, pattern, peers):
+  """Rows of one network and dtype, the matmul peaks (FLOP/s), the peer rows and notes.
+
+  Synthetic input: rounds of [matmul, runner, bare loop, peers...] (`_alternate`). Then, when
+  `pattern` is set, the runner on the real pipeline (`_pipeline_row`).
+  """
+  training, steps, rounds = mode == "train", FLAGS.steps, FLAGS.rounds
+  params = benchmark_params(configuration, dtype, 1 if training else steps, pattern)
   with tempfile.TemporaryDirectory() as model_dir:
-    estimator = train.build_estimator(params, model_dir)
-    network = estimator.scaffold.network
-    _, totals = stats.model_statistics(network)
-    images, labels = _synthetic_batch(params)
-    synthetic_fn = lambda ctx: tf.data.Dataset.from_tensors(
-        ({"image": images}, {"class_idx": labels})).repeat()
-    bare = (_bare_train_loop(network, params, images, labels) if training
-            else _bare_inference_loop(network, images))
-    best = {"runner": float("inf"), "bare": float("inf")}
-    for round_index in range(rounds + 1):
-      peaks.append(matmul_peak(FLAGS.matmul_size))
-      measure = {"runner": lambda: runner(estimator, synthetic_fn, steps),
-                 "bare": lambda: _bare_seconds(bare, steps, per_step=training)}
-      order = ["runner", "bare"] if round_index % 2 else ["bare", "runner"]  # no order bias
-      seconds = {k: min(measure[k]()) for k in order}
-      rates = {k: batch_size / v for k, v in seconds.items()}
-      rounds_detail.append({"matmul_gflops": peaks[-1] / 1e9, **rates})
-      logging.info("%s %s %s round %d/%d: runner %.1f, bare %.1f images/s, matmul %.1f GFLOP/s",
-                   mode, configuration, dtype, round_index, rounds, rates["runner"], rates["bare"],
-                   peaks[-1] / 1e9)
-      if round_index:  # round 0 traces the functions
-        best = {k: min(v, seconds[k]) for k, v in best.items()}
-    rows = [dict(input="synthetic", runner=batch_size / best["runner"],
-                 bare=batch_size / best["bare"], rounds=rounds_detail[1:])]
+    estimator = experiment.build_estimator(params, model_dir)
+    _, totals = stats.model_statistics(estimator.scaffold.network)
+    measures = {"matmul": matmul_seconds(FLAGS.matmul_size),
+                **_project_measures(mode, estimator, params, steps)}
+    peer = PeerStep(mode, configuration, dtype, params) if peers else None
+    if peer is not None:
+      measures.update(peer.measures(steps, FLAGS.peer_compile))
+    best, detail = _alternate(measures, rounds, f"{mode} {configuration} {dtype}")
+    batch = params.batch_size
+    rows = [dict(input="synthetic", runner=batch / best["runner"], bare=batch / best["bare"],
+                 rounds=[{k: batch / v for k, v in r.items() if k != "matmul"} for r in detail])]
     if pattern:
-      pipeline_fn = lambda ctx: dataloader.input_fn(pattern, training, params, ctx).repeat()
-      runner(estimator, pipeline_fn, steps)  # warm-up: fills the shuffle buffer, tunes tf.data
-      step_seconds = runner(estimator, pipeline_fn, steps * rounds)
-      rows.append(dict(input=f"pipeline ({params['preprocessing']})",
-                       runner=batch_size / float(np.mean(step_seconds))))
+      rows.append(_pipeline_row(mode, estimator, params, pattern, steps, rounds))
   # Nominal FLOP per image: 2 per MAC; training counts the forward pass and twice it backward.
   flop_per_image = (3 if training else 1) * 2 * totals["macs"]
   for row in rows:
     row["images/s"] = row.pop("runner")
     row.update({"network": _network_label(configuration), "dtype": dtype,
                 "GFLOP/s": row["images/s"] * flop_per_image / 1e9})
-  return rows, peaks
+  peaks = [2.0 * FLAGS.matmul_size ** 3 / r["matmul"] for r in detail]
+  if peer is None:
+    return rows, peaks, [], []
+  return rows, peaks, peer.rows(best, rows[0]["images/s"]), peer.notes
+
+
+# ------------------------------------------------------------------------------------------------
+# train, inference: the PyTorch peer (pytorchcv's SqueezeNext)
+
+# This project's configurations and pytorchcv's models of the same network (none for the G network).
+PEER_MODELS = {
+    "v_1_0_SqNxt_23": "sqnxt23_w1",
+    "v_1_0_SqNxt_23_v5": "sqnxt23v5_w1",
+    "v_2_0_SqNxt_23": "sqnxt23_w2",
+    "v_2_0_SqNxt_23_v5": "sqnxt23v5_w2",
+}
+
+
+class PeerStep:
+  """pytorchcv's SqueezeNext of `configuration` (pretrained=False: nothing is downloaded) on one
+  random channels_last batch of the flags' size, float32 or `dtype` autocast, as step measures.
+
+  Training: cross-entropy, backward, SGD with the recipe's learning rate, momentum and weight decay.
+  Inference: eval mode, torch.inference_mode. `measures()` gives eager and torch.compile variants;
+  compile time (first call minus a steady step) and a compile failure are kept apart.
+  """
+
+  def __init__(self, mode, configuration, dtype, params):
+    self.torch = importlib.import_module("torch")
+    squeezenext = importlib.import_module("pytorchcv.models.squeezenext")
+    torch, size, batch = self.torch, params.model.image_size, params.batch_size
+    self.name, self.mode, self.dtype = PEER_MODELS[configuration], mode, dtype
+    self.network = getattr(squeezenext, self.name)(pretrained=False, num_classes=_IMAGENET_CLASSES,
+                                                   in_size=(size, size))
+    self.network = self.network.to(memory_format=torch.channels_last)
+    self.network.train(mode == "train")
+    self.images = torch.randn(batch, 3, size, size).to(memory_format=torch.channels_last)
+    self.labels = torch.randint(0, _IMAGENET_CLASSES, (batch,))
+    r = params.recipe
+    self.optimizer = torch.optim.SGD(self.network.parameters(), lr=r.base_learning_rate,
+                                     momentum=r.momentum, weight_decay=r.weight_decay)
+    self.compile_seconds, self.notes = None, []
+
+  def _autocast(self):
+    dtypes = {"bfloat16": self.torch.bfloat16, "float16": self.torch.float16}
+    return self.torch.autocast("cpu", dtype=dtypes.get(self.dtype, self.torch.bfloat16),
+                               enabled=self.dtype != "float32")
+
+  def _step(self, network):
+    torch = self.torch
+    if self.mode == "train":
+      self.optimizer.zero_grad(set_to_none=True)
+      with self._autocast():
+        loss = torch.nn.functional.cross_entropy(network(self.images), self.labels)
+      loss.backward()
+      self.optimizer.step()
+      return
+    with torch.inference_mode(), self._autocast():
+      network(self.images)
+
+  def _timed(self, network, steps):
+    """Seconds of each of `steps` steps (training), or one element: seconds per step of `steps`."""
+    def timed(n):
+      start = time.perf_counter()
+      for _ in range(n):
+        self._step(network)
+      return time.perf_counter() - start
+    return [timed(1) for _ in range(steps)] if self.mode == "train" else [timed(steps) / steps]
+
+  def measures(self, steps, compile_too):
+    """{"peer eager": measure, ["peer compiled": measure]}; a torch.compile that fails is left
+    out with a one-line note."""
+    measures = {"peer eager": lambda: self._timed(self.network, steps)}
+    if compile_too:
+      try:
+        compiled = self.torch.compile(self.network)
+        start = time.perf_counter()
+        self._step(compiled)
+        first = time.perf_counter() - start
+        steady = min(self._timed(compiled, 2))
+        self.compile_seconds = max(first - steady, 0.0)
+        measures["peer compiled"] = lambda: self._timed(compiled, steps)
+      except Exception as e:  # pylint: disable=broad-except  # any backend failure: go on eager
+        self.notes.append(f"torch.compile of {self.name} failed on this machine: {one_line(e)}")
+    return measures
+
+  def rows(self, best, project_rate):
+    """Peer table rows from the best seconds per measure; project/peer against `project_rate`
+    (this project's Estimator, images/s, same dtype and batch)."""
+    batch, rows = self.images.shape[0], []
+    for key, label in (("peer eager", "eager"), ("peer compiled", "torch.compile")):
+      if key in best:
+        rate = batch / best[key]
+        rows.append({"peer": f"pytorchcv {self.name}", "dtype": self.dtype, "peer mode": label,
+                     "peer images/s": rate, "project images/s": project_rate,
+                     "project/peer": f"{project_rate / rate:.3f}",
+                     "compile s": (f"{self.compile_seconds:.1f}" if label != "eager" else "-")})
+    return rows
 
 
 _SPEED_COLUMNS = ["network", "dtype", "input", "images/s", "bare images/s", "runner/bare",
                   "GFLOP/s", "% of matmul peak"]
+_PEER_COLUMNS = ["network", "dtype", "peer", "peer mode", "peer images/s", "compile s",
+                 "project images/s", "project/peer"]
 
 
 def _speed_cases():
@@ -457,17 +849,46 @@ def _speed_cases():
   return [(name, dtype) for name in names for dtype in FLAGS.dtype]
 
 
+def _peer_section(mode, peer_rows, notes):
+  """The peer table: one row per network, dtype and peer mode, and per network best against best
+  (the best dtype of this project against the best dtype and mode of the peer)."""
+  rows = list(peer_rows)
+  for network in dict.fromkeys(row["network"] for row in peer_rows):
+    mine = [row for row in peer_rows if row["network"] == network]
+    peer_best = max(mine, key=lambda row: row["peer images/s"])
+    project_best = max(row["project images/s"] for row in mine)
+    rows.append({**peer_best, "dtype": "best", "project images/s": project_best,
+                 "peer mode": f"{peer_best['peer mode']}, {peer_best['dtype']}", "compile s": "",
+                 "project/peer": f"{project_best / peer_best['peer images/s']:.3f}"})
+  return {"benchmark": f"{mode} against PyTorch", "columns": _PEER_COLUMNS, "rows": rows,
+          "notes": notes}
+
+
+def _peer_plan(cases):
+  """(whether to time peers, notes): the peers run for networks pytorchcv has, when installed."""
+  if not FLAGS.peers:
+    return False, []
+  if _import_or_none("torch") is None or _import_or_none("pytorchcv") is None:
+    return False, [_peers_note("PyTorch peers (pytorchcv SqueezeNext)")]
+  missing = sorted({c for c, _ in cases if c not in PEER_MODELS})
+  notes = [f"{', '.join(missing)}: no pytorchcv counterpart, no peer timed"] if missing else []
+  return True, notes
+
+
 def _run_speed(mode, cases):
-  """The `train` or `inference` table for `cases`, (configuration, dtype) pairs (see the module
-  docstring); the FLOP rates are against the best float32 matmul rate measured in the run."""
-  peaks, rows = [], []
+  """The `train` or `inference` table for `cases`, (configuration, dtype) pairs (module
+  docstring); the FLOP rates are against the best float32 matmul rate measured in the run; the
+  peer table as a section when the peers are installed."""
+  peaks, rows, peer_rows = [], [], []
   load_at_start = round(os.getloadavg()[0], 2)  # before this run adds its own load (~cores)
+  peers, notes = _peer_plan(cases)
   with tempfile.TemporaryDirectory() as scratch:
     pattern = _pipeline_pattern(scratch)
     for configuration, dtype in cases:
-      case_rows, case_peaks = _measure_network(mode, configuration, dtype, pattern, FLAGS.steps,
-                                               FLAGS.rounds)
-      rows, peaks = rows + case_rows, peaks + case_peaks
+      case_rows, case_peaks, case_peer_rows, case_notes = _measure_case(
+          mode, configuration, dtype, pattern, peers and configuration in PEER_MODELS)
+      rows, peaks, notes = rows + case_rows, peaks + case_peaks, notes + case_notes
+      peer_rows += [{"network": _network_label(configuration), **r} for r in case_peer_rows]
       keras.backend.clear_session()
   best_peak = max(peaks)
   for row in rows:
@@ -475,76 +896,257 @@ def _run_speed(mode, cases):
     row["bare images/s"] = bare if bare else "-"
     row["runner/bare"] = f"{row['images/s'] / bare:.3f}" if bare else "-"
     row["% of matmul peak"] = f"{100 * row['GFLOP/s'] * 1e9 / best_peak:.1f}"
-  return {"benchmark": mode, "columns": _SPEED_COLUMNS, "rows": rows,
-          "matmul_peak_gflops": best_peak / 1e9, "matmul_size": FLAGS.matmul_size,
-          "flop_per_image": "3 x 2 x MACs (training)" if mode == "train" else "2 x MACs",
-          "batch_size": FLAGS.batch_size, "image_size": FLAGS.image_size, "steps": FLAGS.steps,
-          "rounds": FLAGS.rounds, **machine(), "load_average_1min_at_start": load_at_start}
-
-
-def machine():
-  """The machine and the run: CPU model, logical cores, TensorFlow version, date, command, and the
-  1-minute load average now (other work on the machine lowers every rate)."""
-  cpu = platform.processor()
-  if os.path.exists("/proc/cpuinfo"):
-    with open("/proc/cpuinfo") as f:
-      cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
-                 cpu)
-  return {"cpu": cpu, "cores": os.cpu_count(), "tensorflow": tf.__version__,
-          "date": datetime.date.today().isoformat(),
-          "command": "python scripts/benchmark.py " + " ".join(sys.argv[1:]),
-          "load_average_1min": round(os.getloadavg()[0], 2)}
+  results = {"benchmark": mode, "columns": _SPEED_COLUMNS, "rows": rows, "notes": [],
+             "matmul_peak_gflops": best_peak / 1e9, "matmul_size": FLAGS.matmul_size,
+             "flop_per_image": "3 x 2 x MACs (training)" if mode == "train" else "2 x MACs",
+             "batch_size": FLAGS.batch_size, "image_size": FLAGS.image_size, "steps": FLAGS.steps,
+             "rounds": FLAGS.rounds, **machine(), "load_average_1min_at_start": load_at_start}
+  if peer_rows:
+    results["sections"] = [_peer_section(mode, peer_rows, notes)]
+  else:
+    results["notes"] += notes
+  return results
 
 
 def run_train():
-  """The `train` benchmark: images/second of the training step (see the module docstring)."""
+  """The `train` benchmark: images/second of the training step (module docstring)."""
   return _run_speed("train", _speed_cases())
 
 
 def run_inference():
-  """The `inference` benchmark: images/second of the EVAL step (see the module docstring)."""
+  """The `inference` benchmark: images/second of the EVAL step (module docstring)."""
   return _run_speed("inference", _speed_cases())
+
+
+# ------------------------------------------------------------------------------------------------
+# layers: per-layer time from TensorFlow's profiler
+
+_STEP_EVENT = "benchmark_step"  # the TraceMe around each profiled step
+# Op events of the trace: "scope/.../op_name:OpType" (other host events have "::" or spaces).
+_OP_EVENT = re.compile(r"([^:\s]+):(\w+)")
+_OTHER_OPS = "(other ops: loss, optimizer, variable reads)"
+_IDLE = "(no op running: dispatch, Python, waiting)"
+_ITEM_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def read_trace(logdir):
+  """(op events, step windows) of the newest profile under `logdir` (its .xplane.pb).
+
+  Returns:
+    ops: [(start_ps, end_ps, op_name)] of the host's op events (op_name without ":OpType");
+    steps: [(start_ps, end_ps)] of the `_STEP_EVENT` annotations.
+  """
+  from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=g-import-not-at-top
+  paths = sorted(glob.glob(os.path.join(logdir, "plugins", "profile", "*", "*.xplane.pb")))
+  if not paths:
+    raise RuntimeError(f"the profiler wrote no trace under {logdir}")
+  with open(paths[-1], "rb") as f:
+    space = xplane_pb2.XSpace.FromString(f.read())
+  ops, steps = [], []
+  for plane in space.planes:
+    if not plane.name.startswith("/host:"):
+      continue
+    for line in plane.lines:
+      base = line.timestamp_ns * 1000
+      for event in line.events:
+        name = plane.event_metadata[event.metadata_id].name
+        start = base + event.offset_ps
+        if name == _STEP_EVENT:
+          steps.append((start, start + event.duration_ps))
+        elif "::" not in name and (match := _OP_EVENT.fullmatch(name)):
+          ops.append((start, start + event.duration_ps, match.group(1)))
+  return ops, sorted(steps)
+
+
+def op_layer(op_name, layer_names):
+  """(layer name or None, "backward" | "forward") of an op: the first scope of `op_name` that is a
+  layer's name (TensorFlow may add "_<n>" to a scope), backward under "gradient_tape/"."""
+  direction = "backward" if "gradient_tape/" in op_name else "forward"
+  for scope in op_name.split("/")[:-1]:
+    if scope in layer_names:
+      return scope, direction
+    stripped = re.sub(r"_\d+$", "", scope)
+    if stripped in layer_names:
+      return stripped, direction
+  return None, direction
+
+
+def attribute_time(ops, windows, key_fn):
+  """Wall time (ps) per key over the step `windows`: each instant is shared equally among the ops
+  running then (ops on several threads overlap), so the keys add up to the busy time; the rest of
+  the windows goes to None (no op running).
+
+  Args:
+    ops: [(start, end, name)]; windows: [(start, end)]; key_fn(name) -> hashable key.
+  """
+  edges = []
+  for start, end, name in ops:
+    for w_start, w_end in windows:
+      s, e = max(start, w_start), min(end, w_end)
+      if s < e:
+        key = key_fn(name)
+        edges += [(s, 1, key), (e, -1, key)]
+  edges.sort(key=lambda edge: (edge[0], edge[1]))
+  shares, active, previous = collections.Counter(), collections.Counter(), None
+  for t, change, key in edges:
+    running = sum(active.values())
+    if running and previous is not None and t > previous:
+      for k, count in active.items():
+        shares[k] += (t - previous) * count / running
+    active[key] += change
+    if not active[key]:
+      del active[key]
+    previous = t
+  shares[None] = sum(e - s for s, e in windows) - sum(shares.values())
+  return shares
+
+
+def _profiled_steps(loop, steps, logdir):
+  """Runs `loop` (a bare loop, already traced) for `steps` single steps under the profiler,
+  each in a `_STEP_EVENT` annotation; the trace is written under `logdir`."""
+  loop(tf.constant(1)).numpy()  # warm-up outside the trace
+  tf.profiler.experimental.start(logdir)
+  try:
+    for step in range(steps):
+      with tf.profiler.experimental.Trace(_STEP_EVENT, step_num=step, _r=1):
+        loop(tf.constant(1)).numpy()
+  finally:
+    tf.profiler.experimental.stop()
+
+
+def _layer_bytes(layer, batch, item_bytes):
+  """Bytes one forward pass of `layer` moves: inputs and outputs of the batch, weights once."""
+  def elements(tensors):
+    return sum(math.prod(t.shape[1:]) for t in tf.nest.flatten(tensors))
+  weights = sum(math.prod(v.shape) for v in layer.weights)
+  return (batch * (elements(layer.input) + elements(layer.output)) + weights) * item_bytes
+
+
+def _layer_rows(network, shares, params, steps):
+  """Rows of the layers table: one per tools/stats.py row, then the unattributed rest."""
+  training, batch = FLAGS.mode == "train", params.batch_size
+  stats_rows, _ = stats.model_statistics(network)
+  step_ms = sum(shares.values()) / steps / 1e9
+  rows = []
+  for r in stats_rows:
+    layer = network.get_layer(r.name)
+    forward = shares.get((r.name, "forward"), 0) / steps / 1e9
+    backward = shares.get((r.name, "backward"), 0) / steps / 1e9
+    flop = 2 * r.macs * batch * (3 if training else 1)
+    item = _ITEM_BYTES.get(layer.compute_dtype, 4)
+    rows.append({"layer": r.name, "type": r.type, "params": r.params, "MACs": r.macs,
+                 "forward ms": forward, "backward ms": backward if training else "-",
+                 "ms": forward + backward, "% of step": 100 * (forward + backward) / step_ms,
+                 "GFLOP/s": flop / (forward + backward) / 1e6 if r.macs and forward else "-",
+                 "FLOP/byte": (2 * r.macs * batch / _layer_bytes(layer, batch, item)
+                               if r.macs else "-")})
+  for label, keys in ((_OTHER_OPS, [(None, "forward"), (None, "backward")]), (_IDLE, [None])):
+    ms = sum(shares.get(k, 0) for k in keys) / steps / 1e9
+    rows.append({"layer": label, "ms": ms, "% of step": 100 * ms / step_ms})
+  return rows, step_ms
+
+
+def _profile_network(params, steps, logdir):
+  """(network, time shares per (layer, direction) in ps over `steps` profiled bare steps)."""
+  network = model.build_from_params(params.model)
+  images, labels = _synthetic_batch(params)
+  loop = (bare_train_loop(network, params, images, labels) if FLAGS.mode == "train"
+          else bare_inference_loop(network, images))
+  _profiled_steps(loop, steps, logdir)
+  ops, windows = read_trace(logdir)
+  if len(windows) != steps:
+    raise RuntimeError(f"the trace has {len(windows)} of the {steps} profiled steps")
+  layer_names = {layer.name for layer in network.layers}
+  shares = attribute_time(ops, windows, lambda name: op_layer(name, layer_names))
+  return network, shares
+
+
+def run_layers():
+  """The `layers` benchmark: per layer of tools/stats.py's table, params, MACs, measured forward
+  (and backward, --mode train) milliseconds per step from TensorFlow's profiler, share of the
+  step, achieved GFLOP/s (nominal: 2 FLOP per MAC, backward 2 x forward) and arithmetic intensity
+  (forward FLOP per byte of inputs, weights and outputs at the compute dtype); the rows add up to
+  the measured step (mean of --steps profiled steps, wall time)."""
+  if len(FLAGS.configuration) != 1 or len(FLAGS.dtype) != 1:
+    raise UserError(f"--configuration={','.join(FLAGS.configuration)} --dtype="
+                    f"{','.join(FLAGS.dtype)}: layers profiles one network in one dtype")
+  configuration, dtype = FLAGS.configuration[0], FLAGS.dtype[0]
+  params = benchmark_params(configuration, dtype, 1)
+  with tempfile.TemporaryDirectory() as scratch:
+    logdir = FLAGS.profile_dir or scratch
+    network, shares = _profile_network(params, FLAGS.steps, logdir)
+  rows, step_ms = _layer_rows(network, shares, params, FLAGS.steps)
+  rows.append({"layer": "total (measured step)", "params": sum(r.get("params", 0) for r in rows),
+               "MACs": sum(r.get("MACs", 0) for r in rows), "ms": step_ms, "% of step": 100.0,
+               "GFLOP/s": (3 if FLAGS.mode == "train" else 1) * 2 * sum(
+                   r.get("MACs", 0) for r in rows) * params.batch_size / step_ms / 1e6})
+  for row in rows:
+    row["% of step"] = f"{row['% of step']:.1f}"
+  columns = ["layer", "type", "params", "MACs", "forward ms", "backward ms", "ms", "% of step",
+             "GFLOP/s", "FLOP/byte"]
+  notes = [f"trace kept in {FLAGS.profile_dir} (tensorboard --logdir {FLAGS.profile_dir}, "
+           f"profile tab)"] if FLAGS.profile_dir else []
+  return {"benchmark": f"layers ({_network_label(configuration)}, {dtype}, {FLAGS.mode})",
+          "columns": columns, "rows": rows, "notes": notes, "step_ms": step_ms,
+          "batch_size": params.batch_size, "image_size": params.model.image_size,
+          "steps": FLAGS.steps, **machine()}
+
+
+# ------------------------------------------------------------------------------------------------
+# all, main
 
 
 def run_all():
   """Every benchmark, for the README's results section: the machine, complexity, train and
-  inference, and input when --file_pattern or --synthetic_jpegs is given.
+  inference (with their peer tables), and input when --file_pattern or --synthetic_jpegs is given.
 
   Speed cases: --configuration x --dtype; by default (a few minutes on 2 cores) 1.0-SqNxt-23 in
   float32 and bfloat16. Every network: add --configuration official (about 2 minutes per network
-  and dtype on 2 cores).
+  and dtype on 2 cores, more with the peers).
   """
   if not FLAGS["dtype"].present:
     FLAGS.dtype = ["float32", "bfloat16"]
   cases = _speed_cases()
   load_at_start = round(os.getloadavg()[0], 2)
-  sections = [run_complexity(), _run_speed("train", cases), _run_speed("inference", cases)]
+  parts = [run_complexity(), _run_speed("train", cases), _run_speed("inference", cases)]
   if FLAGS.file_pattern or FLAGS.synthetic_jpegs:
-    sections.append(run_input())
+    parts.append(run_input())
   info = {**machine(), "load_average_1min_at_start": load_at_start}
-  columns = ["cpu", "cores", "tensorflow", "date", "command", "load_average_1min_at_start"]
-  return {"benchmark": "all", "columns": columns, "rows": [info], "sections": sections}
+  columns = ["cpu", "cores", "tensorflow", "torch", "date", "command", "load_average_1min_at_start"]
+  return {"benchmark": "all", "columns": columns, "rows": [info], "sections": parts}
 
-# Sub-command name -> function returning {"columns": [...], "rows": [...], ...}.
+
+# Sub-command name -> function returning {"benchmark", "columns", "rows", ...}.
 SUBCOMMANDS = {
     "input": run_input,
     "complexity": run_complexity,
     "train": run_train,
     "inference": run_inference,
+    "layers": run_layers,
     "all": run_all,
 }
 
 
+def format_results(results):
+  """The printed form of `results`: each table under its name, its notes below it."""
+  parts = []
+  for section in sections(results):
+    parts.append(f"\n{section['benchmark']}:\n\n{markdown_table(section['columns'], section['rows'])}")
+    parts += [f"\n{note}" for note in section.get("notes", [])]
+  return "\n".join(parts)
+
+
 def main(argv):
+  """Runs the sub-command of `argv`, prints its tables and writes --output_json."""
   if len(argv) != 2 or argv[1] not in SUBCOMMANDS:
     raise UserError(f"expected one sub-command, one of {sorted(SUBCOMMANDS)}; got {argv[1:]}")
   results = SUBCOMMANDS[argv[1]]()
-  print(f"\n`python scripts/benchmark.py {' '.join(sys.argv[1:])}` ({os.cpu_count()} CPUs)\n")
-  for section in [results] + results.get("sections", []):  # `all`: the machine, then each table
-    print(f"\n{section['benchmark']}:\n\n{markdown_table(section['columns'], section['rows'])}")
+  print(f"\n`python -m scripts.benchmark {' '.join(sys.argv[1:])}` ({os.cpu_count()} CPUs)")
+  print(format_results(results), flush=True)
   if FLAGS.output_json:
     write_json(FLAGS.output_json, results)
 
 
 if __name__ == "__main__":
+  define_flags()
   cli.run(main)
