@@ -1,0 +1,638 @@
+"""Inference with a trained model: restore, preprocess, classify files, export (SavedModel, TFLite),
+and run TFLite files with LiteRT. scripts/predict.py and scripts/export.py are its programs.
+
+A model_dir written by train.py holds params.json and checkpoints. `load_trained_model` restores the
+network of its newest checkpoint through the one restore path of the project,
+`estimator.Estimator.predict_function` (network variables only, by name, in float32), with the label
+map found in this order: an explicit path; `params.run.label_map` (the demo sets it); labels.txt beside
+the training or validation records; labels.txt in model_dir.
+
+Images go through exactly the evaluation preprocessing of training,
+`dataloader.preprocess_image(..., training=False)` (caffe: resize to round(S * 256 / 227) square,
+central S x S crop, RGB mean subtracted; inception: short side to S / 0.875, central crop).
+
+Predictions (`Classifier.predict_batch`, the PREDICT branch of model.model_fn) for N images and K
+classes: top_1 int32 [N]; top_5 int32 [N, min(5, K)] (best first); probabilities float32 [N, K];
+logits float32 [N, K].
+
+An export folder (`export_saved_model`) holds the SavedModel with two signatures, both returning those
+outputs (with a label map also top_1_name string [N] and top_5_names string [N, min(5, K)]):
+
+  serving_default       image_bytes: string [N], encoded JPEG, PNG, GIF or BMP images of any size;
+                        the evaluation preprocessing runs in the graph. One undecodable image fails
+                        the whole request (a graph has no per-element error).
+  serving_preprocessed  images: float32 [N, S, S, 3], already preprocessed.
+
+and assets.extra/params.json, assets.extra/labels.txt (when a label map was found), the TFLite files
+(`TFLITE_FILENAMES`: the serving_preprocessed signature) and the marker EXPORT_MARKER that tells an
+export written here from any other folder: only such a folder is ever replaced (`check_export_dir`).
+"""
+
+import collections
+import concurrent.futures
+import dataclasses
+import json
+import os
+import re
+import shutil
+import time
+
+from absl import logging
+import keras
+import numpy as np
+import tensorflow as tf
+
+import dataloader
+import estimator as estimator_lib
+import model
+from estimator.checkpoints import checkpoint_step
+from tools import params as params_lib
+from tools.common import atomic_path
+from tools.common import atomic_write
+from tools.common import IMAGE_EXTENSIONS
+from tools.common import one_line
+from tools.common import UserError
+
+TOP_K = 5
+SERVING_DEFAULT = "serving_default"
+SERVING_PREPROCESSED = "serving_preprocessed"
+ASSETS_EXTRA = "assets.extra"
+# Written into every export folder; its presence is what allows `overwrite` to replace the folder.
+EXPORT_MARKER = "squeezenext_export.json"
+# TFLite variants: None is float32; QUANTIZATIONS are the others.
+QUANTIZATIONS = ("float16", "dynamic_range", "int8")
+TFLITE_FILENAMES = {None: "model.tflite", "float16": "model_float16.tflite",
+                    "dynamic_range": "model_dynamic_range.tflite", "int8": "model_int8.tflite"}
+DEFAULT_REPRESENTATIVE_EXAMPLES = 100
+# The evaluation preprocessing draws nothing from its seed; a constant one keeps stateful random ops
+# out of the traced (and exported) graphs.
+_EVAL_SEED = (0, 0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Restoring a model.
+
+
+@dataclasses.dataclass
+class Classifier:
+  """What predict_files needs of a model: its params, label map and a batch classifier.
+
+  Attributes:
+    params: tools.params.Params (model.dtype float32); model.image_size is S.
+    label_map: list of dataloader.LabelEntry (entry i is class_idx i), or None.
+    label_map_path: str or None, where label_map was read from.
+    source: str, what was loaded (a checkpoint or a .tflite file), for messages.
+  """
+  params: params_lib.Params
+  label_map: list | None
+  label_map_path: str | None
+  source: str
+
+  @property
+  def image_size(self):
+    """int, the side S of the network's input [N, S, S, 3]."""
+    return int(self.params.model.image_size)
+
+  def predict_batch(self, images):
+    """float32 numpy [N, S, S, 3] (preprocessed) -> dict of numpy predictions (module docstring)."""
+    raise NotImplementedError
+
+
+@dataclasses.dataclass
+class TrainedModel(Classifier):
+  """A model_dir's network restored by Estimator.predict_function (see load_trained_model).
+
+  Attributes (besides Classifier's):
+    model_dir: str.
+    network: the restored keras.Model: float32 [N, S, S, 3] -> logits float32 [N, K].
+    predict: tf.function float32 [N, S, S, 3] -> dict of prediction tensors (module docstring).
+    checkpoint_path: str, the checkpoint restored; global_step: int, its step.
+  """
+  model_dir: str = ""
+  network: keras.Model | None = None
+  predict: object = None
+  checkpoint_path: str = ""
+  global_step: int = 0
+
+  def predict_batch(self, images):
+    return {k: v.numpy() for k, v in self.predict(tf.constant(images, tf.float32)).items()}
+
+
+def find_label_map(model_dir, params, path=None):
+  """Path of the label map to use, or None (search order in the module docstring).
+
+  Args:
+    model_dir: str, the folder searched last.
+    params: tools.params.Params.
+    path: optional explicit path; it must exist.
+  Raises:
+    UserError (param label_map): an explicit path that does not exist.
+  """
+  if path:
+    if not tf.io.gfile.exists(path):
+      raise UserError(f"label_map={path}: no such file", param="label_map")
+    return path
+  candidates = [params.run.label_map]
+  for pattern in (params.run.train_file_pattern, params.run.validation_file_pattern):
+    if pattern:
+      candidates.append(os.path.join(os.path.dirname(pattern), dataloader.LABEL_MAP_FILENAME))
+  candidates.append(os.path.join(model_dir, dataloader.LABEL_MAP_FILENAME))
+  return next((c for c in candidates if c and tf.io.gfile.exists(c)), None)
+
+
+def read_label_map(path, num_classes):
+  """dataloader.read_label_map(path), or None for path None.
+
+  Raises:
+    UserError: a bad file, or one whose class count is not num_classes.
+  """
+  if not path:
+    return None
+  entries = dataloader.read_label_map(path)
+  if len(entries) != num_classes:
+    raise UserError(f"label_map={path}: has {len(entries)} classes but the model has "
+                    f"{num_classes}; pass the right one", param="label_map")
+  logging.info("Class names from %s.", path)
+  return entries
+
+
+def load_trained_model(model_dir, label_map=None, checkpoint_path=None):
+  """Restores the network of model_dir's newest checkpoint (or `checkpoint_path`) in float32.
+
+  Args:
+    model_dir: folder written by train.py (params.json, ckpt-*).
+    label_map: optional path of a labels.txt; default: found by `find_label_map`.
+    checkpoint_path: optional checkpoint prefix; default the newest (a checkpoint deleted meanwhile
+      by a running training is replaced by the newest one then, in predict_function).
+  Returns:
+    TrainedModel.
+  Raises:
+    UserError: no params.json, no checkpoint, a checkpoint of another network, or a bad label map.
+  """
+  # Inference runs in float32 whatever the training dtype was: the variables are float32, and CPUs,
+  # TF Serving and TFLite run float32 best.
+  params = params_lib.load_params(model_dir).replace_model(dtype="float32")
+  label_map_path = find_label_map(model_dir, params, label_map)
+  entries = read_label_map(label_map_path, params.model.num_classes)
+  est = estimator_lib.Estimator(model.model_fn, model_dir, params, model.scaffold_fn)
+  fn, path = est.predict_function(checkpoint_path)
+  size = params.model.image_size
+  predict = tf.function(lambda images: fn({"image": images}),
+                        input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
+  step = checkpoint_step(path)
+  m = params.model
+  logging.info("Restored %s (step %s; %s, %d classes, %d x %d input, %s preprocessing).", path, step,
+               m.configuration, m.num_classes, size, size, params.input.preprocessing)
+  return TrainedModel(params, entries, label_map_path, path, model_dir=model_dir,
+                      network=est.scaffold.network, predict=predict, checkpoint_path=path,
+                      global_step=step)
+
+
+def preprocess_fn(params):
+  """The evaluation preprocessing of training as a tf.function: string scalar (encoded JPEG, PNG,
+  GIF or BMP) -> float32 [S, S, 3], mean-subtracted RGB. `params`: tools.params.Params.
+
+  Raises tf.errors.InvalidArgumentError (when called) for bytes that are not such an image.
+  """
+  seed = tf.constant(_EVAL_SEED, tf.int32)
+  size = params.model.image_size
+  return tf.function(lambda image_bytes: dataloader.preprocess_image(image_bytes, False,
+                                                                      params.input, size, seed=seed),
+                     input_signature=[tf.TensorSpec([], tf.string)])
+
+
+# ------------------------------------------------------------------------------------------------
+# Files in, results out.
+
+
+def display_path(path):
+  """`path` (str or bytes) as printable str: bytes that are not UTF-8 shown as \\xNN."""
+  return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def list_images(paths):
+  """Expands folders (recursively, sorted, by tools.common.IMAGE_EXTENSIONS) and keeps files as given.
+
+  Args:
+    paths: list of str or bytes (os.fsencode) paths; returned as str (undecodable bytes of a file
+      name kept as surrogates, as os.listdir gives them).
+  Returns:
+    list of str. A path that does not exist is kept, so that it gets its own error.
+  Raises:
+    UserError: a folder with no image in it.
+  """
+  images = []
+  for path in map(os.fsdecode, paths):
+    if not os.path.isdir(path):
+      images.append(path)
+      continue
+    found = sorted(os.path.join(root, name) for root, _, names in os.walk(path) for name in names
+                   if name.lower().endswith(IMAGE_EXTENSIONS))
+    if not found:
+      raise UserError(f"folder {display_path(path)} holds no image ({', '.join(IMAGE_EXTENSIONS)})")
+    images.extend(found)
+  return images
+
+
+@dataclasses.dataclass
+class ImageResult:
+  """The outcome for one image: `predictions` (dict of numpy values of one example, keys as
+  Classifier.predict_batch) or `error` (str, one line), the other one None."""
+  path: str
+  predictions: dict | None = None
+  error: str | None = None
+
+
+def _read_and_preprocess(path, preprocess):
+  """(float32 [S, S, 3] numpy, None) or (None, error message) for one image file."""
+  try:
+    os.fsencode(path).decode("utf-8")
+  except UnicodeDecodeError:
+    return None, "file name is not valid UTF-8"
+  try:
+    with tf.io.gfile.GFile(path, "rb") as f:
+      data = f.read()
+  except (FileNotFoundError, tf.errors.NotFoundError):
+    return None, "no such file"
+  except (OSError, tf.errors.OpError) as e:
+    return None, f"cannot read: {one_line(e)}"
+  if not data:
+    return None, "empty file (0 bytes)"
+  try:
+    return preprocess(tf.constant(data)).numpy(), None
+  except tf.errors.OpError as e:
+    return None, f"cannot decode image: {one_line(e)}"
+
+
+def predict_files(classifier, paths, batch_size=64, num_threads=0):
+  """Classifies image files in batches; yields one ImageResult per path, in the order of `paths`.
+
+  Images are read and preprocessed on a thread pool (TensorFlow's kernels release the GIL) while the
+  previous batch runs through the network. A file that is missing, empty, not decodable or whose
+  name is not valid UTF-8 gets its own error; the others are classified.
+
+  Args:
+    classifier: a Classifier (TrainedModel or LiteModel).
+    paths: list of image file paths (str or bytes; see list_images).
+    batch_size: int >= 1, images per forward pass.
+    num_threads: int >= 0, preprocessing threads (0: one per core).
+  Raises:
+    UserError: batch_size < 1 or num_threads < 0.
+  """
+  if batch_size < 1:
+    raise UserError(f"batch_size={batch_size}: expected at least 1", param="batch_size")
+  if num_threads < 0:
+    raise UserError(f"num_threads={num_threads}: expected 0 (one per core) or more",
+                    param="num_threads")
+  paths = [os.fsdecode(p) for p in paths]
+  preprocess = preprocess_fn(classifier.params).get_concrete_function()  # traced before the threads
+  chunks = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
+  with concurrent.futures.ThreadPoolExecutor(num_threads or os.cpu_count() or 1) as pool:
+    submit = lambda chunk: [pool.submit(_read_and_preprocess, p, preprocess) for p in chunk]
+    pending = collections.deque(submit(c) for c in chunks[:2])  # the next batch is read meanwhile
+    for i, chunk in enumerate(chunks):
+      outcomes = [future.result() for future in pending.popleft()]
+      if i + 2 < len(chunks):
+        pending.append(submit(chunks[i + 2]))
+      yield from _predict_chunk(classifier, chunk, outcomes)
+
+
+def _predict_chunk(classifier, paths, outcomes):
+  images = [image for image, _ in outcomes if image is not None]
+  batch = classifier.predict_batch(np.stack(images)) if images else {}
+  row = 0
+  for path, (image, error) in zip(paths, outcomes):
+    if image is None:
+      yield ImageResult(path, error=error)
+    else:
+      yield ImageResult(path, predictions={k: v[row] for k, v in batch.items()})
+      row += 1
+
+
+def top_classes(predictions, label_map=None):
+  """The top-5 of one image's predictions: list of min(5, K) dicts, best first, with class_idx
+  (int), probability (float in 0..1) and, with a label map, name (synset or folder name) and text."""
+  classes = []
+  for idx in predictions["top_5"][:TOP_K]:
+    entry = {"class_idx": int(idx), "probability": float(predictions["probabilities"][idx])}
+    if label_map:
+      entry.update(name=label_map[idx].name, text=label_map[idx].text)
+    classes.append(entry)
+  return classes
+
+
+def format_json(result, label_map=None):
+  """One JSON line for an ImageResult:
+  {"image": path, "top_5": [{"class_idx", "probability", "name", "text"}, ...]} or
+  {"image": path, "error": message}; paths not valid UTF-8 shown with \\xNN."""
+  if result.error is not None:
+    return json.dumps({"image": display_path(result.path), "error": result.error})
+  return json.dumps({"image": display_path(result.path),
+                     "top_5": top_classes(result.predictions, label_map)})
+
+
+def format_text(result, label_map=None):
+  """Human-readable lines for an ImageResult: the path, then one line per class of the top-5
+  (`rank. probability class_idx name (text)`), or `path: error: message`."""
+  path = display_path(result.path)
+  if result.error is not None:
+    return f"{path}: error: {result.error}"
+  lines = [path]
+  for rank, c in enumerate(top_classes(result.predictions, label_map), 1):
+    name = ""
+    if "name" in c:
+      name = c["name"] if c["text"] in ("", c["name"]) else f"{c['name']} ({c['text']})"
+    lines.append(f"  {rank}. {c['probability']:8.4f}  {c['class_idx']:4d}  {name}".rstrip())
+  return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
+# SavedModel export.
+
+
+def serving_functions(trained):
+  """The two signature functions of the SavedModel for a TrainedModel.
+
+  Returns:
+    (from_bytes, from_images): from_bytes(image_bytes: string [N]) and from_images(images: float32
+    [N, S, S, 3]) -> dict of outputs: top_1 int32 [N], top_5 int32 [N, min(5, K)], probabilities
+    and logits float32 [N, K]; with a label map also top_1_name string [N] and top_5_names string
+    [N, min(5, K)].
+  """
+  size = trained.image_size
+  preprocess = preprocess_fn(trained.params)
+  names = None
+  if trained.label_map:
+    names = tf.constant([entry.name for entry in trained.label_map])  # [K]
+
+  def from_images(images):
+    outputs = dict(trained.predict(images))
+    if names is not None:
+      outputs["top_1_name"] = tf.gather(names, outputs["top_1"])  # [N]
+      outputs["top_5_names"] = tf.gather(names, outputs["top_5"])  # [N, min(5, K)]
+    return outputs
+
+  def from_bytes(image_bytes):
+    images = tf.map_fn(preprocess, image_bytes,  # [N, S, S, 3]
+                       fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
+    return from_images(images)
+
+  return from_bytes, from_images
+
+
+def _refusal(export_dir, reason):
+  return UserError(f"export_dir={export_dir}: {reason}; refusing to replace it", param="export_dir")
+
+
+def _check_replaceable(export_dir):
+  """Raises UserError unless export_dir is an export folder of this project and nothing more."""
+  if os.path.islink(export_dir) or not os.path.isdir(export_dir):
+    raise _refusal(export_dir, "not a folder (a file or a symbolic link)")
+  if not os.path.isfile(os.path.join(export_dir, EXPORT_MARKER)):
+    raise _refusal(export_dir, f"holds no {EXPORT_MARKER}, so it is not an export written by "
+                   f"scripts/export.py")
+  top = os.path.normpath(export_dir)
+  for root, folders, files in os.walk(top):
+    where = os.path.relpath(root, top)
+    if root != top and EXPORT_MARKER in files:
+      raise _refusal(export_dir, f"holds another export ({where})")
+    if params_lib.PARAMS_FILENAME in files and where != ASSETS_EXTRA:
+      raise _refusal(export_dir, f"holds a model_dir ({where}/{params_lib.PARAMS_FILENAME})")
+    if "checkpoint" in files or any(re.fullmatch(r"ckpt-.*\.index", f) for f in files):
+      raise _refusal(export_dir, f"holds checkpoints (in {where})")
+    numbered = sorted(f for f in folders if f.isdigit())
+    if numbered:
+      raise _refusal(export_dir, f"holds numbered versions ({os.path.join(where, numbered[0])})")
+
+
+def check_export_dir(export_dir, overwrite=False):
+  """Checks that export_dir may be written: it must not exist, or with `overwrite` it must be an
+  export folder of this project (EXPORT_MARKER at its top) and hold no model_dir, checkpoints,
+  numbered versions or other export.
+
+  Raises:
+    UserError (param export_dir): one line saying why not.
+  """
+  if not export_dir:
+    raise UserError("export_dir=: missing; name the folder to write", param="export_dir")
+  if not os.path.lexists(export_dir):
+    return
+  if not overwrite:
+    raise UserError(f"export_dir={export_dir}: already exists; choose a new folder, or pass "
+                    f"overwrite to replace an earlier export", param="export_dir")
+  _check_replaceable(export_dir)
+
+
+def next_version_dir(export_base):
+  """export_base/<next free integer version> (TF Serving's layout: the largest version + 1, or 1).
+
+  Raises:
+    UserError (param export_base): export_base is a file, or a model_dir (params.json or
+      checkpoints in it).
+  """
+  if not os.path.exists(export_base):
+    return os.path.join(export_base, "1")
+  if not os.path.isdir(export_base):
+    raise UserError(f"export_base={export_base}: not a folder", param="export_base")
+  names = os.listdir(export_base)
+  if params_lib.PARAMS_FILENAME in names or "checkpoint" in names or any(
+      re.fullmatch(r"ckpt-.*\.index", n) for n in names):
+    raise UserError(f"export_base={export_base}: is a model_dir (params.json or checkpoints); "
+                    f"choose a folder for exports only", param="export_base")
+  versions = [int(n) for n in names if n.isdigit() and os.path.isdir(os.path.join(export_base, n))]
+  return os.path.join(export_base, str(max(versions, default=0) + 1))
+
+
+def _write_export(trained, folder):
+  """Writes the SavedModel, assets.extra and the marker of `trained` into the new folder `folder`."""
+  size = trained.image_size
+  from_bytes, from_images = serving_functions(trained)
+  archive = keras.export.ExportArchive()
+  archive.track(trained.network)
+  archive.add_endpoint(SERVING_DEFAULT, from_bytes,
+                       input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+  archive.add_endpoint(SERVING_PREPROCESSED, from_images,
+                       input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32,
+                                                      name="images")])
+  archive.write_out(folder, verbose=False)
+  extra = os.path.join(folder, ASSETS_EXTRA)
+  os.makedirs(extra, exist_ok=True)
+  atomic_write(os.path.join(extra, params_lib.PARAMS_FILENAME),
+               json.dumps(trained.params.to_dict(), indent=2, sort_keys=True))
+  if trained.label_map_path:
+    shutil.copy(trained.label_map_path, os.path.join(extra, dataloader.LABEL_MAP_FILENAME))
+  marker = {"model_dir": os.path.abspath(trained.model_dir), "checkpoint": trained.checkpoint_path,
+            "global_step": trained.global_step, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "signatures": [SERVING_DEFAULT, SERVING_PREPROCESSED]}
+  atomic_write(os.path.join(folder, EXPORT_MARKER), json.dumps(marker, indent=2))
+
+
+def export_saved_model(trained, export_dir, overwrite=False):
+  """Writes the export folder of `trained` (module docstring) to export_dir; returns export_dir.
+
+  The folder is written under a temporary name and renamed when complete; with `overwrite`, an
+  earlier export there (see check_export_dir) is replaced only then.
+
+  Args:
+    trained: TrainedModel.
+    export_dir: local folder; see check_export_dir.
+    overwrite: replace an earlier export of this project.
+  Raises:
+    UserError (param export_dir): export_dir exists and may not be replaced.
+  """
+  check_export_dir(export_dir, overwrite)
+  previous = None
+  try:
+    with atomic_path(export_dir) as temporary:
+      _write_export(trained, temporary)
+      if os.path.lexists(export_dir):
+        check_export_dir(export_dir, overwrite)  # again: it may have changed meanwhile
+        previous = f"{export_dir.rstrip('/')}.old-{os.getpid()}"
+        os.rename(export_dir, previous)
+  except BaseException:
+    if previous and not os.path.lexists(export_dir):
+      os.rename(previous, export_dir)
+    raise
+  if previous:
+    shutil.rmtree(previous)
+  logging.info("Wrote the SavedModel %s (signatures %s, %s; step %s).", export_dir, SERVING_DEFAULT,
+               SERVING_PREPROCESSED, trained.global_step)
+  return export_dir
+
+
+# ------------------------------------------------------------------------------------------------
+# TFLite: conversion, and running with LiteRT.
+
+
+def representative_images(params, num_examples=DEFAULT_REPRESENTATIVE_EXAMPLES):
+  """The first `num_examples` training images through the evaluation preprocessing (the input of
+  an int8 model's calibration): float32 numpy [n, S, S, 3], n <= num_examples.
+
+  Raises:
+    UserError: params.run.train_file_pattern is unset or matches no file, or num_examples < 1.
+  """
+  if num_examples < 1:
+    raise UserError(f"representative_examples={num_examples}: expected at least 1",
+                    param="representative_examples")
+  pattern = params.run.train_file_pattern
+  if not pattern or not tf.io.gfile.glob(pattern):
+    raise UserError(f"quantize=int8: its calibration reads the training records, and the "
+                    f"model's train_file_pattern={pattern} matches no file", param="quantize")
+  m = params.model
+  dataset = dataloader.input_fn(pattern, False, params.input, m.image_size, 1, m.num_classes)
+  with dataloader.user_errors_from_data():
+    images = [features["image"][0].numpy() for features, _ in dataset.take(num_examples)]
+  if not images:
+    raise UserError(f"quantize=int8: no readable training record in {pattern}", param="quantize")
+  return np.stack(images)
+
+
+def convert_tflite(saved_model_dir, quantization=None, representative=None):
+  """The serving_preprocessed signature of a SavedModel as TFLite flatbuffer bytes.
+
+  Args:
+    saved_model_dir: written by export_saved_model.
+    quantization: None (float32); "float16" (weights in float16, about 2x smaller, float compute);
+      "dynamic_range" (8-bit weights, float activations, about 4x smaller); "int8" (full integer:
+      weights and activations int8, input images and float outputs int8 with the quantization
+      parameters of the model's input/output tensors; top_1 and top_5 stay int32).
+    representative: for "int8", float32 numpy [n, S, S, 3] calibration images
+      (representative_images).
+  Raises:
+    UserError: the converter failed (the SavedModel itself is complete).
+  """
+  converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir,
+                                                       signature_keys=[SERVING_PREPROCESSED])
+  if quantization is not None:
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+  if quantization == "float16":
+    converter.target_spec.supported_types = [tf.float16]
+  elif quantization == "int8":
+    converter.representative_dataset = lambda: ({"images": image[np.newaxis]}
+                                                 for image in representative)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = converter.inference_output_type = tf.int8
+  try:
+    return converter.convert()
+  except Exception as e:  # the converter raises unrelated types (ConverterError, ValueError, ...)
+    raise UserError(f"TFLite conversion ({quantization or 'float32'}) of {saved_model_dir} failed "
+                    f"({type(e).__name__}: {one_line(e)}); the SavedModel is complete") from e
+
+
+def write_tflite(saved_model_dir, quantization=None, representative=None):
+  """Converts (convert_tflite) and writes saved_model_dir/TFLITE_FILENAMES[quantization]
+  atomically; returns its path."""
+  content = convert_tflite(saved_model_dir, quantization, representative)
+  path = atomic_write(os.path.join(saved_model_dir, TFLITE_FILENAMES[quantization]), content)
+  logging.info("Wrote %s (%s, %.1f KiB).", path, quantization or "float32", len(content) / 1024)
+  return path
+
+
+@dataclasses.dataclass
+class LiteModel(Classifier):
+  """A .tflite file of export_saved_model run by LiteRT's interpreter (see load_lite_model).
+
+  Attributes (besides Classifier's):
+    runner: the interpreter's serving_preprocessed SignatureRunner.
+  """
+  runner: object = None
+
+  def predict_batch(self, images):
+    """Quantizes the images for an integer input and dequantizes integer float outputs
+    (probabilities, logits), so the result has the dtypes of the module docstring."""
+    details = self.runner.get_input_details()["images"]
+    images = np.asarray(images, np.float32)
+    if np.issubdtype(details["dtype"], np.integer):
+      scale, zero_point = details["quantization"]
+      info = np.iinfo(details["dtype"])
+      images = np.clip(np.round(images / scale + zero_point), info.min, info.max)
+    outputs = self.runner(images=images.astype(details["dtype"]))
+    output_details = self.runner.get_output_details()
+    result = {}
+    for name, value in outputs.items():
+      scale, zero_point = output_details[name]["quantization"]
+      if name in ("probabilities", "logits") and scale:
+        value = (value.astype(np.float32) - zero_point) * np.float32(scale)
+      result[name] = value
+    return result
+
+
+def load_lite_model(tflite_path, model_dir=None, label_map=None, num_threads=None):
+  """Loads a .tflite file written by export for LiteRT (ai_edge_litert.interpreter.Interpreter).
+
+  Args:
+    tflite_path: a TFLITE_FILENAMES file of an export folder.
+    model_dir: optional model_dir of the params and label map; default the export folder's
+      assets.extra (params.json, labels.txt).
+    label_map: optional labels.txt (else searched as find_label_map says, model_dir last).
+    num_threads: interpreter threads (None: LiteRT's default).
+  Returns:
+    LiteModel.
+  Raises:
+    UserError: the file cannot be loaded, no params are found, or its input or class count differs
+      from the params'.
+  """
+  from ai_edge_litert.interpreter import Interpreter  # pylint: disable=import-outside-toplevel
+  params_dir = model_dir or os.path.join(os.path.dirname(os.path.abspath(tflite_path)), ASSETS_EXTRA)
+  try:
+    params = params_lib.load_params(params_dir).replace_model(dtype="float32")
+  except UserError as e:
+    if model_dir:
+      raise
+    raise UserError(f"tflite={tflite_path}: no params.json in {params_dir} (not in an export "
+                    f"folder?); pass model_dir", param="tflite") from e
+  try:
+    runner = Interpreter(model_path=tflite_path, num_threads=num_threads).get_signature_runner(
+        SERVING_PREPROCESSED)
+  except (ValueError, RuntimeError) as e:
+    raise UserError(f"tflite={tflite_path}: cannot be loaded ({one_line(e)})", param="tflite") from e
+  shape = list(runner.get_input_details()["images"]["shape"][1:])
+  classes = runner.get_output_details()["probabilities"]["shape"][-1]
+  m = params.model
+  if shape != [m.image_size, m.image_size, 3] or classes != m.num_classes:
+    raise UserError(f"tflite={tflite_path}: takes {shape} images into {classes} classes, but the "
+                    f"params of {params_dir} say {m.image_size}x{m.image_size}x3 and "
+                    f"{m.num_classes}", param="tflite")
+  label_map_path = find_label_map(params_dir, params, label_map)
+  entries = read_label_map(label_map_path, m.num_classes)
+  return LiteModel(params, entries, label_map_path, tflite_path, runner=runner)
