@@ -4,7 +4,8 @@ Run from the repository's root:
   python -m scripts.benchmark complexity
   python -m scripts.benchmark input --synthetic_jpegs 1024 [--preprocessing caffe|inception]
   python -m scripts.benchmark input --file_pattern 'DIR/train-*'
-  python -m scripts.benchmark train [--configuration v_1_0_SqNxt_23|official] [--dtype float32,bfloat16]
+  python -m scripts.benchmark train [--configuration v_1_0_SqNxt_23|official]
+      [--dtype float32,bfloat16]
   python -m scripts.benchmark inference [same flags]
   python -m scripts.benchmark layers --configuration v_1_0_SqNxt_23 [--dtype bfloat16]
       [--mode train|inference] [--profile_dir DIR]
@@ -30,8 +31,8 @@ batch repeated (the model alone), and on the real pipeline with --file_pattern o
 next to a bare tf.function GradientTape (or forward) loop over the same network with the same loss
 and recipe, the ratio runner/bare, and the nominal FLOP rate (2 FLOP per MAC; training 3 x forward)
 as a share of the best float32 --matmul_size matmul rate measured in the run. With the peers
-installed, pytorchcv's SqueezeNext of the same configuration (`PEER_MODELS`), channels_last, SGD with
-momentum on the same batch, float32 or bfloat16 autocast, eager and torch.compile (compile time
+installed, pytorchcv's SqueezeNext of the same configuration (`PEER_MODELS`), channels_last, SGD
+with momentum on the same batch, float32 or bfloat16 autocast, eager and torch.compile (compile time
 reported apart) is timed in the same rounds, and a second table gives project/peer per dtype and
 best against best. Everything is measured in alternating rounds, the first untimed, the best of
 each reported, so that a burst of other work on the machine does not decide a ratio.
@@ -45,8 +46,8 @@ for TensorBoard's profile tab.
 `all`: the machine (CPU, cores, TensorFlow, date, command, load) and every table.
 
 Adding a sub-command: write `def run_<name>() -> dict` returning {"benchmark": name, "columns":
-[...], "rows": [...], ...} (optionally "notes": [str] and "sections": [more such dicts]) and register
-it in `SUBCOMMANDS`; `main` prints the tables and writes the JSON.
+[...], "rows": [...], ...} (optionally "notes": [str] and "sections": [more such dicts]) and
+register it in `SUBCOMMANDS`; `main` prints the tables and writes the JSON.
 """
 
 import collections
@@ -126,7 +127,8 @@ def define_flags():
           "train/inference: side N of the float32 N x N matmul whose rate is the peak.")
   _define("boolean", "peers", True,
           f"Also time the PyTorch peers when they are installed ({PEERS_HINT}).")
-  _define("boolean", "peer_compile", True, "train/inference: also time the peer under torch.compile.")
+  _define("boolean", "peer_compile", True,
+          "train/inference: also time the peer under torch.compile.")
   _define("enum", "mode", "train", "layers: profile a training step or inference.",
           enum_values=list(SPEED_MODES))
   _define("string", "profile_dir", None,
@@ -408,12 +410,14 @@ class RecordImages:
 
 
 def _torch_loader(file_pattern, input_params, image_size, batch_size):
-  """(iterator, pids) of a PyTorch DataLoader over RecordImages: shuffled, one worker per core,
+  """(iterator, pids) of a PyTorch DataLoader over RecordImages: shuffled epochs without end (as
+  the tf.data pipelines repeat; the workers live as long as the iterator), one worker per core,
   full batches; pids: this process and its workers (for the CPU time)."""
   torch = importlib.import_module("torch")
   dataset = RecordImages(file_pattern, input_params.preprocessing, image_size,
                          input_params.mean_rgb)
-  loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True,
+  sampler = torch.utils.data.RandomSampler(dataset, num_samples=2 ** 31 - 1)  # new order each pass
+  loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler,
                                        num_workers=os.cpu_count(), drop_last=True)
   iterator = iter(loader)
   workers = getattr(iterator, "_workers", [])
@@ -449,8 +453,9 @@ def _input_pipelines(pattern, params, peers):
           lambda: _reference_dataset(pattern, p, size, batch)),
       "input_fn training": tf_pipeline(
           lambda: experiment.make_input_fn(params, pattern, True)(None)),
+      # Repeated, so that its steady state is timed as the others' (no pass ends in the window).
       "input_fn evaluation": tf_pipeline(
-          lambda: experiment.make_input_fn(params, pattern, False)(None)),
+          lambda: experiment.make_input_fn(params, pattern, False)(None).repeat()),
   }
   if peers:
     pipelines[f"PyTorch DataLoader + Pillow ({os.cpu_count()} workers)"] = (
@@ -484,7 +489,7 @@ def run_input():
     if not pattern:
       raise UserError("input: give --file_pattern or --synthetic_jpegs", param="file_pattern")
     params = _input_params(pattern)
-    num_records = records.count_examples(pattern)
+    num_records = records.count_examples(pattern)[0]
     max_images = min(FLAGS.max_images, num_records)
     pipelines = _input_pipelines(pattern, params, peers)
     best = {name: (0.0, 0.0) for name in pipelines}
@@ -517,7 +522,8 @@ class Published:
     name: the paper's name (e.g. "1.0-SqNxt-23").
     params: trainable parameters (convolution and FC kernels, BN scale and shift).
     macs: multiply-accumulates per 227x227 image, convolutions and FC.
-    top_1, top_5: published ImageNet accuracy in %, single 227 crop; None where the paper gives none.
+    top_1, top_5: published ImageNet accuracy in %, single 227 crop; None where the paper gives
+      none.
   """
   name: str
   params: int
@@ -1131,7 +1137,8 @@ def format_results(results):
   """The printed form of `results`: each table under its name, its notes below it."""
   parts = []
   for section in sections(results):
-    parts.append(f"\n{section['benchmark']}:\n\n{markdown_table(section['columns'], section['rows'])}")
+    table = markdown_table(section["columns"], section["rows"])
+    parts.append(f"\n{section['benchmark']}:\n\n{table}")
     parts += [f"\n{note}" for note in section.get("notes", [])]
   return "\n".join(parts)
 

@@ -1,17 +1,27 @@
-"""Tests of scripts/benchmark.py: complexity, train and inference sub-commands (no timing asserted)."""
+"""Tests of scripts/benchmark.py, in-process with absl's flagsaver: every sub-command on small data
+made here (no timing asserted)."""
+
+import importlib
+import random
 
 from absl import flags
 from absl.testing import flagsaver
+import numpy as np
 import pytest
 
 from scripts import benchmark
 
 FLAGS = flags.FLAGS
+# The smallest runs: tiny network, small images and batches, one timed round.
+SMALL = dict(configuration=["tiny_SqNxt"], image_size=32, batch_size=4, steps=2, rounds=1,
+             matmul_size=128)
+HAS_TORCH = importlib.util.find_spec("torch") is not None
 
 
 @pytest.fixture(autouse=True)
 def parsed_flags():
   """benchmark's flags at their defaults (as if run without options); restored after each test."""
+  benchmark.define_flags()
   if not FLAGS.is_parsed():
     FLAGS.mark_as_parsed()
   with flagsaver.flagsaver():
@@ -48,16 +58,140 @@ def _check_speed_rows(results, inputs):
 
 
 def test_train_and_inference_run_end_to_end():
-  small = dict(configuration=["tiny_SqNxt"], image_size=32, batch_size=4, steps=2, rounds=1,
-               matmul_size=128)
-  with flagsaver.flagsaver(synthetic_jpegs=4, **small):
-    _check_speed_rows(benchmark.run_train(), ["synthetic", "pipeline (caffe)"])
-  with flagsaver.flagsaver(dtype=["bfloat16"], **small):
+  with flagsaver.flagsaver(synthetic_jpegs=4, **SMALL):
+    results = benchmark.run_train()
+  _check_speed_rows(results, ["synthetic", "pipeline (caffe)"])
+  if HAS_TORCH:  # tiny_SqNxt has no pytorchcv counterpart: said in one line, no peer table
+    assert results["notes"] == ["tiny_SqNxt: no pytorchcv counterpart, no peer timed"]
+  with flagsaver.flagsaver(dtype=["bfloat16"], **SMALL):
     results = benchmark.run_inference()
   _check_speed_rows(results, ["synthetic"])
   assert results["rows"][0]["dtype"] == "bfloat16"
+  assert "sections" not in results
 
 
 def test_unknown_dtype_is_a_user_error():
   with flagsaver.flagsaver(dtype=["float64"]), pytest.raises(benchmark.UserError, match="--dtype"):
     benchmark.run_train()
+
+
+def test_input_compares_the_pipelines_on_the_same_files():
+  with flagsaver.flagsaver(synthetic_jpegs=8, image_size=32, batch_size=2, max_images=4, rounds=1,
+                           preprocessing="inception"):
+    results = benchmark.run_input()
+  rows = {row["pipeline"]: row for row in results["rows"]}
+  names = ["decode-only (parse + decode_jpeg)", "tf.data reference (Model Garden ResNet)",
+           "input_fn training", "input_fn evaluation"]
+  assert list(rows)[:4] == names and results["records"] == 8
+  assert rows["input_fn training"]["ratio to input_fn training"] == 1.0
+  for row in rows.values():
+    assert row["images/s"] > 0 and row["CPU cores per 10,000 images/s"] >= 0
+  if HAS_TORCH:
+    assert list(rows)[4].startswith("PyTorch DataLoader") and not results["notes"]
+  else:
+    assert len(rows) == 4 and "pip install -r requirements-peers.txt" in results["notes"][0]
+  printed = benchmark.format_results(results)
+  assert "| input_fn training |" in printed
+
+
+def test_input_without_peers_says_how_to_install_them():
+  with flagsaver.flagsaver(synthetic_jpegs=4, image_size=32, batch_size=2, max_images=2, rounds=1):
+    original = benchmark._import_or_none
+    benchmark._import_or_none = lambda name: None if name == "torch" else original(name)
+    try:
+      results = benchmark.run_input()
+    finally:
+      benchmark._import_or_none = original
+  assert len(results["rows"]) == 4
+  assert results["notes"] == ["PyTorch DataLoader: skipped, PyTorch not installed "
+                              "(pip install -r requirements-peers.txt)"]
+
+
+def test_pillow_transforms_crop_flip_and_normalise():
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  image = Image.fromarray(np.full((30, 40, 3), 200, np.uint8))
+  for preprocessing in ("caffe", "inception"):
+    out = benchmark.pillow_transform(image, preprocessing, 16, (123.0, 117.0, 104.0),
+                                     random.Random(0))
+    assert out.shape == (3, 16, 16) and out.dtype == np.float32
+    np.testing.assert_allclose(out[:, 5, 5], [77.0, 83.0, 96.0], atol=1.0)
+  rng = random.Random(1)
+  for _ in range(50):
+    left, top, right, bottom = benchmark.random_resized_crop_box(40, 30, (0.05, 1.0),
+                                                                 (3 / 4, 4 / 3), rng)
+    assert 0 <= left < right <= 40 and 0 <= top < bottom <= 30
+
+
+def test_tfrecord_index_reads_the_framing(tmp_path):
+  import data_utils  # pylint: disable=g-import-not-at-top
+  path = data_utils.write_records(str(tmp_path / "r.tfrecord"),
+                                  [data_utils.example(b"x" * n, 1) for n in (3, 300, 0)])
+  index = benchmark.tfrecord_index([path])
+  assert [length for _, _, length in index] == [
+      len(data_utils.example(b"x" * n, 1).SerializeToString()) for n in (3, 300, 0)]
+
+
+def test_time_attribution_shares_overlaps_and_counts_idle_time():
+  ops = [(0, 10, "a"), (5, 15, "b"), (30, 40, "a"), (100, 200, "outside")]
+  shares = benchmark.attribute_time(ops, [(0, 50)], lambda name: name)
+  assert shares == {"a": 17.5, "b": 7.5, None: 25.0}  # 0-5 a, 5-10 a+b halves, 10-15 b, 30-40 a
+  names = {"stage1_block1_conv1", "stage1_block1_relu", "head_conv"}
+  assert benchmark.op_layer("model_1/stage1_block1_conv1_1/convolution", names) == (
+      "stage1_block1_conv1", "forward")
+  assert benchmark.op_layer("gradient_tape/model_1/head_conv_1/convolution/Conv2DBackpropInput",
+                            names) == ("head_conv", "backward")
+  assert benchmark.op_layer("sgd/Mul_3", names) == (None, "forward")
+
+
+@pytest.mark.parametrize("mode", ["train", "inference"])
+def test_layers_profiles_every_layer(tmp_path, mode):
+  with flagsaver.flagsaver(mode=mode, profile_dir=str(tmp_path / "profile"), **SMALL):
+    results = benchmark.run_layers()
+  network = benchmark.model.build_network("tiny_SqNxt", 1000, 32)
+  stats_rows, totals = benchmark.stats.model_statistics(network)
+  rows = results["rows"]
+  assert [row["layer"] for row in rows[:len(stats_rows)]] == [r.name for r in stats_rows]
+  assert [row["layer"] for row in rows[len(stats_rows):]] == [
+      benchmark._OTHER_OPS, benchmark._IDLE, "total (measured step)"]
+  total = rows[-1]
+  assert (total["params"], total["MACs"]) == (totals["params"], totals["macs"])
+  assert sum(row["ms"] for row in rows[:-1]) == pytest.approx(total["ms"], rel=1e-6)
+  assert all(row["ms"] >= 0 for row in rows)
+  convolutions = [row for row in rows if row.get("type") == "GroupConv2D"]
+  assert all(row["FLOP/byte"] > 0 for row in convolutions)
+  assert sum(row["ms"] for row in convolutions) > 0  # the profiler saw the convolutions
+  if mode == "inference":
+    assert all(row.get("backward ms", "-") == "-" for row in rows)
+  assert list((tmp_path / "profile" / "plugins" / "profile").glob("*/*.xplane.pb"))
+  assert "tensorboard --logdir" in results["notes"][0]
+
+
+def test_layers_takes_one_network_and_dtype():
+  with flagsaver.flagsaver(configuration=["tiny_SqNxt", "v_1_0_SqNxt_23"]), pytest.raises(
+      benchmark.UserError, match="one network"):
+    benchmark.run_layers()
+
+
+def test_main_prints_the_tables_and_writes_json(tmp_path, capsys):
+  with flagsaver.flagsaver(output_json=str(tmp_path / "out.json")):
+    benchmark.main(["benchmark", "complexity"])
+  printed = capsys.readouterr().out
+  assert "complexity:" in printed and "| 1.0-SqNxt-23 |" in printed
+  assert (tmp_path / "out.json").exists()
+  with pytest.raises(benchmark.UserError, match="sub-command"):
+    benchmark.main(["benchmark", "nothing"])
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="the peers are not installed")
+def test_peer_step_times_pytorchcv_squeezenext():
+  with flagsaver.flagsaver(image_size=227, batch_size=2):
+    params = benchmark.benchmark_params("v_1_0_SqNxt_23", "bfloat16", 1)
+  for mode in ("train", "inference"):
+    peer = benchmark.PeerStep(mode, "v_1_0_SqNxt_23", "bfloat16", params)
+    measures = peer.measures(steps=1, compile_too=False)
+    assert list(measures) == ["peer eager"]
+    best = {name: min(measure()) for name, measure in measures.items()}
+    rows = peer.rows(best, project_rate=10.0)
+    assert rows[0]["peer"] == "pytorchcv sqnxt23_w1" and rows[0]["peer images/s"] > 0
+    assert float(rows[0]["project/peer"]) == pytest.approx(10.0 / rows[0]["peer images/s"],
+                                                           rel=1e-2)
