@@ -1,93 +1,158 @@
-"""Using a trained model: scripts/predict.py and scripts/export.py (SavedModel, TFLite).
+"""Using a trained model: tools/inference.py and its programs scripts/predict.py, scripts/export.py
+(SavedModel, TFLite variants run with LiteRT, safe overwrite, versioned exports).
 
-One small model_dir is trained once for the module (`tiny_SqNxt`, 40x40 inputs, 6 colour classes,
-a few steps: the weights need not be good, only fixed). For the same image files, predict.py
-(library and CLI), the SavedModel's two signatures, the TFLite interpreter and Estimator.predict
-must agree.
+One small model_dir is trained once for the module with the library (`tiny_SqNxt` at 32x32 on records
+of 6 colour classes built by tests/data_utils.py, a few steps: the weights need not be good, only
+fixed). For the same image files, the library, the programs, the SavedModel's two signatures, the
+LiteRT interpreter and Estimator.predict must agree. Each program runs once as a real process (exit
+status, no traceback); everything else runs in-process.
 """
 
+import dataclasses
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 
+from absl import flags
+from absl.testing import flagsaver
+from ai_edge_litert.interpreter import Interpreter
 import cv2
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import data_utils
 import dataloader
-import train
+import estimator as estimator_lib
+import model
 from scripts import export
 from scripts import predict
-from tools.cli import UserError
+from tools import cli
+from tools import experiment
+from tools import inference
+from tools import params as params_lib
+from tools.common import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-IMAGE_SIZE = 40
-# BGR colours of the classes; 6 > 5 classes, so that top_5 is a real choice.
-COLOURS = [(40, 40, 200), (40, 200, 40), (200, 40, 40), (40, 200, 200), (200, 40, 200),
-           (200, 200, 40)]
-NUM_CLASSES = len(COLOURS)
-TOLERANCE = 1e-4  # probabilities, float32 models (the issue's acceptance)
+IMAGE_SIZE = 32
+NUM_CLASSES = 6  # > 5, so that top_5 is a real choice
+TOLERANCE = 1e-4  # probabilities, float32 models
+ALL_VARIANTS = [None, *inference.QUANTIZATIONS]
+
+# predict's --tflite (a file) and export's --tflite (a switch) share a name: in this process the flags
+# are predict's, so the in-process export runs pass no --tflite (the export process does).
+predict.define_flags()
+export.define_flags()
 
 
-def _colour_image(rng, colour, height, width):
-  return np.clip(rng.normal(colour, 30, size=(height, width, 3)), 0, 255).astype(np.uint8)
+def _train(root, num_classes=NUM_CLASSES, **overrides):
+  """Trains tiny_SqNxt on records under root; returns (model_dir, Params, BuildResult)."""
+  records = data_utils.build_records(str(root), num_classes=num_classes, per_class=6, size=40)
+  user = dict(configuration="tiny_SqNxt", image_size=IMAGE_SIZE, num_classes=num_classes,
+              batch_size=6, max_steps=6, save_checkpoints_steps=6, save_summary_steps=3,
+              log_every_n_steps=3, steps_per_loop=3, output_train_images=False, bn_momentum=0.5,
+              base_learning_rate=0.01, warmup_start_learning_rate=0.01, warmup_steps=0, seed=0,
+              precise_bn_examples=0, eval_every_n_steps=0)
+  user.update(overrides)
+  data = dict(train_file_pattern=records.train_pattern, num_examples_per_epoch=records.num_train,
+              label_map=records.label_map)
+  params = params_lib.resolve_params(user, data)
+  model_dir = str(root / "model")
+  keras.utils.set_random_seed(0)  # the same weights every run
+  est = experiment.build_estimator(params, model_dir)
+  os.makedirs(model_dir)
+  params_lib.save_params(params, model_dir, ["test"])
+  experiment.run(est, params)
+  return model_dir, params, records
+
+
+def _noisy(rng, label, height, width):
+  colour = np.float32(data_utils.class_colour(label, NUM_CLASSES))
+  return np.clip(colour + rng.normal(scale=20.0, size=(height, width, 3)), 0, 255).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-  """A trained model_dir (with params.json and a label map) and image files to classify."""
+  """A trained model_dir (params.json names the label map) and image files to classify."""
   root = tmp_path_factory.mktemp("predict_export")
+  model_dir, params, records = _train(root)
   rng = np.random.default_rng(0)
-  label_map = str(root / "labels.txt")
-  dataloader.write_label_map(label_map, [dataloader.LabelEntry(i + 1, f"class{i}", f"colour {i}")
-                                         for i in range(NUM_CLASSES)])
-  params = train.resolve_params(
-      dict(configuration="tiny_SqNxt", image_size=IMAGE_SIZE, num_classes=NUM_CLASSES,
-           batch_size=12, max_steps=6, steps_per_loop=3, save_checkpoints_steps=6,
-           save_summary_steps=3, log_every_n_steps=3, output_train_images=False, bn_momentum=0.9,
-           base_learning_rate=0.01, warmup_start_learning_rate=0.01, warmup_steps=0, seed=0),
-      dict(label_map=label_map))
-  model_dir = str(root / "model")
-  keras.utils.set_random_seed(0)  # the same weights every run
-  labels = np.arange(48) % NUM_CLASSES
-  train_images = np.stack([_colour_image(rng, COLOURS[c], IMAGE_SIZE, IMAGE_SIZE)[..., ::-1]
-                           for c in labels]).astype(np.float32) - np.float32(params["mean_rgb"])
-  dataset = tf.data.Dataset.from_tensor_slices(({"image": train_images},
-                                                {"class_idx": labels.astype(np.int32)}))
-  est = train.build_estimator(params, model_dir)
-  est.train(lambda ctx: dataset.repeat().batch(params["batch_size"]), params["max_steps"])
-  train.write_params(params, model_dir)
-
-  images = root / "images"
+  images = root / "photos"
   images.mkdir()
   good = []
   for i, (height, width) in enumerate([(50, 70), (64, 48), (45, 45), (90, 60)]):
-    path = str(images / f"{i}_class{i}.jpg")
-    cv2.imwrite(path, _colour_image(rng, COLOURS[i], height, width))
-    good.append(path)
-  png = str(images / "4_class5.png")  # PNG takes the decode_image path of the preprocessing
-  cv2.imwrite(png, _colour_image(rng, COLOURS[5], 56, 48))
-  good.append(png)
-  broken = str(images / "broken.jpg")
-  with open(broken, "wb") as f:
+    good.append(str(images / f"{i}_class{i}.jpg"))
+    cv2.imwrite(good[-1], _noisy(rng, i + 1, height, width))
+  good.append(str(images / "4_class5.png"))  # PNG takes the decode_image path of the preprocessing
+  cv2.imwrite(good[-1], _noisy(rng, 6, 56, 48))
+  bad = dict(broken=str(images / "broken.jpg"), truncated=str(images / "truncated.jpg"),
+             empty=str(images / "empty.jpg"), missing=str(root / "missing.jpg"))
+  with open(bad["broken"], "wb") as f:
     f.write(b"this is not an image" * 10)
-  truncated = str(images / "truncated.jpg")
   with open(good[0], "rb") as f:
     data = f.read()
-  with open(truncated, "wb") as f:
+  with open(bad["truncated"], "wb") as f:
     f.write(data[:len(data) // 2])
-  missing = str(root / "missing.jpg")
-  return dict(model_dir=model_dir, params=params, label_map=label_map, good=good, broken=broken,
-              truncated=truncated, missing=missing, root=root)
+  open(bad["empty"], "wb").close()
+  non_utf8 = os.path.join(os.fsencode(images), b"bad\xff.jpg")  # a real JPEG, with a bad name
+  with open(non_utf8, "wb") as f:
+    f.write(data)
+  return dict(root=root, model_dir=model_dir, params=params, records=records,
+              label_map=records.label_map, good=good, images=str(images),
+              non_utf8=os.fsdecode(non_utf8), **bad)
+
+
+def _start(program, *args):
+  """Starts `python -m scripts.<program> args...` (text pipes); wait with _finish."""
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  return subprocess.Popen([sys.executable, "-m", f"scripts.{program}", *args], cwd=ROOT, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(process):
+  """(exit status, stdout, stderr) of a started program, waiting at most 5 minutes."""
+  stdout, stderr = process.communicate(timeout=300)
+  return process.returncode, stdout, stderr
+
+
+@pytest.fixture(scope="module")
+def cli_runs(workspace):
+  """export and predict, each run once as a process, started together as soon as the model is
+  trained (they overlap with each other and the tests). export writes the SavedModel and every
+  TFLite variant; predict classifies the photo folder (with its bad files) and a missing file."""
+  export_dir = str(workspace["root"] / "export")
+  runs = {
+      "export": _start("export", f"--model_dir={workspace['model_dir']}",
+                       f"--export_dir={export_dir}", "--tflite",
+                       f"--quantize={','.join(inference.QUANTIZATIONS)}",
+                       "--representative_examples=8"),
+      "predict": _start("predict", f"--model_dir={workspace['model_dir']}", "--json",
+                        "--batch_size=3", workspace["images"], workspace["missing"]),
+  }
+  yield dict(runs, export_dir=export_dir)
+  for process in runs.values():
+    if process.poll() is None:
+      process.kill()
+      process.communicate()
+
+
+@pytest.fixture(scope="module")
+def exported(cli_runs):
+  """The export folder written by the export process."""
+  status, stdout, stderr = _finish(cli_runs["export"])
+  assert status == 0, stderr[-3000:]
+  assert "Traceback" not in stderr and stdout.startswith("Exported step 6 of ")
+  return cli_runs["export_dir"]
 
 
 @pytest.fixture(scope="module")
 def trained(workspace, cli_runs):
   del cli_runs  # started first, to run meanwhile
-  return predict.load_trained_model(workspace["model_dir"])
+  return inference.load_trained_model(workspace["model_dir"])
 
 
 @pytest.fixture(scope="module")
@@ -97,82 +162,192 @@ def reference(workspace):
   Returns (images float32 [N, S, S, 3], list of prediction dicts).
   """
   params = workspace["params"]
-  images = np.stack([dataloader.preprocess_image(tf.io.read_file(p), False, params).numpy()
-                     for p in workspace["good"]])
-  est = train.build_estimator(params, workspace["model_dir"])  # a fresh restore of the checkpoint
+  images = np.stack([dataloader.preprocess_image(tf.io.read_file(p), False, params.input,
+                                                 IMAGE_SIZE).numpy() for p in workspace["good"]])
+  est = estimator_lib.Estimator(model.model_fn, workspace["model_dir"], params, model.scaffold_fn)
   input_fn = lambda ctx: tf.data.Dataset.from_tensor_slices({"image": images}).batch(2)
   return images, list(est.predict(input_fn))
 
 
-def _start(script, *args):
-  """Starts `python scripts/<script> args...` (text pipes); the caller waits with communicate()."""
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-  return subprocess.Popen([sys.executable, os.path.join(ROOT, "scripts", script), *args], cwd=ROOT,
-                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-@pytest.fixture(scope="module")
-def cli_runs(workspace):
-  """export.py and predict.py, each run once, started together as soon as the model is trained
-  (their start-up is mostly single-threaded imports: they overlap well with each other and the
-  tests).
-
-  export.py writes a SavedModel and float and dynamic-range TFLite files; predict.py classifies the
-  image folder (with its two bad files) and a missing file, as JSON lines.
-  """
-  export_dir = str(workspace["root"] / "export")
-  runs = {
-      "export": _start("export.py", f"--model_dir={workspace['model_dir']}",
-                       f"--export_dir={export_dir}", "--tflite", "--quantize"),
-      "predict": _start("predict.py", f"--model_dir={workspace['model_dir']}", "--json",
-                        "--batch_size=3", os.path.dirname(workspace["good"][0]),
-                        workspace["missing"]),
-  }
-  yield dict(runs, export_dir=export_dir)
-  for process in runs.values():
-    if process.poll() is None:
-      process.kill()
-      process.communicate()
-
-
-def _finish(process):
-  """(exit status, stdout, stderr) of a started script, waiting at most 5 minutes."""
-  stdout, stderr = process.communicate(timeout=300)
-  return process.returncode, stdout, stderr
-
-
-@pytest.fixture(scope="module")
-def exported(cli_runs):
-  """The export folder written by export.py."""
-  status, _, stderr = _finish(cli_runs["export"])
-  assert status == 0, stderr[-3000:]
-  return cli_runs["export_dir"]
-
-
-def _assert_same(predictions, reference_predictions):
-  """Same top-1 and probabilities within TOLERANCE, image by image."""
+def _assert_same(predictions, reference_predictions, tolerance=TOLERANCE):
+  """Same top-1 and probabilities within tolerance, image by image."""
   assert len(predictions) == len(reference_predictions)
   for got, want in zip(predictions, reference_predictions):
     assert int(got["top_1"]) == int(want["top_1"])
-    np.testing.assert_allclose(got["probabilities"], want["probabilities"], atol=TOLERANCE)
+    np.testing.assert_allclose(got["probabilities"], want["probabilities"], atol=tolerance)
 
 
 def _rows(outputs):
-  """dict of batched numpy arrays -> list of per-image dicts."""
+  """dict of batched arrays -> list of per-image dicts."""
   outputs = {k: np.asarray(v) for k, v in outputs.items()}
   return [{k: v[i] for k, v in outputs.items()} for i in range(len(outputs["top_1"]))]
 
 
-def test_predict_library_matches_estimator_predict(workspace, trained, reference):
+def _run_main(program, *argv):
+  """program.main with the flags of argv (positional arguments passed on); returns its status."""
+  with flagsaver.flagsaver():
+    remaining = flags.FLAGS([program.__name__, *argv])
+    return program.main(remaining)
+
+
+def _snapshot(folder):
+  """{relative path: sha256} of every file under folder."""
+  digests = {}
+  for root, _, files in os.walk(folder):
+    for name in files:
+      with open(os.path.join(root, name), "rb") as f:
+        digests[os.path.relpath(os.path.join(root, name), folder)] = hashlib.sha256(
+            f.read()).hexdigest()
+  return digests
+
+
+# ------------------------------------------------------------------------------------------------
+# Prediction.
+
+
+def test_library_matches_estimator_predict(workspace, trained, reference):
   _, want = reference
-  results = list(predict.predict_files(trained, workspace["good"], batch_size=2))
+  results = list(inference.predict_files(trained, workspace["good"], batch_size=2))
   assert [r.path for r in results] == workspace["good"] and all(r.error is None for r in results)
   _assert_same([r.predictions for r in results], want)
-  # The reference is not trivial: the images get different top-1 classes.
+  # The reference is not trivial: the images get different top-1 classes, far from one-hot.
   assert len({int(p["top_1"]) for p in want}) > 1, [p["probabilities"] for p in want]
-  # Most are far from one-hot, so that a tolerance of 1e-4 tells models apart.
   assert sum(p["probabilities"].max() < 0.99 for p in want) >= 3
   assert trained.label_map_path == workspace["label_map"]  # found through params.json
+  assert trained.global_step == 6 and trained.network.compute_dtype == "float32"
+  assert results[0].predictions["top_5"].shape == (5,)
+
+
+def test_errors_do_not_stop_the_others(workspace, trained):
+  good = workspace["good"]
+  paths = [good[0], workspace["missing"], workspace["broken"], good[1], workspace["truncated"],
+           workspace["empty"], os.fsencode(workspace["non_utf8"]), os.fsencode(good[2])]
+  results = list(inference.predict_files(trained, paths, batch_size=3, num_threads=2))
+  assert [r.path for r in results] == [os.fsdecode(p) for p in paths]
+  assert [r.error is None for r in results] == [True, False, False, True, False, False, False, True]
+  assert results[1].error == "no such file"
+  assert results[2].error.startswith("cannot decode image: ")
+  assert "{{" not in results[2].error and "[Op:" not in results[2].error  # TF's annotations removed
+  assert results[5].error == "empty file (0 bytes)"
+  assert results[6].error == "file name is not valid UTF-8"
+  text = inference.format_text(results[6], trained.label_map)
+  assert text == f"{workspace['images']}/bad\\xff.jpg: error: file name is not valid UTF-8"
+  assert "class" in inference.format_text(results[0], trained.label_map)
+  assert json.loads(inference.format_json(results[6]))["image"].endswith("bad\\xff.jpg")
+
+
+def test_predict_process_json_and_per_image_errors(workspace, reference, cli_runs):
+  """A folder plus a missing file: bad images get an error line, the others are classified."""
+  _, want = reference
+  status, stdout, stderr = _finish(cli_runs["predict"])
+  assert status == 1, stderr[-3000:]  # some images failed
+  assert "Traceback" not in stderr and "5 of 10 images could not be classified" in stderr
+  lines = [json.loads(line) for line in stdout.splitlines()]
+  expected = inference.list_images([workspace["images"]]) + [workspace["missing"]]
+  assert [line["image"] for line in lines] == [inference.display_path(p) for p in expected]
+  by_image = {line["image"]: line for line in lines}
+  assert by_image[workspace["missing"]]["error"] == "no such file"
+  assert by_image[workspace["empty"]]["error"] == "empty file (0 bytes)"
+  assert by_image[inference.display_path(workspace["non_utf8"])]["error"] == (
+      "file name is not valid UTF-8")
+  for name in ("broken", "truncated"):
+    assert by_image[workspace[name]]["error"].startswith("cannot decode image")
+  for path, reference_prediction in zip(workspace["good"], want):
+    top_5 = by_image[path]["top_5"]
+    assert [c["class_idx"] for c in top_5] == list(reference_prediction["top_5"])
+    np.testing.assert_allclose([c["probability"] for c in top_5],
+                               reference_prediction["probabilities"][reference_prediction["top_5"]],
+                               atol=TOLERANCE)
+    assert top_5[0]["name"] == f"class{top_5[0]['class_idx']}"
+
+
+def test_predict_main_text_and_flag_errors(workspace, capsys):
+  good = workspace["good"][:2]
+  assert _run_main(predict, f"--model_dir={workspace['model_dir']}", "--num_threads=1", *good) == 0
+  printed = capsys.readouterr().out.splitlines()
+  assert printed[0] == good[0] and printed[1].startswith("  1. ") and len(printed) == 12
+  for argv, message in (
+      (["--batch_size=0"], "--batch_size=0: expected at least 1"),
+      (["--num_threads=-1"], "--num_threads=-1: expected 0"),
+      ([], "no image given")):
+    with pytest.raises(UserError) as error:
+      _run_main(predict, f"--model_dir={workspace['model_dir']}", *argv,
+                *(good if argv else []))
+    assert cli.flag_message(error.value).startswith(message)
+  with pytest.raises(UserError) as error:
+    _run_main(predict, f"--model_dir={workspace['root']}", *good)
+  assert cli.flag_message(error.value).startswith(f"--model_dir={workspace['root']}: no params.json")
+
+
+def test_the_crop_is_central(trained):
+  """An image bright in the centre and dark in the corners (not square, so rows and columns differ)
+  must come out as Caffe's evaluation crop: resize to R = round(S * 256 / 227) square, crop S x S at
+  offset (R - S) // 2. A corner crop differs from it by far more."""
+  height, width = 90, 120
+  y, x = np.mgrid[0:height, 0:width]
+  radius = np.hypot((y - (height - 1) / 2) / height, (x - (width - 1) / 2) / width)
+  value = np.clip(255 * (1 - radius / 0.71), 0, 255)
+  rgb = np.stack([value, 255 - value, value / 2], axis=-1).astype(np.uint8)
+  _, png = cv2.imencode(".png", rgb[..., ::-1])  # lossless: only the geometry is tested
+  params = trained.params
+  got = (inference.preprocess_fn(params)(tf.constant(png.tobytes())).numpy()
+         + np.float32(params.input.mean_rgb))
+  size = IMAGE_SIZE
+  resize = round(size * 256 / 227)
+  resized = cv2.resize(rgb.astype(np.float32), (resize, resize), interpolation=cv2.INTER_LINEAR)
+  offset = (resize - size) // 2
+  central = resized[offset:offset + size, offset:offset + size]
+  corner = resized[:size, :size]
+  assert np.abs(got - central).max() < 3.0  # uint8 rounding of the steep gradient at 32x32
+  assert np.abs(got - corner).max() > 15.0
+
+
+def test_restores_the_network_of_a_float16_run(workspace, tmp_path):
+  """A float16 run checkpoints a loss-scale optimizer; inference restores only the network, in
+  float32, and still matches the checkpoint's weights."""
+  params = workspace["params"].replace_model(dtype="float16")
+  params = dataclasses.replace(params, recipe=dataclasses.replace(params.recipe, max_steps=1))
+  model_dir = str(tmp_path / "float16")
+  est = experiment.build_estimator(params, model_dir)
+  est.train(experiment.make_input_fn(params, params.run.train_file_pattern, True), 1)
+  params_lib.save_params(params, model_dir, ["test"])
+  trained = inference.load_trained_model(model_dir)
+  assert trained.global_step == 1 and trained.network.compute_dtype == "float32"
+  kernel = trained.network.get_layer("classifier").kernel
+  checkpoint = tf.train.load_checkpoint(trained.checkpoint_path)
+  np.testing.assert_array_equal(kernel.numpy(), checkpoint.get_tensor(
+      estimator_lib.checkpoint_key(kernel.path)))
+  result, = inference.predict_files(trained, workspace["good"][:1])
+  assert result.error is None and np.isfinite(result.predictions["probabilities"]).all()
+
+
+def test_user_errors(workspace, tmp_path):
+  with pytest.raises(UserError, match="params.json"):
+    inference.load_trained_model(str(tmp_path))
+  params_lib.save_params(workspace["params"], str(tmp_path), ["test"])
+  with pytest.raises(UserError, match="no checkpoint"):
+    inference.load_trained_model(str(tmp_path))
+  short_map = str(tmp_path / "short.txt")
+  dataloader.write_label_map(short_map, [dataloader.LabelEntry(1, "a", "a"),
+                                         dataloader.LabelEntry(2, "b", "b")])
+  with pytest.raises(UserError, match="has 2 classes"):
+    inference.load_trained_model(workspace["model_dir"], short_map)
+  other = tmp_path / "other"
+  shutil.copytree(workspace["model_dir"], other)
+  other_params = workspace["params"].replace_model(num_classes=NUM_CLASSES + 1)
+  params_lib.save_params(other_params, str(other), ["test"], allow_changes=True)
+  seven = str(tmp_path / "seven.txt")
+  dataloader.write_label_map(seven, [dataloader.LabelEntry(i, f"c{i}", "") for i in range(1, 8)])
+  with pytest.raises(UserError, match="does not fit"):
+    inference.load_trained_model(str(other), seven)
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  with pytest.raises(UserError, match="holds no image"):
+    inference.list_images([str(empty)])
+
+
+# ------------------------------------------------------------------------------------------------
+# Export.
 
 
 def test_saved_model_signatures_match_estimator_predict(workspace, reference, exported):
@@ -186,120 +361,98 @@ def test_saved_model_signatures_match_estimator_predict(workspace, reference, ex
   _assert_same(_rows(from_images), want)
   names = [e.name for e in dataloader.read_label_map(workspace["label_map"])]
   assert [n.decode() for n in from_bytes["top_1_name"].numpy()] == [names[p["top_1"]] for p in want]
+  assert from_bytes["top_5"].shape == (len(want), min(5, NUM_CLASSES))
   np.testing.assert_array_equal(from_bytes["top_5"].numpy(), np.stack([p["top_5"] for p in want]))
-  assert os.path.exists(os.path.join(exported, "assets.extra", "params.json"))
+  marker = json.loads(open(os.path.join(exported, inference.EXPORT_MARKER)).read())
+  assert marker["global_step"] == 6 and marker["model_dir"] == workspace["model_dir"]
+  for name in ("params.json", "labels.txt"):
+    assert os.path.exists(os.path.join(exported, "assets.extra", name))
 
 
-def test_tflite_matches_estimator_predict(reference, exported):
+def test_every_tflite_variant_runs_in_litert(reference, exported):
   images, want = reference
-  interpreter = tf.lite.Interpreter(model_path=os.path.join(exported, export.TFLITE_FILENAME))
-  runner = interpreter.get_signature_runner(export.SERVING_PREPROCESSED)
-  _assert_same(_rows(runner(images=images)), want)
-
-  quantized_path = os.path.join(exported, export.TFLITE_QUANTIZED_FILENAME)
-  assert os.path.getsize(quantized_path) < os.path.getsize(os.path.join(exported,
-                                                                        export.TFLITE_FILENAME))
-  quantized = tf.lite.Interpreter(model_path=quantized_path).get_signature_runner(
-      export.SERVING_PREPROCESSED)(images=images)
-  assert quantized["probabilities"].shape == (len(images), NUM_CLASSES)
-  np.testing.assert_allclose(quantized["probabilities"].sum(axis=1), 1.0, atol=1e-4)
-
-
-def test_predict_cli_json_and_per_image_errors(workspace, reference, cli_runs):
-  """A folder plus a missing file: bad images get an error line, the others are classified."""
-  _, want = reference
-  status, stdout, stderr = _finish(cli_runs["predict"])
-  assert status == 1, stderr[-3000:]  # some images failed
-  assert "3 of 8 images could not be classified" in stderr  # broken, truncated, missing
-  lines = [json.loads(line) for line in stdout.splitlines()]
-  by_image = {line["image"]: line for line in lines}
-  expected_order = sorted(workspace["good"] + [workspace["broken"], workspace["truncated"]])
-  assert [line["image"] for line in lines] == expected_order + [workspace["missing"]]
-  assert by_image[workspace["missing"]]["error"] == "no such file"
-  assert "cannot decode image" in by_image[workspace["broken"]]["error"]
-  assert "cannot decode image" in by_image[workspace["truncated"]]["error"]
-  for path, reference_prediction in zip(workspace["good"], want):
-    top_5 = by_image[path]["top_5"]
-    assert [c["class_idx"] for c in top_5] == list(reference_prediction["top_5"])
-    np.testing.assert_allclose([c["probability"] for c in top_5],
-                               reference_prediction["probabilities"][reference_prediction["top_5"]],
-                               atol=TOLERANCE)
-    assert top_5[0]["name"] == f"class{top_5[0]['class_idx']}"
-    assert top_5[0]["text"] == f"colour {top_5[0]['class_idx']}"
+  runners = {}
+  for variant in ALL_VARIANTS:
+    runners[variant] = Interpreter(model_path=os.path.join(
+        exported, inference.TFLITE_FILENAMES[variant])).get_signature_runner("serving_preprocessed")
+  _assert_same(_rows(runners[None](images=images)), want)
+  _assert_same(_rows(runners["float16"](images=images)), want, tolerance=1e-2)
+  sizes = {v: os.path.getsize(os.path.join(exported, inference.TFLITE_FILENAMES[v]))
+           for v in ALL_VARIANTS}
+  assert max(sizes["dynamic_range"], sizes["int8"], sizes["float16"]) < sizes[None]
+  int8 = runners["int8"]
+  assert int8.get_input_details()["images"]["dtype"] == np.int8
+  outputs = int8.get_output_details()
+  assert outputs["probabilities"]["dtype"] == np.int8 and outputs["logits"]["dtype"] == np.int8
+  assert outputs["top_1"]["dtype"] == np.int32
 
 
-def test_errors_do_not_stop_the_others(workspace, trained):
-  good = workspace["good"]
-  paths = [good[0], workspace["missing"], workspace["broken"], good[1], workspace["truncated"]]
-  results = list(predict.predict_files(trained, paths, batch_size=2))
-  assert [r.path for r in results] == paths
-  assert [r.error is None for r in results] == [True, False, False, True, False]
-  assert results[1].error == "no such file"
-  assert results[2].error.startswith("cannot decode image: ")
-  assert "{{" not in results[2].error and "[Op:" not in results[2].error  # TF's annotations removed
-  text = predict.format_text(results[2], trained.label_map)
-  assert text.startswith(f"{workspace['broken']}: error: cannot decode image")
-  assert "class" in predict.format_text(results[0], trained.label_map)
+def _int8_top_1(tflite_path, images):
+  """The top_1 of the int8 model's own interpreter for float images, quantized by hand."""
+  runner = Interpreter(model_path=tflite_path).get_signature_runner("serving_preprocessed")
+  details = runner.get_input_details()["images"]
+  scale, zero_point = details["quantization"]
+  quantized = np.clip(np.round(images / scale + zero_point), -128, 127).astype(np.int8)
+  return runner(images=quantized)["top_1"]
 
 
-def test_the_crop_is_central(trained):
-  """An image bright in the centre and dark in the corners (not square, so rows and columns differ)
-  must come out as Caffe's evaluation crop: resize to R = round(S * 256 / 227) square, crop S x S at
-  offset (R - S) // 2 (DESIGN.md 3). A corner crop, the seed's bug, differs from it by far more."""
-  height, width = 90, 120
-  y, x = np.mgrid[0:height, 0:width]
-  radius = np.hypot((y - (height - 1) / 2) / height, (x - (width - 1) / 2) / width)
-  value = np.clip(255 * (1 - radius / 0.71), 0, 255)
-  rgb = np.stack([value, 255 - value, value / 2], axis=-1).astype(np.uint8)
-  _, png = cv2.imencode(".png", rgb[..., ::-1])  # lossless: only the geometry is tested
-  params = trained.params
-  got = predict.preprocess_fn(params)(tf.constant(png.tobytes())).numpy() + params["mean_rgb"]
-
-  size = IMAGE_SIZE
-  resize = round(size * 256 / 227)  # 45
-  resized = cv2.resize(rgb.astype(np.float32), (resize, resize), interpolation=cv2.INTER_LINEAR)
-  offset = (resize - size) // 2
-  central = resized[offset:offset + size, offset:offset + size]
-  corner = resized[:size, :size]
-  assert np.abs(got - central).max() < 2.0
-  assert np.abs(got - corner).max() > 15.0
-  assert got[size // 2, size // 2, 0] > 240 and got[0, 0, 0] < 60  # bright centre, dark corner
+def test_predict_tflite_gives_the_interpreters_top_1(workspace, reference, exported, capsys):
+  images, want = reference
+  for variant in (None, "int8"):
+    path = os.path.join(exported, inference.TFLITE_FILENAMES[variant])
+    assert _run_main(predict, f"--tflite={path}", "--json", "--batch_size=2",
+                     *workspace["good"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    top_1 = [line["top_5"][0]["class_idx"] for line in lines]
+    if variant is None:
+      assert top_1 == [int(p["top_1"]) for p in want]
+    else:
+      assert top_1 == list(_int8_top_1(path, images))
+    assert lines[0]["top_5"][0]["name"].startswith("class")  # assets.extra/labels.txt
 
 
-def test_restores_the_network_of_a_float16_run(workspace, tmp_path):
-  """A float16 run checkpoints a loss-scale optimizer; inference restores only the network, in
-  float32, and still matches the checkpoint's weights."""
-  params = dict(workspace["params"], dtype="float16", max_steps=1)
-  model_dir = str(tmp_path / "float16")
-  images = np.zeros([4, IMAGE_SIZE, IMAGE_SIZE, 3], np.float32)
-  dataset = tf.data.Dataset.from_tensors(({"image": images}, {"class_idx": np.arange(4) % 2}))
-  train.build_estimator(params, model_dir).train(lambda ctx: dataset.repeat(), 1)
-  train.write_params(params, model_dir)
-  trained = predict.load_trained_model(model_dir)
-  assert trained.global_step == 1 and trained.network.compute_dtype == "float32"
-  checkpoint = tf.train.load_checkpoint(trained.checkpoint_path)
-  kernel = trained.network.get_layer("classifier").kernel
-  np.testing.assert_array_equal(kernel.numpy(), checkpoint.get_tensor(
-      "network/classifier.Skernel/.ATTRIBUTES/VARIABLE_VALUE"))
-  result, = predict.predict_files(trained, workspace["good"][:1])
-  assert result.error is None and np.isfinite(result.predictions["probabilities"]).all()
-
-
-def test_user_errors(workspace, tmp_path):
-  with pytest.raises(UserError, match="params.json"):
-    predict.load_trained_model(str(tmp_path))
-  train.write_params(workspace["params"], str(tmp_path))
-  with pytest.raises(UserError, match="no checkpoint"):
-    predict.load_trained_model(str(tmp_path))
-  short_map = str(tmp_path / "short.txt")
-  dataloader.write_label_map(short_map, [dataloader.LabelEntry(1, "a", "a"),
-                                         dataloader.LabelEntry(2, "b", "b")])
-  with pytest.raises(UserError, match="has 2 classes"):
-    predict.load_trained_model(workspace["model_dir"], short_map)
-  other_params = dict(workspace["params"], num_classes=NUM_CLASSES + 1)
-  with pytest.raises(UserError, match="does not fit"):
-    predict.restore_scaffold(other_params, tf.train.latest_checkpoint(workspace["model_dir"]))
-  with pytest.raises(UserError, match="holds no image"):
-    predict.list_images([str(tmp_path)])
+def test_overwrite_refuses_what_it_did_not_write(workspace, exported, tmp_path):
+  base = tmp_path / "serving"
+  model_dir = workspace["model_dir"]
+  for _ in range(2):
+    assert _run_main(export, f"--model_dir={model_dir}", f"--export_base={base}") == 0
+  assert sorted(os.listdir(base)) == ["1", "2"]
+  assert os.path.exists(base / "2" / inference.EXPORT_MARKER)
+  protected = [model_dir, str(workspace["root"]), str(base)]
+  before = {folder: _snapshot(folder) for folder in protected}
+  for folder, reason in ((model_dir, "holds no squeezenext_export.json"),
+                         (str(workspace["root"]), "holds no squeezenext_export.json"),
+                         (str(base), "holds no squeezenext_export.json")):
+    with pytest.raises(UserError) as error:
+      _run_main(export, f"--model_dir={model_dir}", f"--export_dir={folder}", "--overwrite")
+    message = cli.flag_message(error.value)
+    assert message.startswith(f"--export_dir={folder}: {reason}") and "refusing" in message
+  # A marker does not make a folder of versions, checkpoints or a model_dir replaceable.
+  shutil.copy(base / "1" / inference.EXPORT_MARKER, base / inference.EXPORT_MARKER)
+  with pytest.raises(UserError, match="holds another export|holds numbered versions"):
+    inference.check_export_dir(str(base), overwrite=True)
+  os.remove(base / inference.EXPORT_MARKER)
+  for folder in (model_dir, str(workspace["root"])):  # a model_dir, a parent of one
+    shutil.copy(base / "1" / inference.EXPORT_MARKER, folder)
+    with pytest.raises(UserError, match="holds a model_dir|holds checkpoints|holds another"):
+      inference.check_export_dir(folder, overwrite=True)
+    os.remove(os.path.join(folder, inference.EXPORT_MARKER))
+  assert {folder: _snapshot(folder) for folder in protected} == before
   with pytest.raises(UserError, match="already exists"):
-    export.export_saved_model(predict.load_trained_model(workspace["model_dir"]), str(tmp_path))
+    _run_main(export, f"--model_dir={model_dir}", f"--export_dir={exported}")
+  with pytest.raises(UserError, match="give one of --export_dir"):
+    _run_main(export, f"--model_dir={model_dir}", f"--export_dir={tmp_path}/x",
+              f"--export_base={base}")
+  assert not os.path.exists(tmp_path / "x")
+
+
+def test_overwrite_replaces_an_earlier_export(workspace, tmp_path):
+  export_dir = str(tmp_path / "export")
+  trained = inference.load_trained_model(workspace["model_dir"])
+  inference.export_saved_model(trained, export_dir)
+  stale = os.path.join(export_dir, "stale.txt")
+  open(stale, "w").close()
+  assert _run_main(export, f"--model_dir={workspace['model_dir']}", f"--export_dir={export_dir}",
+                   "--overwrite") == 0
+  assert not os.path.exists(stale) and os.path.exists(os.path.join(export_dir, "saved_model.pb"))
+  assert sorted(os.listdir(tmp_path)) == ["export"]  # no temporary or old folder left
