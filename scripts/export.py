@@ -46,7 +46,8 @@ def define_flags():
           "labels.txt giving class names (default: found as scripts.predict finds it).")
   _define("boolean", "tflite", False, "Also write model.tflite (float32) into the export.")
   _define("list", "quantize", [],
-          f"With --tflite, also write these quantized variants: {', '.join(inference.QUANTIZATIONS)}.")
+          "With --tflite, also write these quantized variants (comma-separated): "
+          f"{', '.join(inference.QUANTIZATIONS)}.")
   _define("integer", "representative_examples", inference.DEFAULT_REPRESENTATIVE_EXAMPLES,
           "Training images calibrating the int8 model.")
   _define("boolean", "overwrite", False,
@@ -63,8 +64,8 @@ def _check_flags(argv):
     raise UserError("give one of --export_dir (a new folder) and --export_base (a folder of "
                     "numbered versions)")
   if FLAGS.export_base and FLAGS.overwrite:
-    raise UserError(f"--export_base={FLAGS.export_base}: writes a new version and replaces nothing; "
-                    f"drop --overwrite")
+    raise UserError(f"--export_base={FLAGS.export_base}: writes a new version and replaces "
+                    f"nothing; drop --overwrite")
   unknown = [q for q in FLAGS.quantize if q not in inference.QUANTIZATIONS]
   if unknown:
     raise UserError(f"--quantize={','.join(FLAGS.quantize)}: unknown {', '.join(unknown)}; "

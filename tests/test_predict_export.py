@@ -1,11 +1,11 @@
 """Using a trained model: tools/inference.py and its programs scripts/predict.py, scripts/export.py
 (SavedModel, TFLite variants run with LiteRT, safe overwrite, versioned exports).
 
-One small model_dir is trained once for the module with the library (`tiny_SqNxt` at 32x32 on records
-of 6 colour classes built by tests/data_utils.py, a few steps: the weights need not be good, only
-fixed). For the same image files, the library, the programs, the SavedModel's two signatures, the
-LiteRT interpreter and Estimator.predict must agree. Each program runs once as a real process (exit
-status, no traceback); everything else runs in-process.
+One small model_dir is trained once for the module with the library (`tiny_SqNxt` at 32x32 on
+records of 6 colour classes built by tests/data_utils.py, a few steps: the weights need not be good,
+only fixed). For the same image files, the library, the programs, the SavedModel's two signatures,
+the LiteRT interpreter and Estimator.predict must agree. Each program runs once as a real process
+(exit status, no traceback); everything else runs in-process.
 """
 
 import dataclasses
@@ -43,8 +43,8 @@ NUM_CLASSES = 6  # > 5, so that top_5 is a real choice
 TOLERANCE = 1e-4  # probabilities, float32 models
 ALL_VARIANTS = [None, *inference.QUANTIZATIONS]
 
-# predict's --tflite (a file) and export's --tflite (a switch) share a name: in this process the flags
-# are predict's, so the in-process export runs pass no --tflite (the export process does).
+# predict's --tflite (a file) and export's --tflite (a switch) share a name: in this process the
+# flags are predict's, so the in-process export runs pass no --tflite (the export process does).
 predict.define_flags()
 export.define_flags()
 
@@ -276,7 +276,8 @@ def test_predict_main_text_and_flag_errors(workspace, capsys):
     assert cli.flag_message(error.value).startswith(message)
   with pytest.raises(UserError) as error:
     _run_main(predict, f"--model_dir={workspace['root']}", *good)
-  assert cli.flag_message(error.value).startswith(f"--model_dir={workspace['root']}: no params.json")
+  message = cli.flag_message(error.value)
+  assert message.startswith(f"--model_dir={workspace['root']}: no params.json")
 
 
 def test_the_crop_is_central(trained):

@@ -4,8 +4,8 @@ and run TFLite files with LiteRT. scripts/predict.py and scripts/export.py are i
 A model_dir written by train.py holds params.json and checkpoints. `load_trained_model` restores the
 network of its newest checkpoint through the one restore path of the project,
 `estimator.Estimator.predict_function` (network variables only, by name, in float32), with the label
-map found in this order: an explicit path; `params.run.label_map` (the demo sets it); labels.txt beside
-the training or validation records; labels.txt in model_dir.
+map found in this order: an explicit path; `params.run.label_map` (the demo sets it); labels.txt
+beside the training or validation records; labels.txt in model_dir.
 
 Images go through exactly the evaluation preprocessing of training,
 `dataloader.preprocess_image(..., training=False)` (caffe: resize to round(S * 256 / 227) square,
@@ -15,8 +15,8 @@ Predictions (`Classifier.predict_batch`, the PREDICT branch of model.model_fn) f
 classes: top_1 int32 [N]; top_5 int32 [N, min(5, K)] (best first); probabilities float32 [N, K];
 logits float32 [N, K].
 
-An export folder (`export_saved_model`) holds the SavedModel with two signatures, both returning those
-outputs (with a label map also top_1_name string [N] and top_5_names string [N, min(5, K)]):
+An export folder (`export_saved_model`) holds the SavedModel with two signatures, both returning
+those outputs (with a label map also top_1_name string [N] and top_5_names string [N, min(5, K)]):
 
   serving_default       image_bytes: string [N], encoded JPEG, PNG, GIF or BMP images of any size;
                         the evaluation preprocessing runs in the graph. One undecodable image fails
@@ -181,8 +181,8 @@ def load_trained_model(model_dir, label_map=None, checkpoint_path=None):
                         input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
   step = checkpoint_step(path)
   m = params.model
-  logging.info("Restored %s (step %s; %s, %d classes, %d x %d input, %s preprocessing).", path, step,
-               m.configuration, m.num_classes, size, size, params.input.preprocessing)
+  logging.info("Restored %s (step %s; %s, %d classes, %d x %d input, %s preprocessing).", path,
+               step, m.configuration, m.num_classes, size, size, params.input.preprocessing)
   return TrainedModel(params, entries, label_map_path, path, model_dir=model_dir,
                       network=est.scaffold.network, predict=predict, checkpoint_path=path,
                       global_step=step)
@@ -196,9 +196,9 @@ def preprocess_fn(params):
   """
   seed = tf.constant(_EVAL_SEED, tf.int32)
   size = params.model.image_size
-  return tf.function(lambda image_bytes: dataloader.preprocess_image(image_bytes, False,
-                                                                      params.input, size, seed=seed),
-                     input_signature=[tf.TensorSpec([], tf.string)])
+  preprocess = lambda image_bytes: dataloader.preprocess_image(image_bytes, False, params.input,
+                                                               size, seed=seed)
+  return tf.function(preprocess, input_signature=[tf.TensorSpec([], tf.string)])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -211,7 +211,7 @@ def display_path(path):
 
 
 def list_images(paths):
-  """Expands folders (recursively, sorted, by tools.common.IMAGE_EXTENSIONS) and keeps files as given.
+  """Expands folders (recursively, sorted, by tools.common.IMAGE_EXTENSIONS); keeps files as given.
 
   Args:
     paths: list of str or bytes (os.fsencode) paths; returned as str (undecodable bytes of a file
@@ -311,7 +311,8 @@ def _predict_chunk(classifier, paths, outcomes):
 
 def top_classes(predictions, label_map=None):
   """The top-5 of one image's predictions: list of min(5, K) dicts, best first, with class_idx
-  (int), probability (float in 0..1) and, with a label map, name (synset or folder name) and text."""
+  (int), probability (float in 0..1) and, with a label map, name (synset or folder name) and
+  text."""
   classes = []
   for idx in predictions["top_5"][:TOP_K]:
     entry = {"class_idx": int(idx), "probability": float(predictions["probabilities"][idx])}
@@ -444,7 +445,7 @@ def next_version_dir(export_base):
 
 
 def _write_export(trained, folder):
-  """Writes the SavedModel, assets.extra and the marker of `trained` into the new folder `folder`."""
+  """Writes the SavedModel, assets.extra and the marker of `trained` into the new `folder`."""
   size = trained.image_size
   from_bytes, from_images = serving_functions(trained)
   archive = keras.export.ExportArchive()
@@ -613,7 +614,8 @@ def load_lite_model(tflite_path, model_dir=None, label_map=None, num_threads=Non
       from the params'.
   """
   from ai_edge_litert.interpreter import Interpreter  # pylint: disable=import-outside-toplevel
-  params_dir = model_dir or os.path.join(os.path.dirname(os.path.abspath(tflite_path)), ASSETS_EXTRA)
+  export_dir = os.path.dirname(os.path.abspath(tflite_path))
+  params_dir = model_dir or os.path.join(export_dir, ASSETS_EXTRA)
   try:
     params = params_lib.load_params(params_dir).replace_model(dtype="float32")
   except UserError as e:
@@ -625,7 +627,8 @@ def load_lite_model(tflite_path, model_dir=None, label_map=None, num_threads=Non
     runner = Interpreter(model_path=tflite_path, num_threads=num_threads).get_signature_runner(
         SERVING_PREPROCESSED)
   except (ValueError, RuntimeError) as e:
-    raise UserError(f"tflite={tflite_path}: cannot be loaded ({one_line(e)})", param="tflite") from e
+    raise UserError(f"tflite={tflite_path}: cannot be loaded ({one_line(e)})",
+                    param="tflite") from e
   shape = list(runner.get_input_details()["images"]["shape"][1:])
   classes = runner.get_output_details()["probabilities"]["shape"][-1]
   m = params.model
