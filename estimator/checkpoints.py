@@ -142,8 +142,8 @@ class CheckpointKeeper:
         raise UserError(f"model_dir={self.model_dir}: its checkpoint {os.path.basename(path)} does "
                         f"not fit this network ({one_line(e, 200)}); use a new model_dir or the "
                         f"configuration it was trained with", param="model_dir") from e
-      logging.info("Restored %s%s.", path, "" if path == candidates[0] else
-                   ", the newest readable checkpoint")
+      logging.info("Restored %s (global step %s)%s.", path, checkpoint_step(path),
+                   "" if path == candidates[0] else ", the newest readable checkpoint")
       self.restored_path = path
       return path
     if candidates:

@@ -18,7 +18,8 @@ from process_utils import run
 from process_utils import TRAIN
 from tools.common import UserError
 
-PARAMS = dict(image_size=24, batch_size=4, num_classes=3)
+INPUT_PARAMS = dataloader.InputParams()
+IMAGE_SIZE, BATCH_SIZE, NUM_CLASSES = 24, 4, 3
 
 
 def decoded_records(path):
@@ -26,7 +27,8 @@ def decoded_records(path):
   counter = dataloader.SkippedRecords()
   images, labels = [], []
   with dataloader.user_errors_from_data():
-    for features, batch_labels in dataloader.input_fn(path, False, PARAMS, skipped=counter):
+    for features, batch_labels in dataloader.input_fn(path, False, INPUT_PARAMS, IMAGE_SIZE,
+                                                      BATCH_SIZE, NUM_CLASSES, skipped=counter):
       images.append(features["image"].numpy())
       labels.append(batch_labels["class_idx"].numpy())
   return np.concatenate(images), np.concatenate(labels), counter.count
@@ -49,7 +51,7 @@ def test_png_grayscale_and_cmyk_bytes_in_records_decode_as_rgb(tmp_path):
                                   [data_utils.example(b, label=1) for b in sources])
   images, labels, skipped = decoded_records(path)
   assert skipped == 0 and list(labels) == [0, 0, 0, 0]
-  pixels = dataloader.add_mean(images, dataloader.input_params(PARAMS)).numpy().astype(int)
+  pixels = dataloader.add_mean(images, INPUT_PARAMS).numpy().astype(int)
   centre = pixels[:, 12, 12]
   np.testing.assert_allclose(centre[:2], [[200, 0, 0]] * 2, atol=4)  # JPEG and PNG: red
   assert abs(centre[2, 0] - centre[2, 1]) <= 2  # grayscale: three equal channels

@@ -17,7 +17,7 @@ import model
 from tools import stats
 
 # Training top-1 above evaluation top-1 by more than this gets a warning at the end.
-EVAL_GAP_WARNING = 0.15
+EVAL_GAP_WARNING = 0.1
 
 
 class ModelStatsHook(estimator_lib.Hook):

@@ -19,6 +19,8 @@ import math
 import os
 import time
 
+from absl import logging
+
 import dataloader
 import model
 from tools import optimizer as optimizer_lib
@@ -81,9 +83,10 @@ DEMO_DEFAULTS = dict(
     warmup_start_learning_rate=0.02, seed=0, eval_every_n_steps=200, save_checkpoints_steps=200,
     save_summary_steps=20, log_every_n_steps=50, image_summary_steps=200, steps_per_loop=20)
 # Parameters whose change gives another run: a resume with other values is refused unless asked.
+# (max_steps is not among them: training a finished run further is common; it is logged.)
 MEANING = ("configuration", "num_classes", "image_size", "preprocessing", "batch_size",
-           "base_learning_rate", "warmup_start_learning_rate", "warmup_steps", "max_steps",
-           "poly_power", "momentum", "weight_decay")
+           "base_learning_rate", "warmup_start_learning_rate", "warmup_steps", "poly_power",
+           "momentum", "weight_decay")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -280,6 +283,9 @@ def save_params(params, model_dir, argv, allow_changes=False):
   if data:
     previous = Params.from_dict(data)
     differences = changes(previous, params)
+    if previous.recipe.max_steps != params.recipe.max_steps:
+      logging.warning("max_steps %d -> %d: the poly schedule now ends at step %d.",
+                      previous.recipe.max_steps, params.recipe.max_steps, params.recipe.max_steps)
     if differences and not allow_changes:
       listed = ", ".join(f"{k} {a} -> {b}" for k, a, b in
                          ((k, *v) for k, v in sorted(differences.items())))
