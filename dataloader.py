@@ -312,6 +312,7 @@ class SkippedRecords:
   def __init__(self):
     self._lock = threading.Lock()
     self.count = 0
+    self.consecutive = 0  # skipped since the last batch that held a usable record
     self.by_file = collections.Counter()
 
   def add(self, filename, number=1):
@@ -326,16 +327,38 @@ class SkippedRecords:
     logging.warning("Skipped %d record(s) that cannot be parsed or decoded, in %s (%d skipped so "
                     "far).", number, filename, total)
 
+  def add_batch(self, filenames, gaps, num_images):
+    """Counts the gaps of one batch (`gaps[i]` records skipped before element i, under
+    `filenames[i]`, numpy arrays) that held `num_images` usable records.
+
+    Raises:
+      ValueError (a data error for `user_errors_from_data`): MAX_CONSECUTIVE_SKIPS records in a row
+        could not be used, so the data cannot feed the run (instead of skipping forever).
+    """
+    if num_images > 0:
+      self.consecutive = 0
+    for filename, gap in zip(filenames, gaps):
+      if gap > 0:
+        self.add(filename, gap)
+        self.consecutive += int(gap)
+    if self.consecutive >= MAX_CONSECUTIVE_SKIPS:
+      files = ", ".join(name for name, _ in self.by_file.most_common(3))
+      raise ValueError(f"{_ERROR_START}{self.consecutive} records in a row cannot be decoded (in "
+                       f"{files}{', ...' if len(self.by_file) > 3 else ''}); no usable example "
+                       f"to train on{_ERROR_END}")
+
   def reset(self):
     """Sets the counts back to zero."""
     with self._lock:
-      self.count = 0
+      self.count = self.consecutive = 0
       self.by_file.clear()
 
 
 # The counter input_fn uses unless it is given one: one per process, read it as
 # `dataloader.SKIPPED_RECORDS.count`.
 SKIPPED_RECORDS = SkippedRecords()
+# Records in a row that cannot be decoded before the pipeline stops with an error.
+MAX_CONSECUTIVE_SKIPS = 1000
 
 # Bytes a TFRecord file spends on each record besides its data: 8 length, 4 length CRC, 4 data CRC.
 _TFRECORD_FRAMING_BYTES = 16
@@ -435,10 +458,8 @@ def _report_fn(offset, num_classes, skipped):
   decoding map's outputs (markers included). Returns the state after the batch and
   (images uint8 [b, S, S, 3], class_idx int32 [b]) of the batch's records (b may be 0).
   """
-  def add_gaps(previous_files, gaps):  # Python: counts each gap under the file before it
-    for filename, gap in zip(previous_files.numpy(), gaps.numpy()):
-      if gap > 0:
-        skipped.add(filename, gap)
+  def add_gaps(previous_files, gaps, num_images):  # Python: each gap under the file before it
+    skipped.add_batch(previous_files.numpy(), gaps.numpy(), int(num_images))
 
   def first(values, bad):  # the value at the first True of `bad` (bool [b])
     return tf.gather(values, tf.argmax(tf.cast(bad, tf.int32)))
@@ -448,7 +469,8 @@ def _report_fn(offset, num_classes, skipped):
     after = index + 1 - tf.cast(end_of_file, tf.int64)  # [b] the number expected after each
     gaps = index - tf.concat([[expected], after[:-1]], 0)  # [b] records skipped before each
     count = tf.cond(tf.reduce_any(gaps > 0),
-                    lambda: tf.py_function(add_gaps, [previous_file, gaps], []), tf.no_op)
+                    lambda: tf.py_function(add_gaps, [previous_file, gaps, tf.reduce_sum(
+                        tf.cast(~end_of_file, tf.int32))], []), tf.no_op)
     # The messages are made only for a bad batch (tf.cond): string ops cost per batch otherwise.
     bad_file, bad_record = ~file_ok, check != _OK
     file_message = tf.cond(tf.reduce_any(bad_file), lambda: tf.strings.join([
@@ -572,7 +594,11 @@ def input_fn(file_pattern, training, params, image_size, batch_size, num_classes
   num_pipelines, pipeline = ((input_context.num_input_pipelines, input_context.input_pipeline_id)
                              if input_context else (1, 0))
   seed = p.seed if p.seed is None else p.seed + pipeline  # own augmentation per pipeline
-  dataset = _records(list_files(file_pattern), training, p, seed, num_pipelines, pipeline)
+  files = list_files(file_pattern)
+  if training and not any(tf.io.gfile.stat(f).length for f in files):
+    raise UserError(f"file_pattern={file_pattern}: every matching file is empty "
+                    f"({len(files)} files); nothing to train on", param="file_pattern")
+  dataset = _records(files, training, p, seed, num_pipelines, pipeline)
   dataset = dataset.scan((tf.constant(0, tf.int64), tf.constant("")), _number)
   # Element k's crop and flip use the stateless seed (augmentation_seed, k): reproducible, and
   # restored with the iterator (k is the scan state), at no per-element cost.

@@ -157,6 +157,9 @@ def data_sources(values):
     check_inputs(data)
     if "num_examples_per_epoch" not in values:
       count, source = records.count_examples(FLAGS.train_file_pattern)
+      if not count:
+        raise UserError(f"--train_file_pattern={FLAGS.train_file_pattern}: the matching files hold "
+                        f"no record; nothing to train on")
       logging.info("%d training examples (%s) in %s.", count, source, FLAGS.train_file_pattern)
       data["num_examples_per_epoch"] = count
     return data, False
