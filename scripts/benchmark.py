@@ -277,10 +277,11 @@ def _parse_record(record):
 
 def _decode_only_dataset(file_pattern, input_params, batch_size):
   """Parse + full `tf.io.decode_jpeg` of every record, with input_fn's reading, parallelism and
-  options (and IDCT: the bound must decode the way the pipeline does); yields image shapes."""
+  options (and IDCT: the bound must decode the way the pipeline does), repeated; yields image
+  shapes."""
   p = input_params
-  dataset = tf.data.Dataset.from_tensor_slices(dataloader.list_files(file_pattern)).flat_map(
-      lambda f: tf.data.TFRecordDataset(f, buffer_size=p.read_buffer_size))
+  files = tf.data.Dataset.from_tensor_slices(dataloader.list_files(file_pattern)).repeat()
+  dataset = files.flat_map(lambda f: tf.data.TFRecordDataset(f, buffer_size=p.read_buffer_size))
 
   def decode(record):
     image = tf.io.decode_jpeg(_parse_record(record)[0], channels=3, dct_method=p.dct_method)

@@ -16,6 +16,7 @@ FLAGS = flags.FLAGS
 SMALL = dict(configuration=["tiny_SqNxt"], image_size=32, batch_size=4, steps=2, rounds=1,
              matmul_size=128)
 HAS_TORCH = importlib.util.find_spec("torch") is not None
+HAS_PEERS = HAS_TORCH and importlib.util.find_spec("pytorchcv") is not None
 
 
 @pytest.fixture(autouse=True)
@@ -61,8 +62,10 @@ def test_train_and_inference_run_end_to_end():
   with flagsaver.flagsaver(synthetic_jpegs=4, **SMALL):
     results = benchmark.run_train()
   _check_speed_rows(results, ["synthetic", "pipeline (caffe)"])
-  if HAS_TORCH:  # tiny_SqNxt has no pytorchcv counterpart: said in one line, no peer table
+  if HAS_PEERS:  # tiny_SqNxt has no pytorchcv counterpart: said in one line, no peer table
     assert results["notes"] == ["tiny_SqNxt: no pytorchcv counterpart, no peer timed"]
+  else:
+    assert "pip install -r requirements-peers.txt" in results["notes"][0]
   with flagsaver.flagsaver(dtype=["bfloat16"], **SMALL):
     results = benchmark.run_inference()
   _check_speed_rows(results, ["synthetic"])
@@ -182,7 +185,7 @@ def test_main_prints_the_tables_and_writes_json(tmp_path, capsys):
     benchmark.main(["benchmark", "nothing"])
 
 
-@pytest.mark.skipif(not HAS_TORCH, reason="the peers are not installed")
+@pytest.mark.skipif(not HAS_PEERS, reason="the peers are not installed")
 def test_peer_step_times_pytorchcv_squeezenext():
   with flagsaver.flagsaver(image_size=227, batch_size=2):
     params = benchmark.benchmark_params("v_1_0_SqNxt_23", "bfloat16", 1)
