@@ -75,6 +75,7 @@ import numpy as np
 import tensorflow as tf
 
 import dataloader
+import estimator as estimator_lib
 import model
 from tools import cli
 from tools import experiment
@@ -613,11 +614,9 @@ def _synthetic_batch(params):
   return images, labels
 
 
-class _StepTimer:
-  """An estimator Hook: host times at the start of `Estimator.train` and after each of its loops
-  (one step each with steps_per_loop 1), so that the step times leave out set-up and the final
-  checkpoint."""
-  every_n_steps = 0
+class _StepTimer(estimator_lib.Hook):
+  """Host times at the start of `Estimator.train` and after each of its loops (one step each with
+  steps_per_loop 1), so that the step times leave out set-up and the final checkpoint."""
 
   def begin(self, estimator):
     del estimator
@@ -627,9 +626,6 @@ class _StepTimer:
     del estimator, step, outputs
     self.times.append(time.perf_counter())
     return False
-
-  def end(self, estimator, step):
-    del estimator, step
 
 
 def _runner_train_seconds(estimator, input_fn, steps):
