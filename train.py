@@ -15,14 +15,26 @@ dataloader.py). Flag names are the params' names.
 
 import json
 import os
+import signal
 import sys
 
-from absl import flags
-from absl import logging
-import keras
-import tensorflow as tf
 
-import dataloader
+def _interrupted(signum, frame):
+  """Ctrl-C before training starts: leave quietly (status 130); `finally` blocks still clean up."""
+  del signum, frame
+  print("interrupted", file=sys.stderr, flush=True)
+  raise SystemExit(130)
+
+
+if __name__ == "__main__":  # before the slow imports, so that an early Ctrl-C is quiet too
+  signal.signal(signal.SIGINT, _interrupted)
+
+from absl import flags  # pylint: disable=wrong-import-position
+from absl import logging  # pylint: disable=wrong-import-position
+import keras  # pylint: disable=wrong-import-position
+import tensorflow as tf  # pylint: disable=wrong-import-position
+
+import dataloader  # pylint: disable=wrong-import-position
 import estimator as estimator_lib
 import model
 from tools import cli
@@ -87,7 +99,7 @@ def define_flags():
   flags.DEFINE_integer("precise_bn_examples", None,
                        "Training examples over which the BatchNorm statistics are recomputed with "
                        "the current weights before each evaluation and the final checkpoint "
-                       "('precise BN'). Default min(8192, one epoch); 0: off.")
+                       "('precise BN'). Default: an epoch, at least 2,048 and at most 8,192; 0: off.")
   flags.DEFINE_boolean("allow_params_change", False,
                        "Resume a model_dir although network, image size, batch, schedule, classes or "
                        "preprocessing differ from its params.json.")

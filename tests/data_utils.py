@@ -86,7 +86,7 @@ def write_photo_crops(root, num_images=500, size=96, seed=0):
   """Class folders of real photographs: random crops of scikit-learn's two bundled sample photos
   (`china.jpg`: a temple, `flower.jpg`: a flower), 1/5 of them grayscale. Returns `root`.
 
-  Crops cover 20-60% of the photo's short side at a random place, resized to size x size and
+  Crops cover 35-80% of the photo's short side at a random place, resized to size x size and
   written as JPEG: root/china/*.jpg and root/flower/*.jpg, num_images / 2 each.
   """
   from sklearn.datasets import load_sample_images  # pylint: disable=import-outside-toplevel
@@ -97,7 +97,7 @@ def write_photo_crops(root, num_images=500, size=96, seed=0):
     os.makedirs(folder, exist_ok=True)
     height, width = photo.shape[:2]
     for i in range(num_images // 2):
-      side = int(rng.uniform(0.2, 0.6) * min(height, width))
+      side = int(rng.uniform(0.35, 0.8) * min(height, width))
       y, x = rng.integers(0, height - side), rng.integers(0, width - side)
       crop = cv2.resize(photo[y:y + side, x:x + side, ::-1], (size, size),
                         interpolation=cv2.INTER_AREA)

@@ -1,5 +1,6 @@
 """Helpers for tests that run the project's command-line programs as real processes."""
 
+import json
 import os
 import socket
 import subprocess
@@ -34,3 +35,27 @@ def start(args, env=None):
   """Starts `python args...` with stderr merged into a text stdout pipe; returns the Popen."""
   return subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def run_cases(module, cases, timeout=300):
+  """Runs `module`'s main for each case in one real process (tests/cli_cases.py).
+
+  Args:
+    module: "train", "scripts.predict", ...
+    cases: list of argv lists, or of {"argv": [...], "env": {...}} dicts.
+  Returns:
+    list of {"code", "stdout", "stderr"}, one per case.
+  """
+  cases = [c if isinstance(c, dict) else {"argv": c} for c in cases]
+  result = subprocess.run([sys.executable, "-m", "tests.cli_cases", module], cwd=ROOT,
+                          input=json.dumps(cases), capture_output=True, text=True, timeout=timeout)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return json.loads(result.stdout)
+
+
+def one_error_line(outcome):
+  """The single `error:` line of a failed run's stderr; asserts no traceback and a non-zero status."""
+  assert outcome["code"] != 0 and "Traceback" not in outcome["stderr"], outcome["stderr"][-3000:]
+  lines = [l for l in outcome["stderr"].splitlines() if l.startswith("error:")]
+  assert len(lines) == 1, outcome["stderr"][-3000:]
+  return lines[0]

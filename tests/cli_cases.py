@@ -1,0 +1,64 @@
+"""Runs many command lines of one program in ONE Python process, for the one-line-error catalogue:
+a real process (exit status, stderr, no traceback) without paying TensorFlow's start-up per case.
+
+  python -m tests.cli_cases MODULE < cases.json > results.json   (from the repository's root)
+
+cases.json: a list of {"argv": [...], "env": {...}} (env: variables set for that case only, None
+removes one). results.json: a list of {"code": int, "stderr": str, "stdout": str}; "code" is the
+exit status the program would have had, and "stderr" holds "Traceback" when main raised.
+Used by tests/process_utils.run_cases; the cases should fail (or finish) before training starts.
+"""
+
+import contextlib
+import importlib
+import io
+import json
+import os
+import sys
+import traceback
+
+from absl import flags
+from absl import logging
+
+
+
+def run_case(module, argv, env):
+  saved = {k: os.environ.get(k) for k in env}
+  os.environ.update({k: v for k, v in env.items() if v is not None})
+  for k in (k for k, v in env.items() if v is None):
+    os.environ.pop(k, None)
+  out, err = io.StringIO(), io.StringIO()
+  code = 0
+  handler = logging.get_absl_handler().python_handler
+  saved_stream, handler.stream = handler.stream, err  # absl's log lines too
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    try:
+      flags.FLAGS.unparse_flags()
+      sys.argv = [module.__file__, *argv]
+      rest = flags.FLAGS([module.__name__, *argv])
+      logging.set_verbosity(logging.INFO)  # parsing reset it
+      code = module.cli._main_with_user_errors(module.main)(rest) or 0  # pylint: disable=protected-access
+    except SystemExit as e:
+      code = e.code if isinstance(e.code, int) else 1
+    except flags.Error as e:
+      print(f"FATAL Flags parsing error: {e}", file=sys.stderr)
+      code = 1
+    except Exception:  # pylint: disable=broad-except
+      traceback.print_exc()
+      code = 1
+  handler.stream = saved_stream
+  for k, v in saved.items():
+    os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+  return {"code": code, "stdout": out.getvalue(), "stderr": err.getvalue()}
+
+
+def main():
+  module = importlib.import_module(sys.argv[1])
+  module.define_flags()
+  logging.use_absl_handler()  # as absl.app.run does: log lines in absl's format
+  cases = json.load(sys.stdin)
+  json.dump([run_case(module, c["argv"], c.get("env", {})) for c in cases], sys.stdout)
+
+
+if __name__ == "__main__":
+  main()
