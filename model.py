@@ -223,7 +223,7 @@ class CaffeBatchNormalization(keras.layers.BatchNormalization):
     x = tf.convert_to_tensor(inputs)
     if x.dtype not in (tf.float16, tf.bfloat16, tf.float32):
       x = tf.cast(x, tf.float32)  # the fused kernel's input types
-    if training and self.trainable and self.synchronized:
+    if training and self.trainable and (self.synchronized or self.population):
       x = tf.cast(x, tf.float32)  # statistics in float32, as Keras does
       mean, variance = keras.ops.moments(x, axes=[0, 1, 2], synchronized=True)
       y = tf.nn.batch_normalization(x, mean, variance, self.beta, self.gamma, self.epsilon)
@@ -420,10 +420,11 @@ class PopulationStatistics:
 
   Protocol (the Estimator's statistics loop): `begin()` in the cross-replica context, `step(features)`
   on every replica for N training batches (a forward pass in training mode: no gradient, trainable
-  variables unchanged), `end(N)`. The result is the mean and variance over all N x global-batch
-  examples, pooled over replicas (each replica accumulates means and second moments; `end` reads
-  their mean over replicas and writes the same statistics to every replica), so 1 and R replicas
-  agree. The Caffe running count is restored afterwards, so training goes on as before.
+  variables unchanged), `end(N)`. Each layer normalises with the moments of the GLOBAL batch
+  (all-reduced over the replicas, as with bn_synchronized) and accumulates them, so the result is
+  the mean and variance over all N x global-batch examples and is the same on 1 or R replicas;
+  `end` writes it to every replica. The Caffe running count is restored afterwards, so training goes
+  on as before.
 
   Args:
     network: a keras.Model built by build_network.
