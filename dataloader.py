@@ -556,6 +556,23 @@ def _records(files, training, p, seed, num_pipelines, pipeline):
   return dataset
 
 
+def _decode_fn(training, params, image_size, num_classes, seed):
+  """The decoding map's function over `_number`'s elements (see `_parse_and_preprocess`).
+
+  Element k's crop and flip use the stateless seed (augmentation seed, k): reproducible, and
+  restored with the iterator (k is the scan state), at no per-element cost.
+  """
+  augmentation_seed = random.SystemRandom().randrange(2**31) if seed is None else seed
+  with_bboxes = training and params.preprocessing == "inception"
+
+  def decode(record, filename, end_of_file, file_ok, index, previous_file):
+    element_seed = tf.stack([tf.constant(augmentation_seed, tf.int64), index])
+    image, class_idx, label, check = _parse_and_preprocess(
+        record, end_of_file, training, params, image_size, num_classes, with_bboxes, element_seed)
+    return (image, class_idx, label, check, index, filename, previous_file, end_of_file, file_ok)
+  return decode
+
+
 def input_fn(file_pattern, training, params, image_size, batch_size, num_classes=None,
              input_context=None, skipped=None):
   """The dataset of batches for training or evaluation.
@@ -600,21 +617,10 @@ def input_fn(file_pattern, training, params, image_size, batch_size, num_classes
                     f"({len(files)} files); nothing to train on", param="file_pattern")
   dataset = _records(files, training, p, seed, num_pipelines, pipeline)
   dataset = dataset.scan((tf.constant(0, tf.int64), tf.constant("")), _number)
-  # Element k's crop and flip use the stateless seed (augmentation_seed, k): reproducible, and
-  # restored with the iterator (k is the scan state), at no per-element cost.
-  augmentation_seed = random.SystemRandom().randrange(2**31) if seed is None else seed
-  with_bboxes = training and p.preprocessing == "inception"
-
-  def parse_and_preprocess(record, filename, end_of_file, file_ok, index, previous_file):
-    element_seed = tf.stack([tf.constant(augmentation_seed, tf.int64), index])
-    image, class_idx, label, check = _parse_and_preprocess(
-        record, end_of_file, training, p, image_size, num_classes, with_bboxes, element_seed)
-    return (image, class_idx, label, check, index, filename, previous_file, end_of_file, file_ok)
-
   # Transform. Deterministic even in training: the gap count needs the order (the cost is small,
   # elements take about the same time).
-  dataset = dataset.map(parse_and_preprocess, num_parallel_calls=p.num_parallel_calls,
-                        deterministic=True)
+  dataset = dataset.map(_decode_fn(training, p, image_size, num_classes, seed),
+                        num_parallel_calls=p.num_parallel_calls, deterministic=True)
   dataset = dataset.ignore_errors()  # skips records that cannot be parsed or decoded
   # Load. Batches of uint8 images: 4x fewer bytes to copy than float32. The checks and the skip
   # count run once per batch; the markers leave the batches there, and rebatch restores the size.

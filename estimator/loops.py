@@ -2,6 +2,8 @@
 progress and summaries around them. Each `make_*_loop(estimator)` is traced once per Estimator.
 """
 
+import contextlib
+import signal
 import time
 
 from absl import logging
@@ -167,3 +169,35 @@ def write_eval_summaries(estimator, input_fn, name, results):
       features, _ = next(iter(input_fn(tf.distribute.InputContext()).take(1)))
       images = estimator.config.summary_images_fn(features)
       tf.summary.image("eval/images", images, step=step, max_outputs=images.shape[0])
+
+
+class StopSignals:
+  """Turns SIGTERM and SIGINT (a preemption, Ctrl-C) into a request to stop after the current loop.
+
+  `with StopSignals() as stop:` installs the handlers (in the main thread only) and restores the
+  previous ones at exit; `stop.signal` is the signal number received, or None.
+  """
+
+  def __init__(self):
+    self.signal = None
+    self._previous = {}
+
+  def _handle(self, signum, frame):
+    del frame
+    logging.warning("Received %s: stopping after the current loop to write a checkpoint.",
+                    signal.Signals(signum).name)
+    self.signal = signum
+
+  def __enter__(self):
+    with contextlib.suppress(ValueError):  # not the main thread: leave the default handlers
+      self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+    return self
+
+  def __exit__(self, *exc_info):
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+
+  @property
+  def name(self):
+    """The received signal's name, e.g. "SIGTERM"."""
+    return signal.Signals(self.signal).name

@@ -5,7 +5,6 @@
 estimator/checkpoints.py's; only the chief (worker 0 of a multi-worker cluster) writes summaries.
 """
 
-import signal
 import time
 
 from absl import logging
@@ -18,7 +17,6 @@ from estimator.spec import itstime
 from estimator.spec import ModeKeys
 from estimator.spec import NonFiniteLossError
 from estimator.spec import RunConfig
-from tools.common import format_duration
 from tools.common import UserError
 
 
@@ -53,7 +51,7 @@ class Estimator:
     self._scaffold_fn = scaffold_fn
     self._scaffold = self.keeper = None
     self._writers, self._loops = {}, {}
-    self._stop_signal = self._statistics_step = None
+    self._statistics_step = None
     self.last_train_summary = {}  # the values of the latest training summary (host floats)
     self.stopped_by_signal = False
 
@@ -114,18 +112,6 @@ class Estimator:
     candidates = [max_steps, step + max(cfg.steps_per_loop, 1)]
     return int(min(candidates + [_next_multiple(step, n) for n in intervals]))
 
-  def _handle_stop_signal(self, signum, frame):
-    del frame
-    logging.warning("Received %s: stopping after the current loop to write a checkpoint.",
-                    signal.Signals(signum).name)
-    self._stop_signal = signum
-
-  def _install_signal_handlers(self):
-    try:
-      return {s: signal.signal(s, self._handle_stop_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    except ValueError:  # not the main thread: leave the default handlers
-      return {}
-
   def _distribute(self, input_fn, checkpointable=False):
     """An iterator over input_fn's per-replica batches; its state can be checkpointed if asked."""
     if checkpointable:
@@ -156,18 +142,14 @@ class Estimator:
       self.keeper.track_input(iterator)
     for hook in hooks:
       hook.begin(self)
-    self._stop_signal, self.stopped_by_signal = None, False
-    previous_handlers = self._install_signal_handlers()
-    try:
-      outputs = self._train_steps(iterator, step, max_steps, hooks)
-    finally:
-      for signum, handler in previous_handlers.items():
-        signal.signal(signum, handler)
+    self.stopped_by_signal = False
+    with loops.StopSignals() as signals:
+      outputs = self._train_steps(iterator, step, max_steps, hooks, signals)
     for hook in hooks:
       hook.end(self, self.global_step)
     return outputs
 
-  def _train_steps(self, iterator, step, max_steps, hooks):
+  def _train_steps(self, iterator, step, max_steps, hooks, signals):
     progress = loops.TrainProgress(self, step, max_steps)
     outputs = {}
     while step < max_steps:
@@ -181,15 +163,14 @@ class Estimator:
             f"{outputs['loss']}); the latest checkpoint ({self.keeper.latest}) is the last good one")
       outputs = progress.report(step, outputs, images)
       stop = any([hook.after_step(self, step, outputs) for hook in hooks])
-      if self._stop_signal is not None or stop or itstime(step, self.config.save_checkpoints_steps,
-                                                          max_steps):
+      if signals.signal or stop or itstime(step, self.config.save_checkpoints_steps, max_steps):
         if step == max_steps:
           self.recompute_statistics()  # the final checkpoint is the one inference reads
         self.keeper.save(step, self.scaffold.network.weights)
-      if self._stop_signal is not None:
+      if signals.signal:
         self.stopped_by_signal = True
         logging.info("Stopped by %s at step %d; the checkpoint for step %d is written, and the next "
-                     "start resumes there.", signal.Signals(self._stop_signal).name, step, step)
+                     "start resumes there.", signals.name, step, step)
         break
       if stop:
         break

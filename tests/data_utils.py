@@ -81,27 +81,3 @@ def jpeg_bytes(height=24, width=32, value=128):
   image[:, :, 0] = np.linspace(0, 255, width, dtype=np.uint8)[np.newaxis]
   return cv2.imencode(".jpg", image)[1].tobytes()
 
-
-def write_photo_crops(root, num_images=500, size=96, seed=0):
-  """Class folders of real photographs: random crops of scikit-learn's two bundled sample photos
-  (`china.jpg`: a temple, `flower.jpg`: a flower), 1/5 of them grayscale. Returns `root`.
-
-  Crops cover 35-80% of the photo's short side at a random place, resized to size x size and
-  written as JPEG: root/china/*.jpg and root/flower/*.jpg, num_images / 2 each.
-  """
-  from sklearn.datasets import load_sample_images  # pylint: disable=import-outside-toplevel
-  dataset = load_sample_images()
-  rng = np.random.default_rng(seed)
-  for name, photo in zip(("china", "flower"), dataset.images):  # RGB uint8 [427, 640, 3]
-    folder = os.path.join(root, name)
-    os.makedirs(folder, exist_ok=True)
-    height, width = photo.shape[:2]
-    for i in range(num_images // 2):
-      side = int(rng.uniform(0.35, 0.8) * min(height, width))
-      y, x = rng.integers(0, height - side), rng.integers(0, width - side)
-      crop = cv2.resize(photo[y:y + side, x:x + side, ::-1], (size, size),
-                        interpolation=cv2.INTER_AREA)
-      if i % 5 == 0:
-        crop = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)
-      cv2.imwrite(os.path.join(folder, f"{name}_{i:04d}.jpg"), crop)
-  return str(root)

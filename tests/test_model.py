@@ -14,7 +14,7 @@ from tools.common import UserError
 
 OFFICIAL = ("v_1_0_SqNxt_23", "v_1_0_G_SqNxt_23", "v_1_0_SqNxt_23_v5", "v_2_0_SqNxt_23",
             "v_2_0_SqNxt_23_v5")
-# Trainable parameters and MACs at 227 x 227, 1000 classes (DESIGN.md section 4, the paper's table).
+# Trainable parameters and MACs at 227 x 227, 1000 classes (the official prototxts, the paper's table).
 OFFICIAL_PARAMS = (717280, 543072, 930016, 2361728, 3222912)
 OFFICIAL_MACS = (278.0e6, 224.2e6, 224.9e6, 742.1e6, 702.6e6)
 
@@ -251,7 +251,7 @@ def short_run_gap(caffe_correction):
 
 def test_short_run_evaluates_like_training():
   assert short_run_gap(caffe_correction=True) < 0.01
-  # The trap of DESIGN.md section 4: Keras' plain momentum 0.999 is still far off after 100 steps.
+  # The trap seen while prototyping: Keras' plain momentum 0.999 is still far off after 100 steps.
   assert short_run_gap(caffe_correction=False) > 0.1
 
 

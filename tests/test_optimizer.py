@@ -1,4 +1,4 @@
-"""The poly learning-rate schedule against the official solver's formula (shared/DESIGN.md section 5)."""
+"""The poly learning-rate schedule against the official solver's formula (the Caffe solver of the official release)."""
 
 import pytest
 

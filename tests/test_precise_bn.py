@@ -2,26 +2,21 @@
 what they fix on real photographs, that they leave the weights alone, and that replicas agree."""
 
 import dataclasses
-import os
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-import data_utils
+from tools import demo_data
 from tools import experiment
 from tools import params as params_lib
-from tools import records as records_lib
 
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
   """Crops of scikit-learn's two sample photographs: 2 classes, 400 training and 100 validation
   images of 96x96, a fifth of them grayscale."""
-  root = tmp_path_factory.mktemp("photos")
-  images = data_utils.write_photo_crops(os.path.join(root, "images"), num_images=500, size=96)
-  return records_lib.build(images, os.path.join(root, "records"), validation_fraction=0.2,
-                           num_workers=2, seed=0)
+  return demo_data.make_photo_data(str(tmp_path_factory.mktemp("photos")), num_workers=2)
 
 
 def test_a_short_run_from_scratch_on_photos_evaluates_as_it_trains(photos, tmp_path):

@@ -28,6 +28,7 @@ class ModelStatsHook(estimator_lib.Hook):
     if not estimator.is_chief:
       return
     rows, totals = stats.model_statistics(estimator.scaffold.network)
+    os.makedirs(estimator.model_dir, exist_ok=True)
     stats.write_csv(rows, os.path.join(estimator.model_dir, "model_stats.csv"))
     logging.info("Model statistics: %s (model_stats.csv).",
                  "  ".join(f"{k}={v:,}" for k, v in totals.items()))
