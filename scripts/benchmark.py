@@ -99,41 +99,36 @@ PEERS_HINT = "pip install -r requirements-peers.txt"
 SPEED_MODES = ("train", "inference")
 
 
-def _define(kind, name, default, text, **kwargs):
-  if name not in FLAGS:  # tests define the flags of several programs in one process
-    getattr(flags, f"DEFINE_{kind}")(name, default, help=text, **kwargs)
-
-
 def define_flags():
   """Defines the program's flags once (importing this module defines none)."""
-  _define("string", "output_json", None, "Also write the results to this JSON file.")
-  _define("string", "file_pattern", None, "input/train/inference: TFRecord files to read.")
-  _define("integer", "synthetic_jpegs", 0,
-          "input/train/inference: first write this many ImageNet-like JPEG records to a temporary "
-          "folder and read them.")
-  _define("enum", "preprocessing", "caffe", "Preprocessing of the pipelines.",
-          enum_values=list(dataloader.PREPROCESSINGS))
-  _define("integer", "image_size", 227, "Image side in pixels.")
-  _define("integer", "batch_size", 64, "Batch size.")
-  _define("integer", "rounds", 3, "Timed rounds of each measurement; the best is reported.")
-  _define("integer", "max_images", 4096, "input: images timed per measurement (at most one pass).")
-  _define("list", "configuration", ["v_1_0_SqNxt_23"],
-          "Networks (names in model.CONFIGURATIONS, comma-separated, or 'official' for the five "
-          "official ones); layers: one name.")
-  _define("list", "dtype", ["float32"],
-          "Compute dtypes, comma-separated, of float32|bfloat16|float16 (16-bit: Keras mixed "
-          "precision, float32 variables; peers: autocast).")
-  _define("integer", "steps", 5, "train/inference/layers: steps (batches) per timed measurement.")
-  _define("integer", "matmul_size", 4096,
-          "train/inference: side N of the float32 N x N matmul whose rate is the peak.")
-  _define("boolean", "peers", True,
-          f"Also time the PyTorch peers when they are installed ({PEERS_HINT}).")
-  _define("boolean", "peer_compile", True,
-          "train/inference: also time the peer under torch.compile.")
-  _define("enum", "mode", "train", "layers: profile a training step or inference.",
-          enum_values=list(SPEED_MODES))
-  _define("string", "profile_dir", None,
-          "layers: keep the profiler trace here (TensorBoard --logdir DIR, profile tab).")
+  cli.define_flag("string", "output_json", None, "Also write the results to this JSON file.")
+  cli.define_flag("string", "file_pattern", None, "input/train/inference: TFRecord files to read.")
+  cli.define_flag("integer", "synthetic_jpegs", 0,
+                  "input/train/inference: first write this many ImageNet-like JPEG records to a temporary "
+                  "folder and read them.")
+  cli.define_flag("enum", "preprocessing", "caffe", "Preprocessing of the pipelines.",
+                  enum_values=list(dataloader.PREPROCESSINGS))
+  cli.define_flag("integer", "image_size", 227, "Image side in pixels.")
+  cli.define_flag("integer", "batch_size", 64, "Batch size.")
+  cli.define_flag("integer", "rounds", 3, "Timed rounds of each measurement; the best is reported.")
+  cli.define_flag("integer", "max_images", 4096, "input: images timed per measurement (at most one pass).")
+  cli.define_flag("list", "configuration", ["v_1_0_SqNxt_23"],
+                  "Networks (names in model.CONFIGURATIONS, comma-separated, or 'official' for the five "
+                  "official ones); layers: one name.")
+  cli.define_flag("list", "dtype", ["float32"],
+                  "Compute dtypes, comma-separated, of float32|bfloat16|float16 (16-bit: Keras mixed "
+                  "precision, float32 variables; peers: autocast).")
+  cli.define_flag("integer", "steps", 5, "train/inference/layers: steps (batches) per timed measurement.")
+  cli.define_flag("integer", "matmul_size", 4096,
+                  "train/inference: side N of the float32 N x N matmul whose rate is the peak.")
+  cli.define_flag("boolean", "peers", True,
+                  f"Also time the PyTorch peers when they are installed ({PEERS_HINT}).")
+  cli.define_flag("boolean", "peer_compile", True,
+                  "train/inference: also time the peer under torch.compile.")
+  cli.define_flag("enum", "mode", "train", "layers: profile a training step or inference.",
+                  enum_values=list(SPEED_MODES))
+  cli.define_flag("string", "profile_dir", None,
+                  "layers: keep the profiler trace here (TensorBoard --logdir DIR, profile tab).")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -19,31 +19,26 @@ from tools.common import UserError
 FLAGS = flags.FLAGS
 
 
-def _define(kind, name, default, text, **kwargs):
-  if name not in FLAGS:  # tests define the flags of several programs in one process
-    getattr(flags, f"DEFINE_{kind}")(name, default, help=text, **kwargs)
-
-
 def define_flags():
   """Defines the program's flags once (importing this module defines none)."""
-  _define("string", "input_dir", None, "Folder of images in the --layout.")
-  _define("string", "output_dir", None, "Folder for the TFRecord shards, labels.txt, manifest.json.")
-  _define("enum", "layout", "folders", "imagenet: ILSVRC2012 train/ and validation/ folders; "
-          "folders: <class>/ folders.", enum_values=list(records.LAYOUTS))
-  _define("float", "validation_fraction", 0.1,
-          "Share of each class that goes to validation, in [0, 1) (folders layout).")
-  _define("integer", "train_shards", None,
-          "Training shards (default: 1024 for imagenet, 1 per 1024 images for folders).")
-  _define("integer", "validation_shards", None,
-          "Validation shards (default: 128 for imagenet, 1 per 1024 images for folders).")
-  _define("integer", "num_workers", None, "Threads reading and encoding images (default: CPUs).")
-  _define("integer", "seed", records.DEFAULT_SEED,
-          "Seeds the validation split and the training shuffle (>= 0).")
-  _define("boolean", "rebuild", False,
-          "Remove the records of --output_dir (our file names only) and build them again; needed "
-          "when they were made from other inputs or have no manifest.json.")
-  _define("integer", "max_short_side", 0,
-          "Store images shrunk so that their shorter side is at most this many pixels (0: as is).")
+  cli.define_flag("string", "input_dir", None, "Folder of images in the --layout.")
+  cli.define_flag("string", "output_dir", None, "Folder for the TFRecord shards, labels.txt, manifest.json.")
+  cli.define_flag("enum", "layout", "folders", "imagenet: ILSVRC2012 train/ and validation/ folders; "
+                  "folders: <class>/ folders.", enum_values=list(records.LAYOUTS))
+  cli.define_flag("float", "validation_fraction", 0.1,
+                  "Share of each class that goes to validation, in [0, 1) (folders layout).")
+  cli.define_flag("integer", "train_shards", None,
+                  "Training shards (default: 1024 for imagenet, 1 per 1024 images for folders).")
+  cli.define_flag("integer", "validation_shards", None,
+                  "Validation shards (default: 128 for imagenet, 1 per 1024 images for folders).")
+  cli.define_flag("integer", "num_workers", None, "Threads reading and encoding images (default: CPUs).")
+  cli.define_flag("integer", "seed", records.DEFAULT_SEED,
+                  "Seeds the validation split and the training shuffle (>= 0).")
+  cli.define_flag("boolean", "rebuild", False,
+                  "Remove the records of --output_dir (our file names only) and build them again; needed "
+                  "when they were made from other inputs or have no manifest.json.")
+  cli.define_flag("integer", "max_short_side", 0,
+                  "Store images shrunk so that their shorter side is at most this many pixels (0: as is).")
 
 
 def main(argv):

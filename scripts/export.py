@@ -31,27 +31,22 @@ from tools.common import UserError
 FLAGS = flags.FLAGS
 
 
-def _define(kind, name, default, text):
-  if name not in FLAGS:  # tests define the flags of several programs in one process
-    getattr(flags, f"DEFINE_{kind}")(name, default, help=text)
-
-
 def define_flags():
   """Defines the program's flags once (importing this module defines none)."""
-  _define("string", "model_dir", None, "Folder of the trained model (checkpoints, params.json).")
-  _define("string", "export_dir", None, "Folder to write the export to (must not exist).")
-  _define("string", "export_base", None,
-          "Write the export to EXPORT_BASE/<next free integer version> (TF Serving's layout).")
-  _define("string", "label_map", None,
-          "labels.txt giving class names (default: found as scripts.predict finds it).")
-  _define("boolean", "tflite", False, "Also write model.tflite (float32) into the export.")
-  _define("list", "quantize", [],
-          "With --tflite, also write these quantized variants (comma-separated): "
-          f"{', '.join(inference.QUANTIZATIONS)}.")
-  _define("integer", "representative_examples", inference.DEFAULT_REPRESENTATIVE_EXAMPLES,
-          "Training images calibrating the int8 model.")
-  _define("boolean", "overwrite", False,
-          "Replace --export_dir when it holds an earlier export of this program (nothing else).")
+  cli.define_flag("string", "model_dir", None, "Folder of the trained model (checkpoints, params.json).")
+  cli.define_flag("string", "export_dir", None, "Folder to write the export to (must not exist).")
+  cli.define_flag("string", "export_base", None,
+                  "Write the export to EXPORT_BASE/<next free integer version> (TF Serving's layout).")
+  cli.define_flag("string", "label_map", None,
+                  "labels.txt giving class names (default: found as scripts.predict finds it).")
+  cli.define_flag("boolean", "tflite", False, "Also write model.tflite (float32) into the export.")
+  cli.define_flag("list", "quantize", [],
+                  "With --tflite, also write these quantized variants (comma-separated): "
+                  f"{', '.join(inference.QUANTIZATIONS)}.")
+  cli.define_flag("integer", "representative_examples", inference.DEFAULT_REPRESENTATIVE_EXAMPLES,
+                  "Training images calibrating the int8 model.")
+  cli.define_flag("boolean", "overwrite", False,
+                  "Replace --export_dir when it holds an earlier export of this program (nothing else).")
 
 
 def _check_flags(argv):

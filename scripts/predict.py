@@ -35,20 +35,15 @@ from tools.common import UserError
 FLAGS = flags.FLAGS
 
 
-def _define(kind, name, default, text):
-  if name not in FLAGS:  # tests define the flags of several programs in one process
-    getattr(flags, f"DEFINE_{kind}")(name, default, help=text)
-
-
 def define_flags():
   """Defines the program's flags once (importing this module defines none)."""
-  _define("string", "model_dir", None, "Folder of the trained model (checkpoints, params.json).")
-  _define("string", "tflite", None, "A .tflite file of an export folder, run with LiteRT.")
-  _define("string", "label_map", None,
-          "labels.txt giving class names (default: found from params.json).")
-  _define("integer", "batch_size", 64, "Images per forward pass (>= 1).")
-  _define("integer", "num_threads", 0, "Threads reading and preprocessing (0: one per core).")
-  _define("boolean", "json", False, "Print one JSON object per image and line instead of text.")
+  cli.define_flag("string", "model_dir", None, "Folder of the trained model (checkpoints, params.json).")
+  cli.define_flag("string", "tflite", None, "A .tflite file of an export folder, run with LiteRT.")
+  cli.define_flag("string", "label_map", None,
+                  "labels.txt giving class names (default: found from params.json).")
+  cli.define_flag("integer", "batch_size", 64, "Images per forward pass (>= 1).")
+  cli.define_flag("integer", "num_threads", 0, "Threads reading and preprocessing (0: one per core).")
+  cli.define_flag("boolean", "json", False, "Print one JSON object per image and line instead of text.")
 
 
 def _check_flags(argv):

@@ -57,3 +57,10 @@ def run(main, **kwargs):
     **kwargs: passed to `absl.app.run` (e.g. `flags_parser`).
   """
   app.run(_main_with_user_errors(main), **kwargs)
+
+
+def define_flag(kind, name, default, text, **kwargs):
+  """`flags.DEFINE_<kind>(name, default, help=text, **kwargs)` unless a flag of that name exists:
+  tests define the flags of several programs in one process (the first definition is kept)."""
+  if name not in flags.FLAGS:
+    getattr(flags, f"DEFINE_{kind}")(name, default, help=text, **kwargs)
