@@ -15,13 +15,26 @@ never replaces anything. The folder is written under a temporary name and rename
 signature, for LiteRT. --quantize adds, each written atomically: model_float16.tflite (float16
 weights), model_dynamic_range.tflite (8-bit weights, float activations) and model_int8.tflite (full
 integer: int8 input and float outputs; calibrated on --representative_examples training images
-through the evaluation preprocessing). Check a quantized model's accuracy before use; a TFLite app
-preprocesses images itself, as `python -m scripts.predict --tflite FILE` does.
+through the evaluation preprocessing). A TFLite app preprocesses images itself, as
+`python -m scripts.predict --tflite FILE` does.
+
+After writing, every artefact is evaluated on the validation records (--validation_file_pattern, or
+else the model's params.json validation_file_pattern; without any, one line says the table is
+skipped; --noevaluate skips it): the SavedModel (serving_preprocessed signature), model.tflite and
+each quantized variant, through the evaluation preprocessing of training. The table printed and
+written to EXPORT/accuracy.json gives per artefact: top-1 and top-5 accuracy, agreement of top-1
+with the SavedModel, size in bytes (SavedModel: saved_model.pb, variables/, assets/) and latency in
+milliseconds per image at batch 1 on this CPU (median of --latency_runs; LiteRT with
+--latency_threads threads, the SavedModel with TensorFlow's). A variant losing more than
+--max_top1_drop points of top-1 gets a `warning:` line on stderr.
 
 Exit status 0, or 2 with one line on stderr for a user error.
 """
 
+import sys
+
 from absl import flags
+import tensorflow as tf
 
 from tools import cli
 from tools import inference
@@ -47,6 +60,16 @@ def define_flags():
                   "Training images calibrating the int8 model.")
   cli.define_flag("boolean", "overwrite", False,
                   "Replace --export_dir when it holds an earlier export of this program (nothing else).")
+  cli.define_flag("boolean", "evaluate", True,
+                  "Evaluate every artefact on the validation records (accuracy.json); "
+                  "--noevaluate skips it.")
+  cli.define_flag("string", "validation_file_pattern", None,
+                  "TFRecords to evaluate on (default: validation_file_pattern of params.json).")
+  cli.define_flag("float", "max_top1_drop", inference.DEFAULT_MAX_TOP1_DROP,
+                  "Warn when a variant loses more top-1 points than this against the SavedModel.")
+  cli.define_flag("integer", "latency_runs", inference.DEFAULT_LATENCY_RUNS,
+                  "Timed batch-1 runs per artefact (the median is reported).")
+  cli.define_flag("integer", "latency_threads", 1, "Threads of the LiteRT interpreter.")
 
 
 def _check_flags(argv):
@@ -70,25 +93,63 @@ def _check_flags(argv):
   if FLAGS.representative_examples < 1:
     raise UserError(f"--representative_examples={FLAGS.representative_examples}: expected at "
                     f"least 1")
+  for name, least in (("latency_runs", 1), ("latency_threads", 1), ("max_top1_drop", 0)):
+    if FLAGS[name].value < least:
+      raise UserError(f"--{name}={FLAGS[name].value}: expected at least {least}")
+  if FLAGS.evaluate and FLAGS.validation_file_pattern:
+    inference.check_validation_pattern(FLAGS.validation_file_pattern)
   if FLAGS.export_base:
     return inference.next_version_dir(FLAGS.export_base)
   inference.check_export_dir(FLAGS.export_dir, FLAGS.overwrite)
   return FLAGS.export_dir
 
 
+def _validation_pattern(params):
+  """(pattern, None) of the records to evaluate on, or (None, why the table is skipped)."""
+  if not FLAGS.evaluate:
+    return None, "--noevaluate"
+  if FLAGS.validation_file_pattern:
+    return FLAGS.validation_file_pattern, None  # checked by _check_flags
+  pattern = params.run.validation_file_pattern
+  if not pattern:
+    return None, (f"no validation records: {FLAGS.model_dir}'s params.json names none; pass "
+                  f"--validation_file_pattern")
+  if not tf.io.gfile.glob(pattern):
+    return None, (f"no validation records: validation_file_pattern={pattern} of "
+                  f"{FLAGS.model_dir}'s params.json matches no file; pass --validation_file_pattern")
+  return pattern, None
+
+
+def _evaluate(export_dir, pattern):
+  """Prints the accuracy table of the export (and its warnings, on stderr); writes its JSON."""
+  evaluation = inference.evaluate_export(export_dir, pattern, FLAGS.latency_runs,
+                                         FLAGS.latency_threads, FLAGS.max_top1_drop)
+  path = inference.write_accuracy_json(evaluation)
+  print(inference.format_accuracy_table(evaluation), flush=True)
+  print(f"Saved the table to {path}", flush=True)
+  for warning in evaluation.warnings():
+    print(f"warning: {warning.replace('max_top1_drop=', '--max_top1_drop=')}", file=sys.stderr,
+          flush=True)
+
+
 def main(argv):
-  """Writes the export of the flags; prints its folder."""
+  """Writes the export of the flags, prints its folder, then evaluates it (module docstring)."""
   export_dir = _check_flags(argv)
+  params = params_lib.load_params(FLAGS.model_dir)
   representative = None
   if "int8" in FLAGS.quantize:  # before the slow restore and export: the records must be there
-    params = params_lib.load_params(FLAGS.model_dir)
     representative = inference.representative_images(params, FLAGS.representative_examples)
+  pattern, skipped = _validation_pattern(params)
   trained = inference.load_trained_model(FLAGS.model_dir, FLAGS.label_map)
   inference.export_saved_model(trained, export_dir, FLAGS.overwrite)
   if FLAGS.tflite:
     for quantization in [None, *dict.fromkeys(FLAGS.quantize)]:
       inference.write_tflite(export_dir, quantization, representative)
   print(f"Exported step {trained.global_step} of {FLAGS.model_dir} to {export_dir}", flush=True)
+  if pattern:
+    _evaluate(export_dir, pattern)
+  elif FLAGS.evaluate:
+    print(f"Accuracy table skipped: {skipped}.", flush=True)
   return 0
 
 

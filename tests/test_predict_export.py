@@ -5,7 +5,8 @@ One small model_dir is trained once for the module with the library (`tiny_SqNxt
 records of 6 colour classes built by tests/data_utils.py, a few steps: the weights need not be good,
 only fixed). For the same image files, the library, the programs, the SavedModel's two signatures,
 the LiteRT interpreter and Estimator.predict must agree. Each program runs once as a real process
-(exit status, no traceback); everything else runs in-process.
+(exit status, no traceback); everything else runs in-process. The export process also evaluates
+every artefact on the validation records (the accuracy table, accuracy.json).
 """
 
 import dataclasses
@@ -29,6 +30,7 @@ import data_utils
 import dataloader
 import estimator as estimator_lib
 import model
+import process_utils
 from scripts import export
 from scripts import predict
 from tools import cli
@@ -42,6 +44,7 @@ IMAGE_SIZE = 32
 NUM_CLASSES = 6  # > 5, so that top_5 is a real choice
 TOLERANCE = 1e-4  # probabilities, float32 models
 ALL_VARIANTS = [None, *inference.QUANTIZATIONS]
+ARTEFACTS = ["SavedModel", "TFLite float32", "TFLite float16", "TFLite dynamic_range", "TFLite int8"]
 
 # predict's --tflite (a file) and export's --tflite (a switch) share a name: in this process the
 # flags are predict's, so the in-process export runs pass no --tflite (the export process does).
@@ -129,7 +132,9 @@ def cli_runs(workspace):
       "export": _start("export", f"--model_dir={workspace['model_dir']}",
                        f"--export_dir={export_dir}", "--tflite",
                        f"--quantize={','.join(inference.QUANTIZATIONS)}",
-                       "--representative_examples=8"),
+                       "--representative_examples=8",
+                       f"--validation_file_pattern={workspace['records'].validation_pattern}",
+                       "--latency_runs=3"),
       "predict": _start("predict", f"--model_dir={workspace['model_dir']}", "--json",
                         "--batch_size=3", workspace["images"], workspace["missing"]),
   }
@@ -141,11 +146,18 @@ def cli_runs(workspace):
 
 
 @pytest.fixture(scope="module")
-def exported(cli_runs):
-  """The export folder written by the export process."""
+def export_output(cli_runs):
+  """(stdout, stderr) of the export process, which succeeded."""
   status, stdout, stderr = _finish(cli_runs["export"])
   assert status == 0, stderr[-3000:]
   assert "Traceback" not in stderr and stdout.startswith("Exported step 6 of ")
+  return stdout, stderr
+
+
+@pytest.fixture(scope="module")
+def exported(cli_runs, export_output):
+  """The export folder written by the export process."""
+  del export_output  # finished
   return cli_runs["export_dir"]
 
 
@@ -412,12 +424,17 @@ def test_predict_tflite_gives_the_interpreters_top_1(workspace, reference, expor
     assert lines[0]["top_5"][0]["name"].startswith("class")  # assets.extra/labels.txt
 
 
-def test_overwrite_refuses_what_it_did_not_write(workspace, exported, tmp_path):
+def test_overwrite_refuses_what_it_did_not_write(workspace, exported, tmp_path, capsys):
   base = tmp_path / "serving"
   model_dir = workspace["model_dir"]
   for _ in range(2):
     assert _run_main(export, f"--model_dir={model_dir}", f"--export_base={base}") == 0
   assert sorted(os.listdir(base)) == ["1", "2"]
+  # Its params.json names no validation records: the table is skipped, with one line.
+  skipped = [line for line in capsys.readouterr().out.splitlines() if "skipped" in line]
+  assert skipped == [f"Accuracy table skipped: no validation records: {model_dir}'s params.json "
+                     f"names none; pass --validation_file_pattern."] * 2
+  assert not os.path.exists(base / "1" / inference.ACCURACY_FILENAME)
   assert os.path.exists(base / "2" / inference.EXPORT_MARKER)
   protected = [model_dir, str(workspace["root"]), str(base)]
   before = {folder: _snapshot(folder) for folder in protected}
@@ -447,13 +464,147 @@ def test_overwrite_refuses_what_it_did_not_write(workspace, exported, tmp_path):
   assert not os.path.exists(tmp_path / "x")
 
 
-def test_overwrite_replaces_an_earlier_export(workspace, tmp_path):
+def test_overwrite_replaces_an_earlier_export(workspace, tmp_path, capsys):
+  """Also: the validation records of the model's params.json are the default of the table."""
   export_dir = str(tmp_path / "export")
   trained = inference.load_trained_model(workspace["model_dir"])
   inference.export_saved_model(trained, export_dir)
   stale = os.path.join(export_dir, "stale.txt")
   open(stale, "w").close()
-  assert _run_main(export, f"--model_dir={workspace['model_dir']}", f"--export_dir={export_dir}",
-                   "--overwrite") == 0
+  model_dir = workspace["root"] / "with_validation"
+  shutil.copytree(workspace["model_dir"], model_dir)
+  params = workspace["params"]
+  validation = workspace["records"].validation_pattern
+  params_lib.save_params(dataclasses.replace(params, run=dataclasses.replace(
+      params.run, validation_file_pattern=validation)), str(model_dir), ["test"])
+  assert _run_main(export, f"--model_dir={model_dir}", f"--export_dir={export_dir}",
+                   "--overwrite", "--latency_runs=2") == 0
   assert not os.path.exists(stale) and os.path.exists(os.path.join(export_dir, "saved_model.pb"))
   assert sorted(os.listdir(tmp_path)) == ["export"]  # no temporary or old folder left
+  table = json.loads(open(os.path.join(export_dir, inference.ACCURACY_FILENAME)).read())
+  assert table["validation_file_pattern"] == validation
+  assert [row["artefact"] for row in table["rows"]] == ["SavedModel"]  # no TFLite file here
+  assert _printed_table(capsys.readouterr().out)[0][0] == "SavedModel"
+
+
+# ------------------------------------------------------------------------------------------------
+# The accuracy table of an export.
+
+
+def _printed_table(stdout):
+  """The rows of the markdown table printed by export: list of lists of cells (header dropped)."""
+  lines = [line for line in stdout.splitlines() if line.startswith("| ")]
+  return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[1:]]
+
+
+def _validation_predictions(trained, records):
+  """(labels, top_1, top_5) of the checkpoint's model on the validation records."""
+  params = trained.params
+  dataset = dataloader.input_fn(records.validation_pattern, False, params.input, IMAGE_SIZE, 4,
+                                NUM_CLASSES)
+  labels, top_1, top_5 = [], [], []
+  for features, targets in dataset:
+    labels.append(targets["class_idx"].numpy())
+    predictions = trained.predict_batch(features["image"].numpy())
+    top_1.append(predictions["top_1"])
+    top_5.append(predictions["top_5"])
+  return np.concatenate(labels), np.concatenate(top_1), np.concatenate(top_5)
+
+
+def test_accuracy_table_has_a_row_per_artefact(workspace, trained, exported, export_output):
+  stdout, stderr = export_output
+  table = json.loads(open(os.path.join(exported, inference.ACCURACY_FILENAME)).read())
+  rows = table["rows"]
+  assert [row["artefact"] for row in rows] == ARTEFACTS
+  assert table["num_images"] == workspace["records"].num_validation > 0
+  assert table["validation_file_pattern"] == workspace["records"].validation_pattern
+  assert table["latency"] == {"batch_size": 1, "statistic": "median", "runs": 3,
+                              "unit": "milliseconds per image"}
+  for row in rows:
+    for key in ("top_1", "top_5", "top_1_agreement"):
+      assert 0.0 <= row[key] <= 1.0, row
+    assert row["size_bytes"] > 0 and row["latency_ms"] > 0 and row["threads"] >= 1, row
+  by_name = {row["artefact"]: row for row in rows}
+  assert by_name["SavedModel"]["top_1_agreement"] == 1.0
+  assert by_name["TFLite float32"]["top_1_agreement"] == 1.0
+  assert by_name["TFLite float32"]["size_bytes"] == os.path.getsize(
+      os.path.join(exported, "model.tflite"))
+  assert by_name["TFLite int8"]["runtime"] == "LiteRT" and by_name["TFLite int8"]["threads"] == 1
+  # The SavedModel's accuracy is the checkpoint's on the same records.
+  labels, top_1, top_5 = _validation_predictions(trained, workspace["records"])
+  assert by_name["SavedModel"]["top_1"] == pytest.approx(np.mean(top_1 == labels))
+  assert by_name["SavedModel"]["top_5"] == pytest.approx(
+      np.mean([label in best for label, best in zip(labels, top_5)]))
+  # The printed table is the JSON's rows; the warnings are the JSON's.
+  printed = _printed_table(stdout)
+  assert [cells[0] for cells in printed] == ARTEFACTS
+  for cells, row in zip(printed, rows):
+    assert cells[1] == row["file"] and cells[5] == str(row["size_bytes"])
+    assert cells[2:5] == [f"{100 * row[k]:.2f}%" for k in ("top_1", "top_5", "top_1_agreement")]
+    assert cells[6] == f"{row['latency_ms']:.3f}"
+    assert cells[7] == f"{row['runtime']} ({row['threads']})"
+  warnings = [line for line in stderr.splitlines() if line.startswith("warning: ")]
+  assert len(warnings) == len(table["warnings"])
+  assert "tf.lite.Interpreter is deprecated" not in stderr and "DeprecationWarning" not in stderr
+
+
+def test_int8_top_1_agrees_with_the_saved_model(exported):
+  """On at least 90% of the validation images (the table's agreement column)."""
+  table = json.loads(open(os.path.join(exported, inference.ACCURACY_FILENAME)).read())
+  int8, = [row for row in table["rows"] if row["artefact"] == "TFLite int8"]
+  assert int8["top_1_agreement"] >= 0.9, table
+
+
+def _without_training_records(workspace, folder, pattern):
+  """A model_dir holding only params.json, whose train_file_pattern is `pattern`."""
+  params = workspace["params"]
+  params = dataclasses.replace(params, run=dataclasses.replace(params.run,
+                                                               train_file_pattern=pattern))
+  os.makedirs(folder)
+  params_lib.save_params(params, str(folder), ["test"])
+  return str(folder)
+
+
+def test_export_bad_input_is_one_line(workspace, tmp_path):
+  """Real process (exit status 2, one `error:` line, no traceback), failing before any export."""
+  nothing = str(tmp_path / "nothing-*")
+  no_train = _without_training_records(workspace, tmp_path / "no_train", nothing)
+  model_dir = workspace["model_dir"]
+  cases = [
+      ([f"--model_dir={no_train}", "--tflite", "--quantize=int8"],
+       f"--quantize=int8: its calibration reads the training records, and the model's "
+       f"train_file_pattern={nothing} matches no file"),
+      ([f"--model_dir={model_dir}", f"--validation_file_pattern={nothing}"],
+       f"--validation_file_pattern={nothing}: matches no file; expected the TFRecords of the "
+       f"validation images"),
+      ([f"--model_dir={model_dir}", "--latency_runs=0"], "--latency_runs=0: expected at least 1"),
+      ([f"--model_dir={model_dir}", "--max_top1_drop=-1"],
+       "--max_top1_drop=-1.0: expected at least 0"),
+  ]
+  argvs = [[*argv, f"--export_dir={tmp_path / f'export{i}'}"] for i, (argv, _) in enumerate(cases)]
+  outcomes = process_utils.run_cases("scripts.export", argvs)
+  for (_, message), outcome in zip(cases, outcomes):
+    process_utils.one_error_line(outcome)
+    assert outcome["code"] == cli.USER_ERROR_EXIT_CODE
+    assert outcome["stderr"].strip().splitlines()[-1] == f"error: {message}", outcome["stderr"]
+  assert not [name for name in os.listdir(tmp_path) if name.startswith("export")]
+
+
+def test_predict_tflite_unreadable_file_is_one_line(workspace, tmp_path, capsys):
+  garbage = tmp_path / "garbage.tflite"
+  garbage.write_bytes(b"not a flatbuffer" * 8)
+  unreadable = tmp_path / "unreadable.tflite"
+  unreadable.write_bytes(b"")
+  unreadable.chmod(0)
+  cases = [(garbage, "cannot be loaded (The model is not a valid Flatbuffer buffer)"),
+           (tmp_path / "missing.tflite", "no such file"),
+           (tmp_path, "is a folder, not a .tflite file")]
+  if not os.access(unreadable, os.R_OK):  # root reads anything
+    cases.append((unreadable, "cannot be read (permission denied)"))
+  for path, reason in cases:
+    with flagsaver.flagsaver(), pytest.raises(SystemExit) as exit_info:
+      rest = flags.FLAGS(["predict", f"--tflite={path}", f"--model_dir={workspace['model_dir']}",
+                          workspace["good"][0]])
+      cli._main_with_user_errors(predict.main)(rest)  # pylint: disable=protected-access
+    assert exit_info.value.code == cli.USER_ERROR_EXIT_CODE
+    assert capsys.readouterr().err == f"error: --tflite={path}: {reason}\n"

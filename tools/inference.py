@@ -26,16 +26,22 @@ those outputs (with a label map also top_1_name string [N] and top_5_names strin
 and assets.extra/params.json, assets.extra/labels.txt (when a label map was found), the TFLite files
 (`TFLITE_FILENAMES`: the serving_preprocessed signature) and the marker EXPORT_MARKER that tells an
 export written here from any other folder: only such a folder is ever replaced (`check_export_dir`).
+
+`evaluate_export` measures what each artefact of an export keeps on validation records: top-1,
+top-5, top-1 agreement with the SavedModel, size (bytes) and latency (milliseconds per image,
+batch 1); scripts/export.py prints it and writes it as ACCURACY_FILENAME into the export folder.
 """
 
 import collections
 import concurrent.futures
 import dataclasses
+import functools
 import json
 import os
 import re
 import shutil
 import time
+import warnings
 
 from absl import logging
 import keras
@@ -554,7 +560,12 @@ def convert_tflite(saved_model_dir, quantization=None, representative=None):
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = converter.inference_output_type = tf.int8
   try:
-    return converter.convert()
+    with warnings.catch_warnings():
+      # The int8 calibration of TensorFlow's converter runs TensorFlow's own tf.lite.Interpreter,
+      # which warns that it is deprecated; the converter has no LiteRT option. Our models run in
+      # LiteRT's interpreter (load_lite_model).
+      warnings.filterwarnings("ignore", message=r"\s*Warning: tf\.lite\.Interpreter is deprecated")
+      return converter.convert()
   except Exception as e:  # the converter raises unrelated types (ConverterError, ValueError, ...)
     raise UserError(f"TFLite conversion ({quantization or 'float32'}) of {saved_model_dir} failed "
                     f"({type(e).__name__}: {one_line(e)}); the SavedModel is complete") from e
@@ -578,16 +589,25 @@ class LiteModel(Classifier):
   """
   runner: object = None
 
-  def predict_batch(self, images):
-    """Quantizes the images for an integer input and dequantizes integer float outputs
-    (probabilities, logits), so the result has the dtypes of the module docstring."""
+  def model_input(self, images):
+    """float32 numpy [N, S, S, 3] (preprocessed) -> the model's input: the same images, or for an
+    integer input (int8) quantized with its scale and zero point (round, clip to the type)."""
     details = self.runner.get_input_details()["images"]
     images = np.asarray(images, np.float32)
     if np.issubdtype(details["dtype"], np.integer):
       scale, zero_point = details["quantization"]
       info = np.iinfo(details["dtype"])
       images = np.clip(np.round(images / scale + zero_point), info.min, info.max)
-    outputs = self.runner(images=images.astype(details["dtype"]))
+    return images.astype(details["dtype"])
+
+  def invoke(self, model_input):
+    """Runs the interpreter on a model_input; returns its raw outputs (dict of numpy)."""
+    return self.runner(images=model_input)
+
+  def predict_batch(self, images):
+    """Quantizes the images for an integer input (model_input) and dequantizes integer float
+    outputs (probabilities, logits), so the result has the dtypes of the module docstring."""
+    outputs = self.invoke(self.model_input(images))
     output_details = self.runner.get_output_details()
     result = {}
     for name, value in outputs.items():
@@ -614,6 +634,11 @@ def load_lite_model(tflite_path, model_dir=None, label_map=None, num_threads=Non
       from the params'.
   """
   from ai_edge_litert.interpreter import Interpreter  # pylint: disable=import-outside-toplevel
+  if not os.path.isfile(tflite_path) or not os.access(tflite_path, os.R_OK):
+    reason = ("is a folder, not a .tflite file" if os.path.isdir(tflite_path) else
+              "cannot be read (permission denied)" if os.path.exists(tflite_path) else
+              "no such file")
+    raise UserError(f"tflite={tflite_path}: {reason}", param="tflite")
   export_dir = os.path.dirname(os.path.abspath(tflite_path))
   params_dir = model_dir or os.path.join(export_dir, ASSETS_EXTRA)
   try:
@@ -639,3 +664,256 @@ def load_lite_model(tflite_path, model_dir=None, label_map=None, num_threads=Non
   label_map_path = find_label_map(params_dir, params, label_map)
   entries = read_label_map(label_map_path, m.num_classes)
   return LiteModel(params, entries, label_map_path, tflite_path, runner=runner)
+
+
+# ------------------------------------------------------------------------------------------------
+# What an export keeps: accuracy, size and speed of each artefact on the validation records.
+
+ACCURACY_FILENAME = "accuracy.json"
+DEFAULT_LATENCY_RUNS = 50
+DEFAULT_MAX_TOP1_DROP = 1.0  # percentage points of top-1 accuracy
+SAVED_MODEL_ROW = "SavedModel"
+# The files of the SavedModel proper in an export folder (what TF Serving loads).
+_SAVED_MODEL_PARTS = ("saved_model.pb", "fingerprint.pb", "variables", "assets")
+
+
+@dataclasses.dataclass
+class SavedModelClassifier(Classifier):
+  """The serving_preprocessed signature of an export folder's SavedModel (load_saved_model).
+
+  Attributes (besides Classifier's):
+    signature: the concrete function images float32 [N, S, S, 3] -> dict of outputs.
+  """
+  signature: object = None
+
+  def model_input(self, images):
+    """float32 numpy [N, S, S, 3] -> the signature's input tensor."""
+    return tf.constant(images, tf.float32)
+
+  def invoke(self, model_input):
+    """Runs the signature on a model_input; returns its outputs (dict of tensors)."""
+    return self.signature(images=model_input)
+
+  def predict_batch(self, images):
+    outputs = self.invoke(self.model_input(images))
+    return {k: v.numpy() for k, v in outputs.items()}
+
+
+def load_saved_model(export_dir):
+  """Loads the SavedModel of an export folder (export_saved_model) with its assets.extra params
+  and label map; returns a SavedModelClassifier.
+
+  Raises:
+    UserError (param export_dir): no params.json in assets.extra, or no SavedModel there.
+  """
+  extra = os.path.join(export_dir, ASSETS_EXTRA)
+  try:
+    params = params_lib.load_params(extra).replace_model(dtype="float32")
+    loaded = tf.saved_model.load(export_dir)
+  except (UserError, OSError, tf.errors.OpError) as e:
+    raise UserError(f"export_dir={export_dir}: not an export folder ({one_line(e)})",
+                    param="export_dir") from e
+  label_map_path = find_label_map(extra, params)
+  entries = read_label_map(label_map_path, params.model.num_classes)
+  return SavedModelClassifier(params, entries, label_map_path, export_dir,
+                              signature=loaded.signatures[SERVING_PREPROCESSED])
+
+
+def folder_size(path):
+  """Total size in bytes of the files under `path` (a file: its own size)."""
+  if os.path.isfile(path):
+    return os.path.getsize(path)
+  return sum(os.path.getsize(os.path.join(root, name))
+             for root, _, names in os.walk(path) for name in names)
+
+
+def saved_model_size(export_dir):
+  """Size in bytes of the SavedModel of an export folder: saved_model.pb, fingerprint.pb,
+  variables/ and assets/ (not the TFLite files, assets.extra or the marker beside them)."""
+  return sum(folder_size(os.path.join(export_dir, part)) for part in _SAVED_MODEL_PARTS
+             if os.path.exists(os.path.join(export_dir, part)))
+
+
+def median_latency_ms(call, runs):
+  """Median wall time in milliseconds of `runs` calls of `call()` (after one untimed warm-up)."""
+  call()
+  times = []
+  for _ in range(runs):
+    start = time.perf_counter()
+    call()
+    times.append(time.perf_counter() - start)
+  return float(np.median(times)) * 1000.0
+
+
+def check_validation_pattern(file_pattern):
+  """Returns file_pattern when it matches a file.
+
+  Raises:
+    UserError (param validation_file_pattern): it is empty or matches no file.
+  """
+  if not file_pattern or not tf.io.gfile.glob(file_pattern):
+    raise UserError(f"validation_file_pattern={file_pattern}: matches no file; expected the "
+                    f"TFRecords of the validation images", param="validation_file_pattern")
+  return file_pattern
+
+
+@dataclasses.dataclass
+class ArtefactRow:
+  """One row of the accuracy table of an export (evaluate_export).
+
+  Attributes:
+    artefact: str, "SavedModel" or "TFLite <float32|float16|dynamic_range|int8>".
+    file: str, the file(s) measured, relative to the export folder.
+    top_1, top_5: float in [0, 1], accuracy on the validation images (top_5: the label among the
+      min(5, K) best classes).
+    top_1_agreement: float in [0, 1], the fraction of images whose top-1 equals the float
+      SavedModel's.
+    size_bytes: int, the file's size (SavedModel: saved_model_size).
+    latency_ms: float, median milliseconds per image at batch 1 on this CPU.
+    runtime: str, "TensorFlow" (SavedModel) or "LiteRT" (interpreter of ai_edge_litert).
+    threads: int, the runtime's threads during the latency runs.
+  """
+  artefact: str
+  file: str
+  top_1: float
+  top_5: float
+  top_1_agreement: float
+  size_bytes: int
+  latency_ms: float
+  runtime: str
+  threads: int
+
+
+@dataclasses.dataclass
+class ExportEvaluation:
+  """The accuracy table of an export: rows (list of ArtefactRow, the SavedModel first), the
+  validation_file_pattern and num_images read, latency_runs (batch 1, median) and max_top1_drop
+  (percentage points; warnings)."""
+  export_dir: str
+  validation_file_pattern: str
+  num_images: int
+  latency_runs: int
+  max_top1_drop: float
+  rows: list
+
+  def warnings(self):
+    """One line per row losing more than max_top1_drop points of top-1 against the SavedModel."""
+    base = self.rows[0].top_1
+    return [f"{row.artefact} loses {100 * (base - row.top_1):.2f} points of top-1 against the "
+            f"SavedModel ({100 * base:.2f}% -> {100 * row.top_1:.2f}%), more than "
+            f"max_top1_drop={self.max_top1_drop:g}" for row in self.rows[1:]
+            if 100 * (base - row.top_1) > self.max_top1_drop + 1e-9]
+
+  def to_dict(self):
+    """The JSON form written to ACCURACY_FILENAME (rows as dicts, warnings included)."""
+    return {"export_dir": os.path.abspath(self.export_dir),
+            "validation_file_pattern": self.validation_file_pattern,
+            "num_images": self.num_images,
+            "latency": {"batch_size": 1, "statistic": "median", "runs": self.latency_runs,
+                        "unit": "milliseconds per image"},
+            "max_top1_drop": self.max_top1_drop,
+            "rows": [dataclasses.asdict(row) for row in self.rows],
+            "warnings": self.warnings()}
+
+
+def _artefacts(export_dir, num_threads):
+  """[(name, file, classifier, size_bytes, runtime, threads)] of the export's SavedModel and
+  every TFLite file present, in TFLITE_FILENAMES order."""
+  tf_threads = (tf.config.threading.get_intra_op_parallelism_threads()
+                or len(os.sched_getaffinity(0)))
+  artefacts = [(SAVED_MODEL_ROW, "saved_model.pb + variables/", load_saved_model(export_dir),
+                saved_model_size(export_dir), "TensorFlow", tf_threads)]
+  for quantization, filename in TFLITE_FILENAMES.items():
+    path = os.path.join(export_dir, filename)
+    if os.path.exists(path):
+      lite = load_lite_model(path, num_threads=num_threads)
+      artefacts.append((f"TFLite {quantization or 'float32'}", filename, lite,
+                        os.path.getsize(path), "LiteRT", num_threads))
+  return artefacts
+
+
+def _validation_predictions(classifiers, params, file_pattern, batch_size):
+  """One pass over the validation records through the evaluation preprocessing (input_fn), every
+  classifier on every batch. Returns (labels int [n], [top_1 int [n]], [top_5 int [n, k]], first
+  image float32 [1, S, S, 3])."""
+  m = params.model
+  dataset = dataloader.input_fn(file_pattern, False, params.input, m.image_size, batch_size,
+                                m.num_classes)
+  labels, top_1, top_5, first = [], [[] for _ in classifiers], [[] for _ in classifiers], None
+  with dataloader.user_errors_from_data():
+    for features, targets in dataset:
+      images = features["image"].numpy()
+      first = images[:1] if first is None else first
+      labels.append(targets["class_idx"].numpy())
+      for i, classifier in enumerate(classifiers):
+        predictions = classifier.predict_batch(images)
+        top_1[i].append(predictions["top_1"])
+        top_5[i].append(predictions["top_5"])
+  if first is None:
+    raise UserError(f"validation_file_pattern={file_pattern}: no readable record",
+                    param="validation_file_pattern")
+  return (np.concatenate(labels), [np.concatenate(t) for t in top_1],
+          [np.concatenate(t) for t in top_5], first)
+
+
+def evaluate_export(export_dir, file_pattern, latency_runs=DEFAULT_LATENCY_RUNS, num_threads=1,
+                    max_top1_drop=DEFAULT_MAX_TOP1_DROP, batch_size=32):
+  """Accuracy, size and speed of every artefact of an export folder on validation records.
+
+  The SavedModel (serving_preprocessed signature) and each TFLite file present (LiteRT; int8
+  inputs quantized as for predict) classify the records of file_pattern through the evaluation
+  preprocessing of training (dataloader.input_fn, one pass); then each runs the first image at
+  batch 1, `latency_runs` times.
+
+  Args:
+    export_dir: written by export_saved_model (and write_tflite).
+    file_pattern: glob of validation TFRecords.
+    latency_runs: int >= 1, timed runs per artefact (median reported, milliseconds).
+    num_threads: int >= 1, LiteRT interpreter threads (the SavedModel uses TensorFlow's).
+    max_top1_drop: float >= 0, percentage points of top-1 a variant may lose without a warning.
+    batch_size: int, images per batch of the accuracy pass.
+  Returns:
+    ExportEvaluation.
+  Raises:
+    UserError: a bad argument, a pattern matching no file or no readable record, bad records.
+  """
+  for name, value, least in (("latency_runs", latency_runs, 1), ("num_threads", num_threads, 1),
+                             ("max_top1_drop", max_top1_drop, 0)):
+    if value < least:
+      raise UserError(f"{name}={value}: expected at least {least}", param=name)
+  check_validation_pattern(file_pattern)
+  artefacts = _artefacts(export_dir, num_threads)
+  classifiers = [a[2] for a in artefacts]
+  labels, top_1, top_5, first = _validation_predictions(classifiers, classifiers[0].params,
+                                                        file_pattern, batch_size)
+  rows = []
+  for (name, filename, classifier, size, runtime, threads), t1, t5 in zip(artefacts, top_1, top_5):
+    call = functools.partial(classifier.invoke, classifier.model_input(first))
+    rows.append(ArtefactRow(name, filename, float(np.mean(t1 == labels)),
+                            float(np.mean((t5 == labels[:, np.newaxis]).any(axis=1))),
+                            float(np.mean(t1 == top_1[0])), int(size),
+                            median_latency_ms(call, latency_runs), runtime, int(threads)))
+  return ExportEvaluation(export_dir, file_pattern, len(labels), latency_runs, max_top1_drop, rows)
+
+
+def format_accuracy_table(evaluation):
+  """The table of an ExportEvaluation as markdown lines (a heading line, then the table)."""
+  header = ("artefact", "file", "top-1", "top-5", "top-1 agreement", "size (bytes)",
+            "latency (ms/image)", "runtime (threads)")
+  cells = [header] + [(r.artefact, r.file, f"{100 * r.top_1:.2f}%", f"{100 * r.top_5:.2f}%",
+                       f"{100 * r.top_1_agreement:.2f}%", str(r.size_bytes),
+                       f"{r.latency_ms:.3f}", f"{r.runtime} ({r.threads})")
+                      for r in evaluation.rows]
+  widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+  line = lambda row: "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |"
+  rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+  title = (f"Accuracy on {evaluation.num_images} validation images "
+           f"({evaluation.validation_file_pattern}); latency: median of {evaluation.latency_runs} "
+           f"runs at batch 1 on this CPU; agreement: top-1 equal to the SavedModel's.")
+  return "\n".join([title, "", line(cells[0]), rule, *map(line, cells[1:])])
+
+
+def write_accuracy_json(evaluation):
+  """Writes evaluation.to_dict() to <export_dir>/ACCURACY_FILENAME atomically; returns its path."""
+  path = os.path.join(evaluation.export_dir, ACCURACY_FILENAME)
+  return atomic_write(path, json.dumps(evaluation.to_dict(), indent=2) + "\n")
