@@ -274,10 +274,27 @@ class GroupConv2D(keras.layers.Conv2D):
   result and the gradients are those of the grouped convolution (the zero blocks are constants);
   the weights are Conv2D's (kernel [kh, kw, in / groups, out], output channels group-major), so
   checkpoints interchange with keras.layers.Conv2D(groups=...). With groups=1 this is Conv2D.
+
+  On GPUs the native grouped kernel (cuDNN) is the right one. `implementation` chooses:
+  "auto" (the block-diagonal form when no GPU is visible, else native), "block_diagonal" or
+  "native". The weights are the same for all three.
   """
 
+  def __init__(self, *args, implementation="auto", **kwargs):
+    super().__init__(*args, **kwargs)
+    if implementation not in GROUPED_CONV_IMPLEMENTATIONS:
+      raise ValueError(f"implementation {implementation!r} is not one of "
+                       f"{GROUPED_CONV_IMPLEMENTATIONS}")
+    self.implementation = implementation
+
+  def block_diagonal(self):
+    """True when this layer computes its grouped convolution in the block-diagonal form."""
+    if self.groups == 1 or self.implementation == "native":
+      return False
+    return self.implementation == "block_diagonal" or not tf.config.list_physical_devices("GPU")
+
   def convolution_op(self, inputs, kernel):
-    if self.groups == 1:
+    if not self.block_diagonal():
       return super().convolution_op(inputs, kernel)
     # Group g maps input channels [g * in/groups, (g + 1) * in/groups) to output channels
     # [g * out/groups, (g + 1) * out/groups): pad each group's [kh, kw, in/groups, out/groups]
@@ -289,6 +306,14 @@ class GroupConv2D(keras.layers.Conv2D):
     return super().convolution_op(inputs, tf.concat(blocks, axis=-1))  # [kh, kw, in, out]
 
 
+  def get_config(self):
+    return {**super().get_config(), "implementation": self.implementation}
+
+
+# GroupConv2D's implementations of a grouped convolution.
+GROUPED_CONV_IMPLEMENTATIONS = ("auto", "block_diagonal", "native")
+
+
 @dataclasses.dataclass(frozen=True)
 class _Builder:
   """Builds the layers of one network with common BN and dtype settings (see build_network)."""
@@ -298,11 +323,13 @@ class _Builder:
   bn_caffe_correction: bool
   bn_synchronized: bool
   dtype: object
+  grouped_conv: str = "auto"
 
   def conv_bn_relu(self, x, filters, kernel, prefix, suffix="", strides=1, groups=1,
                    padding="valid"):
     """Bias-free conv + BN + ReLU named {prefix}_conv{suffix}, {prefix}_bn{suffix}, ..._relu."""
     x = GroupConv2D(filters, kernel, strides=strides, padding=padding, groups=groups,
+                    implementation=self.grouped_conv,
                     use_bias=False, kernel_initializer=CAFFE_XAVIER, dtype=self.dtype,
                     name=f"{prefix}_conv{suffix}")(x)
     x = CaffeBatchNormalization(momentum=self.bn_momentum, epsilon=self.bn_epsilon,
@@ -367,7 +394,7 @@ class _Builder:
 
 def build_network(configuration, num_classes, image_size, bn_momentum=BN_MOMENTUM,
                   bn_epsilon=BN_EPSILON, bn_caffe_correction=True, bn_synchronized=False,
-                  dtype=None, name=None):
+                  dtype=None, name=None, grouped_conv="auto"):
   """Builds a SqueezeNext network as a functional keras.Model.
 
   Args:
@@ -384,6 +411,8 @@ def build_network(configuration, num_classes, image_size, bn_momentum=BN_MOMENTU
     dtype: Keras dtype policy for the layers, e.g. None (float32), "mixed_bfloat16",
       "mixed_float16". No global policy is set. The classifier always computes in float32.
     name: model name; defaults to the configuration's name (or "squeezenext").
+    grouped_conv: GroupConv2D's implementation of grouped convolutions: "auto" (block-diagonal
+      without a GPU, cuDNN's grouped kernel with one), "block_diagonal" or "native".
 
   Returns:
     keras.Model mapping float32 [B, S, S, 3] (channels last) to float32 logits [B, num_classes].
@@ -403,7 +432,7 @@ def build_network(configuration, num_classes, image_size, bn_momentum=BN_MOMENTU
   if name is None:
     name = configuration if isinstance(configuration, str) else "squeezenext"
   builder = _Builder(config, bn_momentum, bn_epsilon, bn_caffe_correction, bn_synchronized,
-                     dtype)
+                     dtype, grouped_conv)
   inputs = keras.Input(shape=(image_size, image_size, 3), dtype="float32", name="image")
   logits = builder.head(builder.stages(builder.stem(inputs)), num_classes)
   return keras.Model(inputs, logits, name=name)
@@ -475,6 +504,7 @@ class ModelParams:
     bn_momentum: Caffe's moving_average_fraction (0.999 in the prototxts).
     bn_synchronized: BatchNorm statistics over the global batch (all replicas); slower. Caffe's
       official run used per-node statistics.
+    grouped_conv: how grouped convolutions run (GroupConv2D): "auto", "block_diagonal", "native".
   """
   configuration: str = "v_1_0_SqNxt_23"
   num_classes: int = 1000
@@ -482,6 +512,7 @@ class ModelParams:
   dtype: str = "float32"
   bn_momentum: float = BN_MOMENTUM
   bn_synchronized: bool = False
+  grouped_conv: str = "auto"
 
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -496,7 +527,8 @@ def build_from_params(model_params):
   """build_network for a ModelParams."""
   m = model_params
   return build_network(m.configuration, m.num_classes, m.image_size, bn_momentum=m.bn_momentum,
-                       bn_synchronized=m.bn_synchronized, dtype=_dtype_policy(m.dtype))
+                       bn_synchronized=m.bn_synchronized, dtype=_dtype_policy(m.dtype),
+                       grouped_conv=m.grouped_conv)
 
 
 def scaffold_fn(params):
