@@ -117,6 +117,9 @@ def define_flags():
                     "Compute dtype (mixed precision for 16-bit; float16 uses loss scaling). "
                     "Default float32.")
   flags.DEFINE_boolean("xla", None, "Compile each replica's step with XLA. Default off.")
+  flags.DEFINE_enum("grouped_conv", None, list(model.GROUPED_CONV_IMPLEMENTATIONS),
+                    "Grouped convolutions (G network): block_diagonal (fast on CPUs), native "
+                    "(cuDNN's grouped kernel), or auto (block_diagonal without a GPU). Default auto.")
   flags.DEFINE_integer("seed", None, "Random seed of the input pipeline and initialisation.")
   flags.DEFINE_boolean("deterministic", False,
                        "Reproducible training: seeds (--seed, default 0), deterministic ops and "
@@ -137,7 +140,8 @@ PARAM_FLAGS = ("configuration", "batch_size", "num_epochs", "max_steps", "num_ex
                "bn_momentum", "bn_synchronized", "eval_every_n_steps", "eval_every_n_secs",
                "image_summary_steps", "save_summary_steps", "log_every_n_steps",
                "save_checkpoints_steps", "keep_checkpoint_max", "steps_per_loop", "seed", "dtype",
-               "xla", "output_train_images", "checkpoint_input_pipeline", "precise_bn_examples")
+               "xla", "output_train_images", "checkpoint_input_pipeline", "precise_bn_examples",
+               "grouped_conv")
 # Other numeric flags and their checks: (test, what is expected).
 PROGRAM_CHECKS = {"num_gpus": (lambda v: v >= 0, "a number >= 0"),
                   "num_cpu_devices": (lambda v: v >= 0, "a number >= 0"),
