@@ -221,8 +221,9 @@ def make_strategy(num_gpus, num_cpu_devices, collective_timeout_secs=0):
             implementation=implementation, timeout_seconds=collective_timeout_secs or None))
   if num_cpu_devices > 1:
     cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * num_cpu_devices)
+    if len(tf.config.get_logical_device_configuration(cpu) or []) < num_cpu_devices:  # once
+      tf.config.set_logical_device_configuration(
+          cpu, [tf.config.LogicalDeviceConfiguration()] * num_cpu_devices)
     return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(num_cpu_devices)])
   gpus = tf.config.list_physical_devices("GPU")
   if num_gpus > len(gpus):
@@ -331,6 +332,8 @@ def report(est, results):
 def main(argv):
   if len(argv) > 1:
     raise UserError(f"unexpected arguments {argv[1:]}; all options are --flags")
+  if not FLAGS.model_dir:
+    raise UserError("--model_dir is required: the folder for checkpoints, logs and params.json")
   values = user_values()
   check_model_dir(FLAGS.model_dir)
   strategy = make_strategy(FLAGS.num_gpus, FLAGS.num_cpu_devices, FLAGS.collective_timeout_secs)
@@ -360,5 +363,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  flags.mark_flag_as_required("model_dir")
   cli.run(main)
