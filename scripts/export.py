@@ -46,10 +46,12 @@ FLAGS = flags.FLAGS
 
 def define_flags():
   """Defines the program's flags once (importing this module defines none)."""
-  cli.define_flag("string", "model_dir", None, "Folder of the trained model (checkpoints, params.json).")
+  cli.define_flag("string", "model_dir", None,
+                  "Folder of the trained model (checkpoints, params.json).")
   cli.define_flag("string", "export_dir", None, "Folder to write the export to (must not exist).")
   cli.define_flag("string", "export_base", None,
-                  "Write the export to EXPORT_BASE/<next free integer version> (TF Serving's layout).")
+                  "Write the export to EXPORT_BASE/<next free integer version> "
+                  "(TF Serving's layout).")
   cli.define_flag("string", "label_map", None,
                   "labels.txt giving class names (default: found as scripts.predict finds it).")
   cli.define_flag("boolean", "tflite", False, "Also write model.tflite (float32) into the export.")
@@ -59,7 +61,8 @@ def define_flags():
   cli.define_flag("integer", "representative_examples", inference.DEFAULT_REPRESENTATIVE_EXAMPLES,
                   "Training images calibrating the int8 model.")
   cli.define_flag("boolean", "overwrite", False,
-                  "Replace --export_dir when it holds an earlier export of this program (nothing else).")
+                  "Replace --export_dir when it holds an earlier export of this program "
+                  "(nothing else).")
   cli.define_flag("boolean", "evaluate", True,
                   "Evaluate every artefact on the validation records (accuracy.json); "
                   "--noevaluate skips it.")
@@ -116,7 +119,8 @@ def _validation_pattern(params):
                   f"--validation_file_pattern")
   if not tf.io.gfile.glob(pattern):
     return None, (f"no validation records: validation_file_pattern={pattern} of "
-                  f"{FLAGS.model_dir}'s params.json matches no file; pass --validation_file_pattern")
+                  f"{FLAGS.model_dir}'s params.json matches no file; pass "
+                  f"--validation_file_pattern")
   return pattern, None
 
 

@@ -44,7 +44,8 @@ IMAGE_SIZE = 32
 NUM_CLASSES = 6  # > 5, so that top_5 is a real choice
 TOLERANCE = 1e-4  # probabilities, float32 models
 ALL_VARIANTS = [None, *inference.QUANTIZATIONS]
-ARTEFACTS = ["SavedModel", "TFLite float32", "TFLite float16", "TFLite dynamic_range", "TFLite int8"]
+ARTEFACTS = ["SavedModel", "TFLite float32", "TFLite float16", "TFLite dynamic_range",
+             "TFLite int8"]
 
 # predict's --tflite (a file) and export's --tflite (a switch) share a name: in this process the
 # flags are predict's, so the in-process export runs pass no --tflite (the export process does).
@@ -532,6 +533,7 @@ def test_accuracy_table_has_a_row_per_artefact(workspace, trained, exported, exp
   assert by_name["TFLite int8"]["runtime"] == "LiteRT" and by_name["TFLite int8"]["threads"] == 1
   # The SavedModel's accuracy is the checkpoint's on the same records.
   labels, top_1, top_5 = _validation_predictions(trained, workspace["records"])
+  assert len(set(top_1.tolist())) > 1, top_1  # agreement is not trivial: several classes predicted
   assert by_name["SavedModel"]["top_1"] == pytest.approx(np.mean(top_1 == labels))
   assert by_name["SavedModel"]["top_5"] == pytest.approx(
       np.mean([label in best for label, best in zip(labels, top_5)]))
@@ -608,3 +610,14 @@ def test_predict_tflite_unreadable_file_is_one_line(workspace, tmp_path, capsys)
       cli._main_with_user_errors(predict.main)(rest)  # pylint: disable=protected-access
     assert exit_info.value.code == cli.USER_ERROR_EXIT_CODE
     assert capsys.readouterr().err == f"error: --tflite={path}: {reason}\n"
+
+
+def test_a_variant_losing_top_1_gets_a_warning():
+  row = lambda name, top_1: inference.ArtefactRow(name, "f", top_1, 1.0, 1.0, 1, 1.0, "LiteRT", 1)
+  evaluation = inference.ExportEvaluation("e", "p", 200, 3, 1.0, [
+      row("SavedModel", 0.5), row("TFLite float16", 0.495), row("TFLite int8", 0.48)])
+  assert evaluation.warnings() == [
+      "TFLite int8 loses 2.00 points of top-1 against the SavedModel (50.00% -> 48.00%), more "
+      "than max_top1_drop=1"]
+  assert evaluation.to_dict()["warnings"] == evaluation.warnings()
+  assert inference.format_accuracy_table(evaluation).splitlines()[-1].startswith("| TFLite int8 ")
