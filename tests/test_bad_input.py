@@ -14,7 +14,9 @@ import tensorflow as tf
 
 import data_utils
 import dataloader
+import process_utils
 from process_utils import run
+from process_utils import run_cases
 from process_utils import TRAIN
 from tools.common import UserError
 
@@ -78,29 +80,24 @@ def train_args(records, model_dir, *extra):
 
 
 def one_error_line(result):
-  assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
-  lines = [l for l in result.stderr.splitlines() if l.startswith("error:")]
-  assert len(lines) == 1, result.stderr[-3000:]
-  return lines[0]
+  return process_utils.one_error_line(
+      result if isinstance(result, dict) else {"code": result.returncode, "stderr": result.stderr})
 
 
-def test_model_dir_not_writable(records, tmp_path):
-  if os.geteuid() == 0:
-    blocked = tmp_path / "a_file"  # root may write anywhere: a file in the way stands for it
-    blocked.write_text("")
-  else:
-    blocked = tmp_path / "read_only"
-    blocked.mkdir(mode=0o500)
-  line = one_error_line(run(train_args(records, blocked / "run")))
+def test_model_dir_not_writable_or_holding_another_network(records, tmp_path):
+  blocked = tmp_path / "a_file"  # root may write anywhere: a file in the way stands for it
+  blocked.write_text("")
+  run_dir = tmp_path / "run"
+  outcomes = run_cases("train", [train_args(records, blocked / "run")[1:],
+                                 train_args(records, run_dir)[1:],
+                                 train_args(records, run_dir, "--configuration=v_1_0_SqNxt_23",
+                                            "--max_steps=6")[1:]])
+  line = one_error_line(outcomes[0])
   assert "--model_dir" in line and "not a writable folder" in line
-
-
-def test_model_dir_holding_another_network(records, tmp_path):
-  assert run(train_args(records, tmp_path)).returncode == 0
-  line = one_error_line(run(train_args(records, tmp_path, "--configuration=v_1_0_SqNxt_23",
-                                       "--max_steps=6")))
-  assert f"--model_dir={tmp_path}" in line and "does not fit this network" in line
-  assert tf.train.latest_checkpoint(tmp_path).endswith("ckpt-4")  # nothing new written
+  assert outcomes[1]["code"] == 0, outcomes[1]["stderr"][-3000:]
+  line = one_error_line(outcomes[2])
+  assert f"--model_dir={run_dir}" in line and "does not fit this network" in line
+  assert tf.train.latest_checkpoint(run_dir).endswith("ckpt-4")  # nothing new written
 
 
 def test_disk_full_while_saving_keeps_the_previous_checkpoint(records, tmp_path):
