@@ -331,9 +331,9 @@ class SkippedRecords:
     """Counts the gaps of one batch (`gaps[i]` records skipped before element i, under
     `filenames[i]`, numpy arrays) that held `num_images` usable records.
 
-    Raises:
-      ValueError (a data error for `user_errors_from_data`): MAX_CONSECUTIVE_SKIPS records in a row
-        could not be used, so the data cannot feed the run (instead of skipping forever).
+    Returns:
+      "" or, once MAX_CONSECUTIVE_SKIPS records in a row could not be used (the data cannot feed the
+      run), the message of the data error the pipeline then raises (for `user_errors_from_data`).
     """
     if num_images > 0:
       self.consecutive = 0
@@ -341,11 +341,11 @@ class SkippedRecords:
       if gap > 0:
         self.add(filename, gap)
         self.consecutive += int(gap)
-    if self.consecutive >= MAX_CONSECUTIVE_SKIPS:
-      files = ", ".join(name for name, _ in self.by_file.most_common(3))
-      raise ValueError(f"{_ERROR_START}{self.consecutive} records in a row cannot be decoded (in "
-                       f"{files}{', ...' if len(self.by_file) > 3 else ''}); no usable example "
-                       f"to train on{_ERROR_END}")
+    if self.consecutive < MAX_CONSECUTIVE_SKIPS:
+      return ""
+    files = ", ".join(name for name, _ in self.by_file.most_common(3))
+    return (f"{_ERROR_START}{self.consecutive} records in a row cannot be decoded (in {files}"
+            f"{', ...' if len(self.by_file) > 3 else ''}); no usable example to train on{_ERROR_END}")
 
   def reset(self):
     """Sets the counts back to zero."""
@@ -459,7 +459,7 @@ def _report_fn(offset, num_classes, skipped):
   (images uint8 [b, S, S, 3], class_idx int32 [b]) of the batch's records (b may be 0).
   """
   def add_gaps(previous_files, gaps, num_images):  # Python: each gap under the file before it
-    skipped.add_batch(previous_files.numpy(), gaps.numpy(), int(num_images))
+    return skipped.add_batch(previous_files.numpy(), gaps.numpy(), int(num_images))
 
   def first(values, bad):  # the value at the first True of `bad` (bool [b])
     return tf.gather(values, tf.argmax(tf.cast(bad, tf.int32)))
@@ -468,9 +468,9 @@ def _report_fn(offset, num_classes, skipped):
     images, class_idx, label, check, index, filename, previous_file, end_of_file, file_ok = batch
     after = index + 1 - tf.cast(end_of_file, tf.int64)  # [b] the number expected after each
     gaps = index - tf.concat([[expected], after[:-1]], 0)  # [b] records skipped before each
-    count = tf.cond(tf.reduce_any(gaps > 0),
-                    lambda: tf.py_function(add_gaps, [previous_file, gaps, tf.reduce_sum(
-                        tf.cast(~end_of_file, tf.int32))], []), tf.no_op)
+    spin = tf.cond(tf.reduce_any(gaps > 0),  # "" or the message of data that cannot feed the run
+                   lambda: tf.py_function(add_gaps, [previous_file, gaps, tf.reduce_sum(
+                       tf.cast(~end_of_file, tf.int32))], tf.string), lambda: tf.constant(""))
     # The messages are made only for a bad batch (tf.cond): string ops cost per batch otherwise.
     bad_file, bad_record = ~file_ok, check != _OK
     file_message = tf.cond(tf.reduce_any(bad_file), lambda: tf.strings.join([
@@ -481,13 +481,14 @@ def _report_fn(offset, num_classes, skipped):
         num_classes),
         lambda: tf.constant(""))
     checks = [tf.debugging.Assert(~tf.reduce_any(bad_file), [file_message]),
-              tf.debugging.Assert(~tf.reduce_any(bad_record), [record_message])]
+              tf.debugging.Assert(~tf.reduce_any(bad_record), [record_message]),
+              tf.debugging.Assert(tf.equal(spin, ""), [spin])]
     # A marker ends each file: only a batch that holds one is copied without it.
     images, class_idx = tf.cond(
         tf.reduce_any(end_of_file),
         lambda: (tf.boolean_mask(images, ~end_of_file), tf.boolean_mask(class_idx, ~end_of_file)),
         lambda: (images, class_idx))
-    with tf.control_dependencies([count, *checks]):
+    with tf.control_dependencies(checks):
       return after[-1], (tf.identity(images), tf.identity(class_idx))
   return report
 

@@ -447,13 +447,13 @@ class PopulationStatistics:
   statistics averaged over the last ~1,000 steps (momentum 0.999) describe weights that no longer
   exist: short runs then evaluate near chance while training is at 0.8+.
 
-  Protocol (the Estimator's statistics loop): `begin()` in the cross-replica context, `step(features)`
-  on every replica for N training batches (a forward pass in training mode: no gradient, trainable
-  variables unchanged), `end(N)`. Each layer normalises with the moments of the GLOBAL batch
-  (all-reduced over the replicas, as with bn_synchronized) and accumulates them, so the result is
-  the mean and variance over all N x global-batch examples and is the same on 1 or R replicas;
-  `end` writes it to every replica. The Caffe running count is restored afterwards, so training goes
-  on as before.
+  Protocol (the Estimator's statistics loop, one tf.function traced with `set_population_mode(True)`):
+  on every replica `begin()`, then `step(features)` for N training batches (a forward pass in
+  training mode: no gradient, trainable variables unchanged), then `end()`. Each layer
+  normalises with the moments of the GLOBAL batch (all-reduced over the replicas, as with
+  bn_synchronized) and accumulates them, so every replica (and worker) computes the same mean and
+  variance over all N x global-batch examples, and 1 or R replicas agree, with no cross-replica read.
+  The Caffe running count is left at N, so training goes on averaging from these statistics.
 
   Args:
     network: a keras.Model built by build_network.
@@ -462,30 +462,31 @@ class PopulationStatistics:
   def __init__(self, network):
     self.network = network
     self.layers = [l for l in network.layers if isinstance(l, CaffeBatchNormalization)]
-    self._counts = None
+
+  def set_population_mode(self, on):
+    """Switches the layers' population mode (Python; read when the statistics loop is traced)."""
+    for layer in self.layers:
+      layer.population = bool(on)
 
   def begin(self):
-    """Starts a recomputation: saves the counts and switches the layers to population mode."""
-    self._counts = [tf.convert_to_tensor(layer.moving_count) for layer in self.layers]
+    """Per replica: zeroes the counts (the averages restart)."""
     for layer in self.layers:
       layer.moving_count.assign(0.0)
-      layer.population = True
+    return tf.constant(0.0)
 
   def step(self, features):
-    """Accumulates one per-replica batch: features {"image": float32 [B, S, S, 3]}."""
+    """Per replica: accumulates one batch, features {"image": float32 [B, S, S, 3]}."""
     self.network(features["image"], training=True)
     return tf.constant(0.0)
 
-  def end(self, num_batches):
-    """Finishes: variance = mean second moment - mean^2, the same on every replica."""
-    del num_batches  # the layers counted them
-    for layer, count in zip(self.layers, self._counts):
-      layer.population = False
-      mean = tf.convert_to_tensor(layer.moving_mean)  # the mean over replicas (ON_READ, MEAN)
+  def end(self):
+    """Per replica: variance = mean second moment - mean^2. The counts keep the number of batches,
+    so that training goes on weighting these statistics as that many steps of Caffe's average."""
+    for layer in self.layers:
+      mean = tf.convert_to_tensor(layer.moving_mean)
       second_moment = tf.convert_to_tensor(layer.moving_variance)
-      layer.moving_mean.assign(mean)
       layer.moving_variance.assign(tf.maximum(second_moment - tf.square(mean), 0.0))
-      layer.moving_count.assign(count)
+    return tf.constant(0.0)
 
 
 # ==================================================================================================

@@ -99,7 +99,7 @@ def define_flags():
   flags.DEFINE_integer("precise_bn_examples", None,
                        "Training examples over which the BatchNorm statistics are recomputed with "
                        "the current weights before each evaluation and the final checkpoint "
-                       "('precise BN'). Default: an epoch, at least 2,048 and at most 8,192; 0: off.")
+                       "('precise BN'). Default: an epoch, at least 2,048 and at most 8,192, at most max_steps batches; 0: off.")
   flags.DEFINE_boolean("allow_params_change", False,
                        "Resume a model_dir although network, image size, batch, schedule, classes or "
                        "preprocessing differ from its params.json.")
@@ -314,6 +314,28 @@ def lock_model_dir(est):
                     f"another --model_dir") from e
 
 
+def start_run(est, params):
+  """Creates model_dir, takes its lock and saves params.json (the chief); returns the lock or None.
+
+  A folder that cannot be written (a full disk, a quota) is a one-line error, and the lock is let go.
+  """
+  lock = None
+  try:
+    tf.io.gfile.makedirs(FLAGS.model_dir)
+    lock = lock_model_dir(est)
+    if est.is_chief:
+      params_lib.save_params(params, FLAGS.model_dir, sys.argv, FLAGS.allow_params_change)
+  except (OSError, tf.errors.OpError) as e:
+    if lock:
+      release_lock(lock)
+    raise UserError(f"--model_dir={FLAGS.model_dir}: cannot write there ({one_line(e, 200)})") from e
+  except UserError:
+    if lock:
+      release_lock(lock)
+    raise
+  return lock
+
+
 def report(est, results):
   """Prints the final line: the evaluation, or how the run stopped; logs the skipped records."""
   skipped = dataloader.SKIPPED_RECORDS
@@ -350,11 +372,8 @@ def main(argv):
   logging.info(params_lib.describe_schedule(params))
   est = experiment.build_estimator(params, FLAGS.model_dir, strategy, init_fn)
   logging.info("Starting at global step %d.", est.global_step)  # restores or warm-starts: may fail
-  tf.io.gfile.makedirs(FLAGS.model_dir)  # only now, so that a user error leaves model_dir untouched
-  lock = lock_model_dir(est)
+  lock = start_run(est, params)  # only now, so that a user error leaves model_dir untouched
   try:
-    if est.is_chief:
-      params_lib.save_params(params, FLAGS.model_dir, sys.argv, FLAGS.allow_params_change)
     report(est, run_training(est, params))
   finally:
     if lock:

@@ -90,15 +90,18 @@ def make_eval_loop(estimator):
 
 
 def make_statistics_loop(estimator):
-  """`statistics_loop(iterator, num_steps)`: feeds num_steps training batches to the scaffold's
-  `statistics.step(features)` on every replica (forward passes only, no optimizer step)."""
-  strategy = estimator.strategy
+  """`statistics_loop(iterator, num_steps)`: the scaffold's statistics protocol on every replica:
+  begin, `step(features)` for num_steps training batches (forward passes only, no optimizer step),
+  end. Call it with the statistics' population mode on."""
+  strategy, statistics = estimator.strategy, estimator.scaffold.statistics
 
   @tf.function
   def statistics_loop(iterator, num_steps):
+    strategy.run(statistics.begin)
     for _ in tf.range(num_steps):
       features, _ = next(iterator)
-      strategy.run(estimator.scaffold.statistics.step, args=(features,))
+      strategy.run(statistics.step, args=(features,))
+    strategy.run(statistics.end)
 
   return statistics_loop
 

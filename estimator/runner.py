@@ -187,11 +187,20 @@ class Estimator:
     if (statistics is None or cfg.statistics_batches <= 0 or cfg.statistics_input_fn is None
         or self._statistics_step == self.global_step):
       return
+    if isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+      # Known limitation: the statistics loop aborts the process under MultiWorkerMirroredStrategy
+      # on TF 2.21 (std::system_error after the loop starts; seen on 2 local workers).
+      logging.warning("Population statistics are not recomputed on several workers yet; the "
+                      "moving averages of training are used.")
+      self._statistics_step = self.global_step
+      return
     start = time.time()
     iterator = self._distribute(cfg.statistics_input_fn)
-    statistics.begin()
-    self._loop("statistics")(iterator, tf.constant(cfg.statistics_batches, tf.int32))
-    statistics.end(cfg.statistics_batches)
+    statistics.set_population_mode(True)
+    try:
+      self._loop("statistics")(iterator, tf.constant(cfg.statistics_batches, tf.int32))
+    finally:
+      statistics.set_population_mode(False)
     self._statistics_step = self.global_step
     logging.info("Population statistics (precise BatchNorm) recomputed at step %d over %d batches "
                  "of %d examples in %.1f s.", self.global_step, cfg.statistics_batches,

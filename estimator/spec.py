@@ -45,8 +45,8 @@ class Scaffold:
       after each evaluation pass. Must hold "num_examples" (a Sum of batch sizes).
     init_fn: callable(scaffold) -> None, run once when model_dir holds no checkpoint (warm start).
     statistics: optional object that recomputes population statistics (precise BatchNorm) before an
-      evaluation: `begin()`, then `step(features)` per replica and batch, then `end(num_batches)`
-      in the cross-replica context (model.PopulationStatistics).
+      evaluation: `set_population_mode(on)` on the host; per replica, in one traced loop,
+      `begin()`, `step(features)` per batch, `end()` (model.PopulationStatistics).
   """
 
   def __init__(self, network, optimizer=None, train_metrics=None, eval_metrics=None, init_fn=None,

@@ -1,6 +1,7 @@
 """Rows of the README's bad-input catalogue that the module tests do not cover already: unusual
 records that training goes on with, and the model_dir failures of `train.py`."""
 
+import glob
 import io
 import os
 import resource
@@ -112,5 +113,16 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(records, tmp_path)
   result = run(train_args(records, tmp_path, "--max_steps=6"), preexec_fn=disk_full)
   line = one_error_line(result)
   assert "could not write the checkpoint of step 6" in line and "ckpt-4" in line
+  assert not glob.glob(str(tmp_path / "*_temp*")) and not glob.glob(str(tmp_path / "*.tmp-*"))
   assert tf.train.latest_checkpoint(tmp_path).endswith("ckpt-4")
   assert run(train_args(records, tmp_path, "--max_steps=6")).returncode == 0  # and it resumes
+
+
+def test_a_full_disk_at_start_is_one_line_and_leaves_no_partial_file(records, tmp_path):
+  def disk_full():  # writes past 16 bytes fail, as on a full disk (EFBIG instead of ENOSPC)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (16, 16))
+
+  line = one_error_line(run(train_args(records, tmp_path / "run"), preexec_fn=disk_full))
+  assert f"--model_dir={tmp_path / 'run'}: cannot write there" in line
+  assert not [n for n in os.listdir(tmp_path / "run") if n == "params.json" or ".tmp-" in n]

@@ -261,3 +261,14 @@ def test_deterministic_training_with_a_seed_repeats_the_batches(records):
   other_seed = _batches(iter(input_fn(records.train_pattern, True,
                                                  {**params, "seed": 2})), 6)
   assert any(not np.array_equal(a[0], b[0]) for a, b in zip(other_seed, first))
+
+
+def test_data_that_cannot_feed_training_fails_instead_of_spinning(tmp_path):
+  undecodable = data_utils.write_records(str(tmp_path / "undecodable"),
+                                         [data_utils.example(b"\xff\xd8\xffnot a jpeg", 1)] * 5)
+  message = _iteration_error(undecodable, training=True)
+  assert f"records in a row cannot be decoded (in {undecodable})" in message
+  empty = tmp_path / "empty"
+  empty.write_bytes(b"")
+  with pytest.raises(UserError, match="every matching file is empty"):
+    input_fn(str(empty), True, _params())

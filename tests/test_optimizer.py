@@ -1,8 +1,10 @@
-"""The poly learning-rate schedule against the official solver's formula (the Caffe solver of the official release)."""
+"""The poly learning-rate schedule against the official solver's formula (the Caffe solver of the
+official release), and the recipe resolved for a run."""
 
 import pytest
 
 from tools import optimizer as optimizer_lib
+from tools import params as params_lib
 
 
 def official_lr(it, base=0.4, start=0.1, warmup=780, max_iter=150136, power=2.0):
@@ -42,3 +44,20 @@ def test_optimizer_is_sgd_momentum_on_the_schedule():
   optimizer = optimizer_lib.build_optimizer(optimizer_lib.OFFICIAL_RECIPE)
   assert optimizer.momentum == pytest.approx(0.9) and not optimizer.nesterov
   assert float(optimizer.learning_rate) == pytest.approx(0.1)  # step 0: warm-up start
+
+
+def test_the_official_imagenet_run_resolves_to_the_official_recipe():
+  # Warm-up as a share of the data: 0.623 epochs of ImageNet at batch 1024 are exactly 780 steps.
+  data = dict(train_file_pattern="train-*", num_examples_per_epoch=optimizer_lib.IMAGENET_TRAIN_EXAMPLES)
+  recipe = params_lib.resolve_params({"batch_size": 1024}, data).recipe
+  assert (recipe.warmup_steps, recipe.max_steps) == (780, 150136)
+  assert (recipe.base_learning_rate, recipe.warmup_start_learning_rate) == pytest.approx((0.4, 0.1))
+  # The same share of an epoch for any data and batch, at most 10% of the run.
+  small = params_lib.resolve_params({"batch_size": 32, "max_steps": 150},
+                                    dict(num_examples_per_epoch=400)).recipe
+  assert small.warmup_steps == round(0.6234 * 400 / 32) == 8
+  short = params_lib.resolve_params({"batch_size": 32, "max_steps": 20},
+                                    dict(num_examples_per_epoch=4000)).recipe
+  assert short.warmup_steps == 2  # 78 would be 0.623 epochs: capped at 10% of 20 steps
+  assert params_lib.resolve_params({"batch_size": 256, "warmup_epochs": 1.0},
+                                   data).recipe.warmup_steps == 5005  # 1,281,167 / 256

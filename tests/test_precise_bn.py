@@ -46,9 +46,7 @@ def test_a_short_run_from_scratch_on_photos_evaluates_as_it_trains(photos, tmp_p
   assert precise >= 0.9 and precise >= train_top_1 - 0.05, (precise, train_top_1, stale)
 
 
-def test_one_and_two_replicas_give_the_same_statistics(tmp_path):
-  devices = [d.name for d in tf.config.list_logical_devices("CPU")[:2]]
-  assert len(devices) == 2, "tests/conftest.py splits the CPU into 2 logical devices"
+def test_one_and_two_replicas_give_the_same_statistics(tmp_path, two_replicas):
   images = tf.random.stateless_uniform([6, 8, 32, 32, 3], seed=[3, 4], minval=-120, maxval=130)
 
   def statistics_input_fn(ctx):  # the same 6 global batches of 8, split over the replicas
@@ -60,7 +58,7 @@ def test_one_and_two_replicas_give_the_same_statistics(tmp_path):
               seed=0)
   params = params_lib.resolve_params(user, dict(num_examples_per_epoch=48))
   statistics = []
-  for strategy in (None, tf.distribute.MirroredStrategy(devices)):
+  for strategy in (None, two_replicas):
     est = experiment.build_estimator(params, str(tmp_path / str(len(statistics))), strategy)
     est.config = dataclasses.replace(est.config, statistics_batches=6,
                                      statistics_input_fn=statistics_input_fn)

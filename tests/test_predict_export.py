@@ -399,6 +399,15 @@ def test_every_tflite_variant_runs_in_litert(reference, exported):
   outputs = int8.get_output_details()
   assert outputs["probabilities"]["dtype"] == np.int8 and outputs["logits"]["dtype"] == np.int8
   assert outputs["top_1"]["dtype"] == np.int32
+  for variant in ALL_VARIANTS:  # the metadata an app needs, beside each file
+    path = os.path.splitext(os.path.join(exported, inference.TFLITE_FILENAMES[variant]))[0] + ".json"
+    metadata = json.load(open(path))
+    assert metadata["quantization"] == (variant or "float32") and metadata["image_size"] == 32
+    assert len(metadata["mean_rgb"]) == 3 and metadata["input"]["shape"][1:] == [32, 32, 3]
+  metadata = json.load(open(os.path.join(exported, "model_int8.json")))
+  scale, zero_point = int8.get_input_details()["images"]["quantization"]
+  assert metadata["input"] == {"dtype": "int8", "shape": metadata["input"]["shape"],
+                               "scale": pytest.approx(scale), "zero_point": zero_point}
 
 
 def _int8_top_1(tflite_path, images):

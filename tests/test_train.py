@@ -154,9 +154,7 @@ def test_fine_tune_restores_everything_but_the_classifier(records, tmp_path):
       np.testing.assert_array_equal(variable.numpy(), source_weights[variable.path], variable.path)
 
 
-def test_two_replicas_match_one_device(records, tmp_path):
-  devices = tf.config.list_logical_devices("CPU")
-  assert len(devices) >= 2, "tests/conftest.py splits the CPU into 2 logical devices"
+def test_two_replicas_match_one_device(records, tmp_path, two_replicas):
   # Global-batch BN statistics (bn_synchronized) make 2 replicas compute what 1 device computes on
   # the whole batch. Float32 sums taken in another order still differ by ~1e-4 of some gradients
   # (BN's shift gradients are sums that nearly cancel), and training amplifies that from step to
@@ -168,8 +166,7 @@ def test_two_replicas_match_one_device(records, tmp_path):
   input_fn = train_input_fn(dataclasses.replace(params, input=dataclasses.replace(
       params.input, shuffle_buffer_size=1, deterministic_training=True)))
   one = experiment.build_estimator(params, str(tmp_path / "one"))
-  two = experiment.build_estimator(params, str(tmp_path / "two"), strategy=tf.distribute.MirroredStrategy(
-      [d.name for d in devices[:2]]))
+  two = experiment.build_estimator(params, str(tmp_path / "two"), strategy=two_replicas)
   initial = one.scaffold.network.get_weights()
   two.scaffold.network.set_weights(initial)
   for estimator in (one, two):
@@ -184,11 +181,9 @@ def test_two_replicas_match_one_device(records, tmp_path):
   assert difference / update < 0.25, (difference, update)  # a gradient x2 or /2: about 1
 
 
-def test_evaluate_counts_every_example_once_on_two_replicas(records, tmp_path):
+def test_evaluate_counts_every_example_once_on_two_replicas(records, tmp_path, two_replicas):
   params = make_params(records)
-  devices = [d.name for d in tf.config.list_logical_devices("CPU")[:2]]
-  est = experiment.build_estimator(params, str(tmp_path),
-                                   strategy=tf.distribute.MirroredStrategy(devices))
+  est = experiment.build_estimator(params, str(tmp_path), strategy=two_replicas)
   results = est.evaluate(eval_input_fn(params))
   assert results["num_examples"] == NUM_VALIDATION
 

@@ -577,7 +577,30 @@ def write_tflite(saved_model_dir, quantization=None, representative=None):
   content = convert_tflite(saved_model_dir, quantization, representative)
   path = atomic_write(os.path.join(saved_model_dir, TFLITE_FILENAMES[quantization]), content)
   logging.info("Wrote %s (%s, %.1f KiB).", path, quantization or "float32", len(content) / 1024)
+  write_tflite_metadata(path)
   return path
+
+
+def write_tflite_metadata(tflite_path):
+  """Writes `<model>.json` beside a .tflite file of an export folder (atomically): what an app needs
+  to feed it. Keys: model, quantization ("float32", "float16", ...), input {dtype, shape, scale,
+  zero_point} (scale 0 and zero point 0 for float inputs: real = scale * (q - zero_point)),
+  preprocessing, image_size (pixels), mean_rgb (subtracted from 0..255 RGB), labels (class names in
+  class_idx order, or null). Returns the JSON file's path."""
+  lite = load_lite_model(tflite_path)
+  details = lite.runner.get_input_details()["images"]
+  scale, zero_point = details["quantization"]
+  name = os.path.basename(tflite_path)
+  metadata = {
+      "model": name,
+      "quantization": next((q or "float32" for q, f in TFLITE_FILENAMES.items() if f == name), None),
+      "input": {"dtype": np.dtype(details["dtype"]).name, "shape": [int(d) for d in details["shape"]],
+                "scale": float(scale), "zero_point": int(zero_point)},
+      "preprocessing": lite.params.input.preprocessing, "image_size": lite.image_size,
+      "mean_rgb": list(lite.params.input.mean_rgb),
+      "labels": [entry.name for entry in lite.label_map] if lite.label_map else None,
+  }
+  return atomic_write(os.path.splitext(tflite_path)[0] + ".json", json.dumps(metadata, indent=2))
 
 
 @dataclasses.dataclass

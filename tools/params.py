@@ -47,7 +47,7 @@ class RunParams:
     checkpoint_input_pipeline: checkpoint the input pipeline's position too.
     precise_bn_examples: training examples over which the BatchNorm population statistics are
       recomputed before each evaluation and the final checkpoint (0: off; None: an epoch, at least
-      2,048 and at most 8,192 as pycls).
+      2,048 and at most 8,192 as pycls, and no more batches than the run has steps).
   """
   train_file_pattern: str | None = None
   validation_file_pattern: str | None = None
@@ -211,9 +211,10 @@ def resolve_params(user, data, demo=False):
                 "poly_power"):
     values.setdefault(field, getattr(scaled, field))
   values["warmup_steps"] = _warmup_steps(values, steps_per_epoch)
-  if values.get("precise_bn_examples") is None:
+  if values.get("precise_bn_examples") is None:  # never more batches than the run has steps
     values["precise_bn_examples"] = min(PRECISE_BN_EXAMPLES, max(
-        MIN_PRECISE_BN_EXAMPLES, values["num_examples_per_epoch"]))
+        MIN_PRECISE_BN_EXAMPLES, values["num_examples_per_epoch"]),
+        values["max_steps"] * values["batch_size"])
   values["deterministic_training"] = bool(values.get("deterministic_training"))
   params = Params.from_flat(values)
   dataloader.check_input_params(params.input)
