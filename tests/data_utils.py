@@ -1,7 +1,7 @@
 """Small real data for tests: JPEG class folders, TFRecords built with the project's builder.
 
 Other test modules import these (`from tests import data_utils` or `import data_utils` with tests/ on
-sys.path); every function takes a folder (pytest's tmp_path) and returns plain values.
+the import path through pyproject.toml); every function takes a folder (pytest's tmp_path) and returns plain values.
 """
 
 import os
