@@ -528,10 +528,9 @@ def dataset_options(params, training, input_context=None):
   return options
 
 
-def _records(files, training, p, seed, num_pipelines, pipeline):
-  """Extract: the records of this pipeline's share of `files`, with file names and end markers
-  (see _read_file); in training shuffled and repeated."""
-  sizes = [tf.io.gfile.stat(f).length for f in files]
+def _records(files, sizes, training, p, seed, num_pipelines, pipeline):
+  """Extract: the records of this pipeline's share of `files` (sizes in bytes), with file names and
+  end markers (see _read_file); in training shuffled and repeated."""
   shard_files = len(files) >= num_pipelines
   dataset = tf.data.Dataset.from_tensor_slices((files, tf.constant(sizes, tf.int64)))
   if shard_files:  # before the shuffle, so that every pipeline shards the same sorted list
@@ -613,10 +612,11 @@ def input_fn(file_pattern, training, params, image_size, batch_size, num_classes
                              if input_context else (1, 0))
   seed = p.seed if p.seed is None else p.seed + pipeline  # own augmentation per pipeline
   files = list_files(file_pattern)
-  if training and not any(tf.io.gfile.stat(f).length for f in files):
+  sizes = [tf.io.gfile.stat(f).length for f in files]
+  if training and not any(sizes):
     raise UserError(f"file_pattern={file_pattern}: every matching file is empty "
                     f"({len(files)} files); nothing to train on", param="file_pattern")
-  dataset = _records(files, training, p, seed, num_pipelines, pipeline)
+  dataset = _records(files, sizes, training, p, seed, num_pipelines, pipeline)
   dataset = dataset.scan((tf.constant(0, tf.int64), tf.constant("")), _number)
   # Transform. Deterministic even in training: the gap count needs the order (the cost is small,
   # elements take about the same time).

@@ -75,6 +75,12 @@ def candidate_checkpoints(model_dir):
   return sorted(paths, key=lambda p: checkpoint_step(p) or -1, reverse=True)
 
 
+def latest_checkpoint(model_dir):
+  """Prefix of the newest checkpoint of model_dir (state file or files on disk), or None."""
+  candidates = candidate_checkpoints(model_dir)
+  return candidates[0] if candidates else None
+
+
 def restore_network(network, checkpoint_path, strict=True):
   """Reads `network`'s variables (by name) from `checkpoint_path`; nothing else is read.
 
@@ -165,8 +171,7 @@ class CheckpointKeeper:
   @property
   def latest(self):
     """Prefix of the newest checkpoint of model_dir, or None."""
-    candidates = candidate_checkpoints(self.model_dir)
-    return candidates[0] if candidates else None
+    return latest_checkpoint(self.model_dir)
 
   def _directory(self):
     if self.task_id is None:

@@ -152,7 +152,7 @@ class TrainProgress:
       values[name] = float(metric.result())
       metric.reset_state()
     values["global_step_per_sec"] = steps_per_sec
-    values["images_per_sec"] = steps_per_sec * estimator.params_batch_size
+    values["images_per_sec"] = steps_per_sec * estimator.params.batch_size
     estimator.last_train_summary = values
     if itstime(step, estimator.config.save_summary_steps):
       with estimator.writer("").as_default():

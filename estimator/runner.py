@@ -38,7 +38,8 @@ class Estimator:
     model_fn: `model_fn(features, labels, mode, params, scaffold) -> EstimatorSpec`, traced in
       tf.function and run per replica.
     model_dir: folder of checkpoints (`ckpt-<step>`) and TensorBoard events (eval ones under `eval/`).
-    params: the hyper-parameters, passed unchanged to model_fn and scaffold_fn.
+    params: the hyper-parameters, passed unchanged to model_fn and scaffold_fn; `params.batch_size`
+      is the global batch (for images/s).
     scaffold_fn: `scaffold_fn(params) -> Scaffold`, called once inside `strategy.scope()`.
     config: a RunConfig.
   """
@@ -85,8 +86,7 @@ class Estimator:
 
   def latest_checkpoint(self):
     """Path prefix of the newest checkpoint in model_dir, or None."""
-    candidates = checkpoints_lib.candidate_checkpoints(self.model_dir)
-    return candidates[0] if candidates else None
+    return checkpoints_lib.latest_checkpoint(self.model_dir)
 
   def writer(self, name):
     """The summary writer of model_dir/<name> (a no-op writer on non-chief workers)."""
@@ -204,13 +204,7 @@ class Estimator:
     self._statistics_step = self.global_step
     logging.info("Population statistics (precise BatchNorm) recomputed at step %d over %d batches "
                  "of %d examples in %.1f s.", self.global_step, cfg.statistics_batches,
-                 self.params_batch_size, time.time() - start)
-
-  @property
-  def params_batch_size(self):
-    """The global batch of the params (`batch_size` attribute or key)."""
-    p = self.params
-    return int(getattr(p, "batch_size", None) or p["batch_size"])
+                 self.params.batch_size, time.time() - start)
 
   def evaluate(self, input_fn, name="eval"):
     """One exact pass over `input_fn`'s data; every example is scored once.
