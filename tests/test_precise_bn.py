@@ -3,6 +3,7 @@ what they fix on real photographs, that they leave the weights alone, and that r
 
 import dataclasses
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -22,10 +23,12 @@ def photos(tmp_path_factory):
 def test_a_short_run_from_scratch_on_photos_evaluates_as_it_trains(photos, tmp_path):
   # A user's first run on own data: the official network, no recipe flag (the warm-up is a share
   # of an epoch), trained without population statistics so that the same weights are evaluated
-  # before and after recomputing them.
+  # before and after recomputing them. Seeded initialisation and input order (as --deterministic):
+  # unseeded, runs of these steps spread 0.89-0.99 after and 0.58-0.85 before the recomputation.
+  keras.utils.set_random_seed(0)
   user = dict(configuration="v_1_0_SqNxt_23", image_size=64, batch_size=32, max_steps=150,
               num_classes=2, seed=0, precise_bn_examples=0, save_summary_steps=25,
-              log_every_n_steps=25, output_train_images=False)
+              log_every_n_steps=25, output_train_images=False, deterministic_training=True)
   data = dict(train_file_pattern=photos.train_pattern,
               validation_file_pattern=photos.validation_pattern, num_examples_per_epoch=400)
   params = params_lib.resolve_params(user, data)
@@ -43,9 +46,8 @@ def test_a_short_run_from_scratch_on_photos_evaluates_as_it_trains(photos, tmp_p
   for before, variable in zip(trainable, est.scaffold.network.trainable_variables):
     np.testing.assert_array_equal(variable.numpy(), before, err_msg=variable.path)  # bitwise
   precise = est.evaluate(eval_input_fn)["top_1_accuracy"]
-  # Evaluation as good as training (the README's run of these steps printed 0.98; runs here gave
-  # 0.89-0.99 over 100 images, training 0.93-0.97: the rest is the run-to-run spread of training).
-  assert precise >= 0.85 and precise >= train_top_1 - 0.05, (precise, train_top_1, stale)
+  # Evaluation as good as training (this seeded run: training 0.97, stale 0.70, precise 0.95).
+  assert precise >= 0.9 and precise >= train_top_1 - 0.05, (precise, train_top_1, stale)
 
 
 def test_one_and_two_replicas_give_the_same_statistics(tmp_path, two_replicas):
