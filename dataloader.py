@@ -502,6 +502,15 @@ def list_files(file_pattern):
   return files
 
 
+def _file_sizes(files, training, file_pattern):
+  """Sizes in bytes of `files`; UserError when training has only empty files (it would spin)."""
+  sizes = [tf.io.gfile.stat(f).length for f in files]
+  if training and not any(sizes):
+    raise UserError(f"file_pattern={file_pattern}: every matching file is empty "
+                    f"({len(files)} files); nothing to train on", param="file_pattern")
+  return sizes
+
+
 def _per_replica_batch_size(batch_size, input_context):
   if input_context is None:
     return batch_size
@@ -612,11 +621,8 @@ def input_fn(file_pattern, training, params, image_size, batch_size, num_classes
                              if input_context else (1, 0))
   seed = p.seed if p.seed is None else p.seed + pipeline  # own augmentation per pipeline
   files = list_files(file_pattern)
-  sizes = [tf.io.gfile.stat(f).length for f in files]
-  if training and not any(sizes):
-    raise UserError(f"file_pattern={file_pattern}: every matching file is empty "
-                    f"({len(files)} files); nothing to train on", param="file_pattern")
-  dataset = _records(files, sizes, training, p, seed, num_pipelines, pipeline)
+  dataset = _records(files, _file_sizes(files, training, file_pattern), training, p, seed,
+                     num_pipelines, pipeline)
   dataset = dataset.scan((tf.constant(0, tf.int64), tf.constant("")), _number)
   # Transform. Deterministic even in training: the gap count needs the order (the cost is small,
   # elements take about the same time).
