@@ -60,15 +60,20 @@ def checkpoints_on_disk(model_dir):
   return sorted((p for p in prefixes if checkpoint_step(p) is not None), key=checkpoint_step)
 
 
+_WARNED_NO_STATE = set()  # model_dirs warned about by candidate_checkpoints
+
+
 def candidate_checkpoints(model_dir):
   """Checkpoint prefixes to restore, newest first: the state file's and every one on disk.
 
-  Logs a warning when the state file is missing or unreadable while checkpoints exist.
+  Logs a warning (once per model_dir and process) when the state file is missing or unreadable while
+  checkpoints exist.
   """
   state = tf.train.get_checkpoint_state(model_dir)
   listed = list(state.all_model_checkpoint_paths) if state else []
   on_disk = checkpoints_on_disk(model_dir)
-  if on_disk and not listed:
+  if on_disk and not listed and model_dir not in _WARNED_NO_STATE:
+    _WARNED_NO_STATE.add(model_dir)
     logging.warning("%s: the checkpoint state file is missing or unreadable; recovering from the "
                     "checkpoint files themselves (%d found).", model_dir, len(on_disk))
   paths = {os.path.join(model_dir, os.path.basename(p)) for p in listed + on_disk}
