@@ -58,9 +58,11 @@ import dataclasses
 import os
 import random
 import re
+import sys
 import threading
 
 from absl import logging
+import numpy as np
 import tensorflow as tf
 
 from tools.common import one_line
@@ -106,6 +108,9 @@ class InputParams:
   dct_method: str = ""
   # Training order is allowed to vary with thread timing (faster); True makes a seeded run repeatable.
   deterministic_training: bool = False
+  # Address ("grpc://host:port") of a tf.data service dispatcher whose workers run the TRAINING
+  # pipeline (evaluation stays local and exact); None: this process runs it. See input_fn.
+  data_service_address: str | None = None
 
 
 PREPROCESSINGS = ("caffe", "inception")
@@ -312,7 +317,6 @@ class SkippedRecords:
   def __init__(self):
     self._lock = threading.Lock()
     self.count = 0
-    self.consecutive = 0  # skipped since the last batch that held a usable record
     self.by_file = collections.Counter()
 
   def add(self, filename, number=1):
@@ -327,30 +331,18 @@ class SkippedRecords:
     logging.warning("Skipped %d record(s) that cannot be parsed or decoded, in %s (%d skipped so "
                     "far).", number, filename, total)
 
-  def add_batch(self, filenames, gaps, num_images):
-    """Counts the gaps of one batch (`gaps[i]` records skipped before element i, under
-    `filenames[i]`, numpy arrays) that held `num_images` usable records.
-
-    Returns:
-      "" or, once MAX_CONSECUTIVE_SKIPS records in a row could not be used (the data cannot feed the
-      run), the message of the data error the pipeline then raises (for `user_errors_from_data`).
-    """
-    if num_images > 0:
-      self.consecutive = 0
+  def add_gaps(self, filenames, gaps):
+    """Counts the gaps of one batch: `gaps[i]` records skipped under `filenames[i]` (numpy arrays,
+    int64 and bytes). Returns the number counted (int64)."""
     for filename, gap in zip(filenames, gaps):
       if gap > 0:
         self.add(filename, gap)
-        self.consecutive += int(gap)
-    if self.consecutive < MAX_CONSECUTIVE_SKIPS:
-      return ""
-    files = ", ".join(name for name, _ in self.by_file.most_common(3))
-    return (f"{_ERROR_START}{self.consecutive} records in a row cannot be decoded (in {files}"
-            f"{', ...' if len(self.by_file) > 3 else ''}); no usable example to train on{_ERROR_END}")
+    return np.int64(gaps.sum())
 
   def reset(self):
     """Sets the counts back to zero."""
     with self._lock:
-      self.count = self.consecutive = 0
+      self.count = 0
       self.by_file.clear()
 
 
@@ -451,28 +443,42 @@ def _check_message(check, label, filename, offset, num_classes):
                        f"{num_classes}, label_offset={offset})", in_file])]), check), _ERROR_END])
 
 
+def _log_gaps(previous_file, gaps, skipped):
+  """Counts and logs the records skipped in one batch (gaps int64 [b], under the file names
+  previous_file string [b]): in `skipped` (a SkippedRecords, from Python), or with tf.print when it
+  is None (a pipeline without Python, as tf.data service workers need). Returns the number (int64)."""
+  if skipped is not None:
+    return tf.py_function(lambda f, g: skipped.add_gaps(f.numpy(), g.numpy()),
+                          [previous_file, gaps], tf.int64)
+  bad = gaps > 0
+  with tf.control_dependencies([tf.print(
+      "dataloader: skipped", tf.boolean_mask(gaps, bad), "record(s) that cannot be parsed or "
+      "decoded, in", tf.boolean_mask(previous_file, bad), output_stream=sys.stderr)]):
+    return tf.reduce_sum(gaps)
+
+
 def _report_fn(offset, num_classes, skipped):
   """Scan function over batches: counts skipped records, fails on bad data, drops the markers.
 
-  State: int64, the number the next record has if none is skipped. Element: a batch of the
-  decoding map's outputs (markers included). Returns the state after the batch and
-  (images uint8 [b, S, S, 3], class_idx int32 [b]) of the batch's records (b may be 0).
+  State: (int64 the number the next record has if none is skipped, int64 records skipped in a row
+  since the last usable one). Element: a batch of the decoding map's outputs (markers included).
+  Returns the state after the batch and (images uint8 [b, S, S, 3], class_idx int32 [b]) of the
+  batch's records (b may be 0). Skips are counted by `_log_gaps`; MAX_CONSECUTIVE_SKIPS in a row
+  fail the pipeline (data that cannot feed a run must not spin).
   """
-  def add_gaps(previous_files, gaps, num_images):  # Python: each gap under the file before it
-    return skipped.add_batch(previous_files.numpy(), gaps.numpy(), int(num_images))
-
   def first(values, bad):  # the value at the first True of `bad` (bool [b])
     return tf.gather(values, tf.argmax(tf.cast(bad, tf.int32)))
 
-  def report(expected, batch):
+  def report(state, batch):
+    expected, in_a_row = state
     images, class_idx, label, check, index, filename, previous_file, end_of_file, file_ok = batch
     after = index + 1 - tf.cast(end_of_file, tf.int64)  # [b] the number expected after each
     gaps = index - tf.concat([[expected], after[:-1]], 0)  # [b] records skipped before each
-    spin = tf.cond(tf.reduce_any(gaps > 0),  # "" or the message of data that cannot feed the run
-                   lambda: tf.py_function(add_gaps, [previous_file, gaps, tf.reduce_sum(
-                       tf.cast(~end_of_file, tf.int32))], tf.string), lambda: tf.constant(""))
+    counted = tf.cond(tf.reduce_any(gaps > 0), lambda: _log_gaps(previous_file, gaps, skipped),
+                      lambda: tf.constant(0, tf.int64))
+    in_a_row = tf.where(tf.reduce_any(~end_of_file), tf.constant(0, tf.int64), in_a_row) + counted
     # The messages are made only for a bad batch (tf.cond): string ops cost per batch otherwise.
-    bad_file, bad_record = ~file_ok, check != _OK
+    bad_file, bad_record, spin = ~file_ok, check != _OK, in_a_row >= MAX_CONSECUTIVE_SKIPS
     file_message = tf.cond(tf.reduce_any(bad_file), lambda: tf.strings.join([
         _ERROR_START, "damaged TFRecord file ", first(filename, bad_file),
         " (it ends in a corrupted record)", _ERROR_END]), lambda: tf.constant(""))
@@ -480,16 +486,20 @@ def _report_fn(offset, num_classes, skipped):
         first(check, bad_record), first(label, bad_record), first(filename, bad_record), offset,
         num_classes),
         lambda: tf.constant(""))
+    spin_message = tf.cond(spin, lambda: tf.strings.join([
+        _ERROR_START, tf.strings.as_string(in_a_row), " records in a row cannot be decoded (in ",
+        first(previous_file, gaps > 0), "); no usable example to train on", _ERROR_END]),
+        lambda: tf.constant(""))
     checks = [tf.debugging.Assert(~tf.reduce_any(bad_file), [file_message]),
               tf.debugging.Assert(~tf.reduce_any(bad_record), [record_message]),
-              tf.debugging.Assert(tf.equal(spin, ""), [spin])]
+              tf.debugging.Assert(~spin, [spin_message])]
     # A marker ends each file: only a batch that holds one is copied without it.
     images, class_idx = tf.cond(
         tf.reduce_any(end_of_file),
         lambda: (tf.boolean_mask(images, ~end_of_file), tf.boolean_mask(class_idx, ~end_of_file)),
         lambda: (images, class_idx))
     with tf.control_dependencies(checks):
-      return after[-1], (tf.identity(images), tf.identity(class_idx))
+      return (after[-1], in_a_row), (tf.identity(images), tf.identity(class_idx))
   return report
 
 
@@ -590,21 +600,19 @@ def input_fn(file_pattern, training, params, image_size, batch_size, num_classes
     file_pattern: glob of TFRecord files (str, or a list of globs), e.g. `DIR/train-*`.
     training: Python bool. True: shuffled, repeated forever, random crops, full batches only.
       False: one pass in file-name and record order, central crops, the last partial batch kept.
-    params: InputParams.
+    params: InputParams; with `data_service_address`, training batches come from tf.data service.
     image_size: int, the output side S in pixels.
     batch_size: int, the GLOBAL batch (split over the replicas of input_context).
     num_classes: optional int; labels are checked against it.
-    input_context: optional `tf.distribute.InputContext`. Its pipeline reads every
-      num_input_pipelines-th file (or record, when there are fewer files than pipelines), so the
-      pipelines together read every record exactly once per epoch, and batches are per replica.
+    input_context: optional `tf.distribute.InputContext`. Its pipeline reads every n-th file (or
+      record, when files are fewer than pipelines): together, every record once per epoch.
     skipped: the `SkippedRecords` that counts undecodable records (default `SKIPPED_RECORDS`).
 
   Returns:
     tf.data.Dataset of ({"image": float32 [B, S, S, 3]}, {"class_idx": int32 [B]}), B = per-replica
-    batch; images as `preprocess_image` returns them, class_idx = label - label_offset in
-    0..num_classes - 1. Its iterator can be saved with `tf.train.Checkpoint(iterator=...)` (a
-    restored iterator goes on with the same batches when `deterministic_training` and `seed` are
-    set); the skip count is not part of the checkpoint.
+    batch, images as `preprocess_image` returns them, class_idx = label - label_offset. Its iterator
+    can be saved with `tf.train.Checkpoint(iterator=...)` (without the skip count; the same batches
+    follow a restore when `deterministic_training` and `seed` are set).
 
   Raises:
     UserError: no file matches `file_pattern`; a bad `preprocessing` or `mean_rgb`; a global batch
@@ -615,31 +623,48 @@ def input_fn(file_pattern, training, params, image_size, batch_size, num_classes
   """
   p = params
   check_input_params(p)
-  skipped = SKIPPED_RECORDS if skipped is None else skipped
+  service = p.data_service_address if training else None
+  skipped = None if service else SKIPPED_RECORDS if skipped is None else skipped
   replica_batch = _per_replica_batch_size(batch_size, input_context)
   num_pipelines, pipeline = ((input_context.num_input_pipelines, input_context.input_pipeline_id)
                              if input_context else (1, 0))
-  seed = p.seed if p.seed is None else p.seed + pipeline  # own augmentation per pipeline
+  seed = None if p.seed is None or service else p.seed + pipeline  # own augmentation per pipeline
   files = list_files(file_pattern)
   dataset = _records(files, _file_sizes(files, training, file_pattern), training, p, seed,
                      num_pipelines, pipeline)
   dataset = dataset.scan((tf.constant(0, tf.int64), tf.constant("")), _number)
-  # Transform. Deterministic even in training: the gap count needs the order (the cost is small,
-  # elements take about the same time).
+  # Transform. Deterministic even in training: the gap count needs the order (elements take about
+  # the same time, so it costs little).
   dataset = dataset.map(_decode_fn(training, p, image_size, num_classes, seed),
                         num_parallel_calls=p.num_parallel_calls, deterministic=True)
   dataset = dataset.ignore_errors()  # skips records that cannot be parsed or decoded
-  # Load. Batches of uint8 images: 4x fewer bytes to copy than float32. The checks and the skip
-  # count run once per batch; the markers leave the batches there, and rebatch restores the size.
+  # Load. uint8 batches (4x fewer bytes than float32); checks and skip count once per batch, where
+  # the markers leave, and rebatch restores the size.
   dataset = dataset.batch(replica_batch)
-  dataset = dataset.scan(tf.constant(0, tf.int64), _report_fn(p.label_offset, num_classes, skipped))
+  dataset = dataset.scan((tf.constant(0, tf.int64),) * 2,
+                         _report_fn(p.label_offset, num_classes, skipped))
   dataset = dataset.rebatch(replica_batch, drop_remainder=training)
 
   def to_features_and_labels(images, class_idx):  # float32 mean-subtracted, once per batch
     return {"image": subtract_mean(images, p)}, {"class_idx": class_idx}
   dataset = dataset.map(to_features_and_labels, num_parallel_calls=AUTOTUNE)
-  dataset = dataset.prefetch(p.prefetch_buffer_size)
-  return dataset.with_options(dataset_options(p, training, input_context))
+  options = dataset_options(p, training, input_context)
+  if service:
+    dataset = _through_service(dataset.with_options(options), service)
+  return dataset.prefetch(p.prefetch_buffer_size).with_options(options)
+
+
+def _through_service(dataset, address):
+  """`dataset` run by the workers of the tf.data service dispatcher at `address`.
+
+  Each worker makes its own independent pass (ShardingPolicy.OFF, as Model Garden's tf.data service
+  input does for training), with its own shuffles whatever the seed (workers with one seed would send
+  the same batches). Skipped records are logged by the workers (tf.print on their stderr), not
+  counted in this process, and the iterator cannot be checkpointed. Evaluation never takes this path:
+  an exact pass stays local.
+  """
+  return dataset.apply(tf.data.experimental.service.distribute(
+      tf.data.experimental.service.ShardingPolicy.OFF, address))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ dataloader.py). Flag names are the params' names.
 import json
 import os
 import signal
+import socket
 import sys
 
 
@@ -128,6 +129,10 @@ def define_flags():
   flags.DEFINE_boolean("checkpoint_input_pipeline", None,
                        "Also checkpoint the input pipeline's position, so that a restarted run "
                        "sees the batches an uninterrupted one would have seen.")
+  flags.DEFINE_string("data_service_address", None,
+                      "grpc://HOST:PORT of a tf.data service dispatcher (python -m "
+                      "scripts.data_service) whose workers run the training input pipeline; "
+                      "evaluation stays local. Unset: this process runs it.")
   flags.DEFINE_integer("collective_timeout_secs", 300,
                        "Multi-worker: a collective operation waiting longer than this for another "
                        "worker fails the run instead of hanging (0: no limit).")
@@ -141,7 +146,7 @@ PARAM_FLAGS = ("configuration", "batch_size", "num_epochs", "max_steps", "num_ex
                "image_summary_steps", "save_summary_steps", "log_every_n_steps",
                "save_checkpoints_steps", "keep_checkpoint_max", "steps_per_loop", "seed", "dtype",
                "xla", "output_train_images", "checkpoint_input_pipeline", "precise_bn_examples",
-               "grouped_conv")
+               "grouped_conv", "data_service_address")
 # Other numeric flags and their checks: (test, what is expected).
 PROGRAM_CHECKS = {"num_gpus": (lambda v: v >= 0, "a number >= 0"),
                   "num_cpu_devices": (lambda v: v >= 0, "a number >= 0"),
@@ -161,7 +166,24 @@ def user_values():
     if not test(FLAGS[name].value):
       raise UserError(f"--{name}={FLAGS[name].value}: expected {expected}")
   params_lib.check_values(values)
+  if values.get("data_service_address"):
+    check_data_service(values)
   return values
+
+
+def check_data_service(values):
+  """UserError unless a dispatcher answers at --data_service_address and the run can use it."""
+  address = values["data_service_address"]
+  if values.get("checkpoint_input_pipeline") or FLAGS.deterministic:
+    raise UserError(f"--data_service_address={address}: the service's workers shuffle on their own; "
+                    "it cannot be combined with --checkpoint_input_pipeline or --deterministic")
+  host, _, port = address.removeprefix("grpc://").rpartition(":")
+  try:
+    socket.create_connection((host or "localhost", int(port)), timeout=10).close()
+  except (OSError, ValueError) as e:
+    raise UserError(f"--data_service_address={address}: no dispatcher answers there "
+                    f"({one_line(e, 100)}); expected grpc://HOST:PORT of "
+                    "`python -m scripts.data_service dispatcher`") from e
 
 
 def data_sources(values):

@@ -1,0 +1,102 @@
+"""tf.data service on loopback: a dispatcher and two workers, real `scripts.data_service` processes
+on 127.0.0.1, run the training input pipeline of this process and of `train.py`."""
+
+import collections
+import math
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+import data_utils
+import dataloader
+from process_utils import one_error_line
+from process_utils import ROOT
+from process_utils import run
+from process_utils import run_cases
+from process_utils import TRAIN
+
+
+def _serve(args, log_path):
+  """Starts `python -m scripts.data_service args...` (output to log_path); returns (Popen, port)."""
+  log = open(log_path, "w")
+  process = subprocess.Popen([sys.executable, "-m", "scripts.data_service", *args], cwd=ROOT,
+                             stdout=log, stderr=subprocess.STDOUT, text=True)
+  deadline = time.time() + 120
+  while time.time() < deadline and process.poll() is None:
+    match = re.search(r"listening on port (\d+)", open(log_path).read())
+    if match:
+      return process, int(match.group(1))
+    time.sleep(0.2)
+  process.kill()
+  raise AssertionError(open(log_path).read()[-3000:])
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+  """(address, worker log paths) of a dispatcher with two workers, stopped after the module."""
+  logs = tmp_path_factory.mktemp("service")
+  dispatcher, port = _serve(["dispatcher", "--port=0"], logs / "dispatcher.log")
+  workers = [_serve(["worker", f"--dispatcher_address=localhost:{port}", "--port=0"],
+                    logs / f"worker{i}.log")[0] for i in range(2)]
+  yield f"grpc://localhost:{port}", [logs / f"worker{i}.log" for i in range(2)]
+  for process in (dispatcher, *workers):
+    process.kill()
+    process.wait()
+
+
+def test_both_workers_feed_every_record_and_log_the_skipped_ones(service, tmp_path):
+  address, worker_logs = service
+  good = [data_utils.example(data_utils.jpeg_bytes(value=40 * k), label=k) for k in range(1, 7)]
+  bad = data_utils.example(b"\xff\xd8\xff" + b"not a JPEG" * 20, label=1)
+  path = data_utils.write_records(str(tmp_path / "train"), [*good[:3], bad, *good[3:]])
+  params = dataloader.InputParams(data_service_address=address)
+  dataset = dataloader.input_fn(path, True, params, 16, 4, num_classes=6).take(24)  # 16 epochs
+  counts = collections.Counter(int(c) for _, labels in dataset for c in labels["class_idx"].numpy())
+  # Each worker sends whole shuffled epochs, the last one maybe cut: every record alike, +-2.
+  assert sorted(counts) == list(range(6)) and max(counts.values()) - min(counts.values()) <= 2
+  deadline = time.time() + 30  # the workers' tf.print lines reach their logs soon after
+  while time.time() < deadline and not any(
+      "dataloader: skipped" in open(log).read() for log in worker_logs):
+    time.sleep(0.5)
+  assert any("dataloader: skipped [1] record(s)" in open(log).read() and path in open(log).read()
+             for log in worker_logs)
+
+
+def _final_evaluation(stdout):
+  """(step, top-1, loss, examples) of a train.py run's final evaluation line."""
+  match = re.search(r"Final evaluation at step (\d+): top-1 (\S+)  top-5 \S+  loss (\S+)  on (\d+) "
+                    "examples", stdout)
+  assert match, stdout[-3000:]
+  return int(match.group(1)), float(match.group(2)), float(match.group(3)), int(match.group(4))
+
+
+def test_train_py_through_the_service_runs_as_a_local_run(service, tmp_path):
+  # As a local run of these flags (the local pipeline's own tests are in test_train.py): every
+  # step, a finite loss, and an evaluation (local, exact) that counts every validation record once.
+  records = data_utils.build_records(tmp_path / "data")
+  served = run([TRAIN, f"--model_dir={tmp_path / 'served'}", f"--data_service_address={service[0]}",
+                f"--train_file_pattern={records.train_pattern}",
+                f"--validation_file_pattern={records.validation_pattern}",
+                "--configuration=tiny_SqNxt", "--image_size=32",
+                f"--num_classes={records.num_classes}", "--batch_size=4", "--max_steps=6",
+                "--output_train_images=false"])
+  assert served.returncode == 0, served.stderr[-3000:]
+  step, _, loss, examples = _final_evaluation(served.stdout)
+  assert step == 6 and math.isfinite(loss) and examples == records.num_validation
+
+
+def test_bad_service_command_lines_are_one_line_errors(tmp_path):
+  cases = run_cases("scripts.data_service", [[], ["worker"], ["dispatcher", "--port=70000"]])
+  for outcome in cases:
+    one_error_line(outcome)
+  records = data_utils.build_records(tmp_path)
+  train = run_cases("train", [
+      [f"--model_dir={tmp_path / name}", f"--train_file_pattern={records.train_pattern}",
+       f"--data_service_address={address}", *extra]
+      for name, address, extra in (("a", "grpc://localhost:1", []),
+                                   ("b", "grpc://localhost:1", ["--deterministic"]))])
+  assert "no dispatcher answers there" in one_error_line(train[0])
+  assert "cannot be combined with --checkpoint_input_pipeline" in one_error_line(train[1])
