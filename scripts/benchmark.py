@@ -19,7 +19,8 @@ prototxts, top-1/top-5 from the paper, arXiv 1803.10615).
 best round of each is reported) of: decode-only (parse + `tf.io.decode_jpeg` of every record: the
 bound of a pipeline that decodes every pixel); a plain tf.data reference written here after Model
 Garden's ResNet ImageNet input (`_reference_dataset`); this project's `dataloader.input_fn` in
-training and evaluation; and, when the peers are installed (requirements-peers.txt), a PyTorch
+training and evaluation, and in training through a tf.data service with 1 and 2 workers in this
+process (the service's overhead: on other machines the workers add their cores); and, when the peers are installed (requirements-peers.txt), a PyTorch
 DataLoader with one worker per core doing torchvision's RandomResizedCrop / flip / normalise with
 Pillow and numpy. Columns: images/s, ratio to input_fn training, and CPU cores per 10,000 images/s
 (CPU seconds of the process and its workers per image x 10,000: the cores a 10,000 images/s
@@ -51,6 +52,7 @@ register it in `SUBCOMMANDS`; `main` prints the tables and writes the JSON.
 """
 
 import collections
+import contextlib
 import dataclasses
 import datetime
 import glob
@@ -436,13 +438,38 @@ def _images_per_second(iterator, pids, max_images, warmup_batches):
   return images / seconds, cpu / max(images, 1)
 
 
-def _input_pipelines(pattern, params, peers):
-  """{name: make() -> (iterator, pids)}: the pipelines of the `input` table, over `pattern`."""
+@contextlib.contextmanager
+def local_data_services(worker_counts):
+  """tf.data service dispatchers in this process, one per entry of `worker_counts`, each with that
+  many workers (also in this process); yields their addresses ("grpc://localhost:PORT")."""
+  service = tf.data.experimental.service
+  servers, addresses = [], []
+  for count in worker_counts:
+    dispatcher = service.DispatchServer(service.DispatcherConfig(port=0))
+    address = dispatcher.target.removeprefix("grpc://")
+    servers += [dispatcher, *(service.WorkerServer(service.WorkerConfig(
+        dispatcher_address=address, port=0)) for _ in range(count))]
+    addresses.append(dispatcher.target)
+  try:
+    yield addresses
+  finally:
+    for server in reversed(servers):
+      server._stop()  # pylint: disable=protected-access
+
+
+def _input_pipelines(pattern, params, peers, services):
+  """{name: make() -> (iterator, pids)}: the pipelines of the `input` table, over `pattern`;
+  `services`: addresses of local tf.data services with 1 and 2 workers."""
   p, size, batch = params.input, params.model.image_size, params.batch_size
   self_pid = [os.getpid()]
 
   def tf_pipeline(make_dataset):
     return lambda: (iter(make_dataset()), self_pid)
+
+  def served(address):
+    served_params = dataclasses.replace(
+        params, input=dataclasses.replace(p, data_service_address=address))
+    return tf_pipeline(lambda: experiment.make_input_fn(served_params, pattern, True)(None))
   pipelines = {
       "decode-only (parse + decode_jpeg)": tf_pipeline(
           lambda: _decode_only_dataset(pattern, p, batch)),
@@ -453,6 +480,8 @@ def _input_pipelines(pattern, params, peers):
       # Repeated, so that its steady state is timed as the others' (no pass ends in the window).
       "input_fn evaluation": tf_pipeline(
           lambda: experiment.make_input_fn(params, pattern, False)(None).repeat()),
+      "input_fn training, tf.data service, 1 local worker": served(services[0]),
+      "input_fn training, tf.data service, 2 local workers": served(services[1]),
   }
   if peers:
     pipelines[f"PyTorch DataLoader + Pillow ({os.cpu_count()} workers)"] = (
@@ -481,14 +510,14 @@ def run_input():
   peers = FLAGS.peers and _import_or_none("torch") is not None
   if FLAGS.peers and not peers:
     notes.append(_peers_note("PyTorch DataLoader"))
-  with tempfile.TemporaryDirectory() as scratch:
+  with tempfile.TemporaryDirectory() as scratch, local_data_services([1, 2]) as services:
     pattern = _pipeline_pattern(scratch)
     if not pattern:
       raise UserError("input: give --file_pattern or --synthetic_jpegs", param="file_pattern")
     params = _input_params(pattern)
     num_records = records.count_examples(pattern)[0]
     max_images = min(FLAGS.max_images, num_records)
-    pipelines = _input_pipelines(pattern, params, peers)
+    pipelines = _input_pipelines(pattern, params, peers, services)
     best = {name: (0.0, 0.0) for name in pipelines}
     for round_index in range(FLAGS.rounds):
       names = list(pipelines) if round_index % 2 == 0 else list(reversed(list(pipelines)))
@@ -880,7 +909,7 @@ def _run_speed(mode, cases):
   peaks, rows, peer_rows = [], [], []
   load_at_start = round(os.getloadavg()[0], 2)  # before this run adds its own load (~cores)
   peers, notes = _peer_plan(cases)
-  with tempfile.TemporaryDirectory() as scratch:
+  with tempfile.TemporaryDirectory() as scratch, local_data_services([1, 2]) as services:
     pattern = _pipeline_pattern(scratch)
     for configuration, dtype in cases:
       case_rows, case_peaks, case_peer_rows, case_notes = _measure_case(

@@ -84,15 +84,17 @@ def test_input_compares_the_pipelines_on_the_same_files():
     results = benchmark.run_input()
   rows = {row["pipeline"]: row for row in results["rows"]}
   names = ["decode-only (parse + decode_jpeg)", "tf.data reference (Model Garden ResNet)",
-           "input_fn training", "input_fn evaluation"]
-  assert list(rows)[:4] == names and results["records"] == 8
+           "input_fn training", "input_fn evaluation",
+           "input_fn training, tf.data service, 1 local worker",
+           "input_fn training, tf.data service, 2 local workers"]
+  assert list(rows)[:6] == names and results["records"] == 8
   assert rows["input_fn training"]["ratio to input_fn training"] == 1.0
   for row in rows.values():
     assert row["images/s"] > 0 and row["CPU cores per 10,000 images/s"] >= 0
   if HAS_TORCH:
-    assert list(rows)[4].startswith("PyTorch DataLoader") and not results["notes"]
+    assert list(rows)[6].startswith("PyTorch DataLoader") and not results["notes"]
   else:
-    assert len(rows) == 4 and "pip install -r requirements-peers.txt" in results["notes"][0]
+    assert len(rows) == 6 and "pip install -r requirements-peers.txt" in results["notes"][0]
   printed = benchmark.format_results(results)
   assert "| input_fn training |" in printed
 
@@ -105,7 +107,7 @@ def test_input_without_peers_says_how_to_install_them():
       results = benchmark.run_input()
     finally:
       benchmark._import_or_none = original
-  assert len(results["rows"]) == 4
+  assert not any(row["pipeline"].startswith("PyTorch") for row in results["rows"])
   assert results["notes"] == ["PyTorch DataLoader: skipped, PyTorch not installed "
                               "(pip install -r requirements-peers.txt)"]
 
