@@ -108,6 +108,9 @@ def define_flags():
   cli.define_flag("integer", "synthetic_jpegs", 0,
                   "input/train/inference: first write this many ImageNet-like JPEG records to a temporary "
                   "folder and read them.")
+  cli.define_flag("integer", "max_short_side", 0,
+                  "With --synthetic_jpegs: store the images with their shorter side at most this many "
+                  "pixels (build_tfrecords --max_short_side), to measure what smaller records gain.")
   cli.define_flag("enum", "preprocessing", "caffe", "Preprocessing of the pipelines.",
                   enum_values=list(dataloader.PREPROCESSINGS))
   cli.define_flag("integer", "image_size", 227, "Image side in pixels.")
@@ -238,8 +241,9 @@ def synthetic_photo(rng, height, width):
   return np.clip(image + 128.0, 0, 255).astype(np.uint8)
 
 
-def write_synthetic_records(num_images, folder, seed=0):
-  """Writes `num_images` synthetic photos as JPEG class folders and TFRecords under `folder`.
+def write_synthetic_records(num_images, folder, seed=0, max_short_side=0):
+  """Writes `num_images` synthetic photos as JPEG class folders and TFRecords under `folder`
+  (stored with their shorter side at most `max_short_side` pixels when it is > 0).
 
   Returns:
     str, the pattern of the TFRecord files (up to 16 shards, no validation split).
@@ -253,7 +257,8 @@ def write_synthetic_records(num_images, folder, seed=0):
     cv2.imwrite(os.path.join(class_dir, f"{i:06d}.jpg"), synthetic_photo(rng, height, width),
                 [cv2.IMWRITE_JPEG_QUALITY, _SYNTHETIC_JPEG_QUALITY])
   result = records.build(images_dir, os.path.join(folder, "records"), "folders",
-                         validation_fraction=0.0, train_shards=min(_SYNTHETIC_SHARDS, num_images))
+                         validation_fraction=0.0, train_shards=min(_SYNTHETIC_SHARDS, num_images),
+                         max_short_side=max_short_side)
   return result.train_pattern
 
 
@@ -261,7 +266,8 @@ def _pipeline_pattern(scratch):
   """The TFRecords to read: --file_pattern, or --synthetic_jpegs written to `scratch`, or None."""
   if FLAGS.synthetic_jpegs:
     logging.info("Writing %d synthetic JPEG records to %s", FLAGS.synthetic_jpegs, scratch)
-    return write_synthetic_records(FLAGS.synthetic_jpegs, scratch)
+    return write_synthetic_records(FLAGS.synthetic_jpegs, scratch,
+                                   max_short_side=FLAGS.max_short_side)
   return FLAGS.file_pattern
 
 
