@@ -3,6 +3,7 @@ Run from the repository's root:
 
   python -m scripts.benchmark complexity
   python -m scripts.benchmark input --synthetic_jpegs 1024 [--preprocessing caffe|inception]
+      [--max_short_side 256]
   python -m scripts.benchmark input --file_pattern 'DIR/train-*'
   python -m scripts.benchmark train [--configuration v_1_0_SqNxt_23|official]
       [--dtype float32,bfloat16]
@@ -109,8 +110,8 @@ def define_flags():
                   "input/train/inference: first write this many ImageNet-like JPEG records to a temporary "
                   "folder and read them.")
   cli.define_flag("integer", "max_short_side", 0,
-                  "With --synthetic_jpegs: store the images with their shorter side at most this many "
-                  "pixels (build_tfrecords --max_short_side), to measure what smaller records gain.")
+                  "input with --synthetic_jpegs: also store the images with their shorter side at most "
+                  "this many pixels (build_tfrecords --max_short_side) and time input_fn on them.")
   cli.define_flag("enum", "preprocessing", "caffe", "Preprocessing of the pipelines.",
                   enum_values=list(dataloader.PREPROCESSINGS))
   cli.define_flag("integer", "image_size", 227, "Image side in pixels.")
@@ -241,9 +242,9 @@ def synthetic_photo(rng, height, width):
   return np.clip(image + 128.0, 0, 255).astype(np.uint8)
 
 
-def write_synthetic_records(num_images, folder, seed=0, max_short_side=0):
-  """Writes `num_images` synthetic photos as JPEG class folders and TFRecords under `folder`
-  (stored with their shorter side at most `max_short_side` pixels when it is > 0).
+def write_synthetic_records(num_images, folder, seed=0):
+  """Writes `num_images` synthetic photos as JPEG class folders (`folder`/images) and TFRecords
+  under `folder`.
 
   Returns:
     str, the pattern of the TFRecord files (up to 16 shards, no validation split).
@@ -257,8 +258,7 @@ def write_synthetic_records(num_images, folder, seed=0, max_short_side=0):
     cv2.imwrite(os.path.join(class_dir, f"{i:06d}.jpg"), synthetic_photo(rng, height, width),
                 [cv2.IMWRITE_JPEG_QUALITY, _SYNTHETIC_JPEG_QUALITY])
   result = records.build(images_dir, os.path.join(folder, "records"), "folders",
-                         validation_fraction=0.0, train_shards=min(_SYNTHETIC_SHARDS, num_images),
-                         max_short_side=max_short_side)
+                         validation_fraction=0.0, train_shards=min(_SYNTHETIC_SHARDS, num_images))
   return result.train_pattern
 
 
@@ -266,8 +266,7 @@ def _pipeline_pattern(scratch):
   """The TFRecords to read: --file_pattern, or --synthetic_jpegs written to `scratch`, or None."""
   if FLAGS.synthetic_jpegs:
     logging.info("Writing %d synthetic JPEG records to %s", FLAGS.synthetic_jpegs, scratch)
-    return write_synthetic_records(FLAGS.synthetic_jpegs, scratch,
-                                   max_short_side=FLAGS.max_short_side)
+    return write_synthetic_records(FLAGS.synthetic_jpegs, scratch)
   return FLAGS.file_pattern
 
 
@@ -495,6 +494,20 @@ def _input_pipelines(pattern, params, peers, services):
   return pipelines
 
 
+def _short_side_pipelines(scratch, max_short_side):
+  """The input_fn rows over the synthetic images of `scratch` stored with their shorter side at most
+  `max_short_side` pixels (records.build's option), written to `scratch`/short_side."""
+  pattern = records.build(os.path.join(scratch, "images"), os.path.join(scratch, "short_side"),
+                          "folders", validation_fraction=0.0,
+                          train_shards=min(_SYNTHETIC_SHARDS, FLAGS.synthetic_jpegs),
+                          max_short_side=max_short_side).train_pattern
+  params = _input_params(pattern)
+  return {f"input_fn {name}, short side <= {max_short_side}": (
+      lambda training=training: (iter(experiment.make_input_fn(params, pattern, training)(None)
+                                      .repeat()), [os.getpid()]))
+          for name, training in (("training", True), ("evaluation", False))}
+
+
 def _peers_note(what):
   """The one line printed instead of the peer rows when the peers are not installed."""
   return f"{what}: skipped, PyTorch not installed ({PEERS_HINT})"
@@ -524,6 +537,8 @@ def run_input():
     num_records = records.count_examples(pattern)[0]
     max_images = min(FLAGS.max_images, num_records)
     pipelines = _input_pipelines(pattern, params, peers, services)
+    if FLAGS.max_short_side and FLAGS.synthetic_jpegs:
+      pipelines.update(_short_side_pipelines(scratch, FLAGS.max_short_side))
     best = {name: (0.0, 0.0) for name in pipelines}
     for round_index in range(FLAGS.rounds):
       names = list(pipelines) if round_index % 2 == 0 else list(reversed(list(pipelines)))

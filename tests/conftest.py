@@ -23,23 +23,3 @@ def two_replicas():
   assert len(devices) == 2
   return tf.distribute.MirroredStrategy(devices)
 
-
-# The longest tests first (measured: 50-110 s each on 2 cores), so that `-n 2`'s two workers end
-# together instead of one running a long test alone at the end. The rest keep their order.
-_LONGEST_FIRST = (
-    "test_precise_bn.py::test_a_short_run_from_scratch_on_photos_evaluates_as_it_trains",
-    "test_reliability.py::test_a_dead_worker_stops_the_other_and_both_resume_in_lock_step",
-    "test_reliability.py::test_killed_three_times_ends_with_the_uninterrupted_weights",
-    "test_reliability.py::test_a_truncated_newest_checkpoint_falls_back_to_the_previous_one",
-    "test_train.py::test_two_replicas_match_one_device",
-    "test_bad_input.py::test_disk_full_while_saving_keeps_the_previous_checkpoint",
-    "test_reliability.py::test_sigterm_writes_a_checkpoint_and_the_next_start_resumes",
-)
-
-
-def pytest_collection_modifyitems(items):
-  """Puts `_LONGEST_FIRST` at the front of the run, in that order."""
-  def rank(item):
-    return next((i for i, name in enumerate(_LONGEST_FIRST) if item.nodeid.endswith(name)),
-                len(_LONGEST_FIRST))
-  items.sort(key=rank)

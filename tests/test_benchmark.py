@@ -99,6 +99,15 @@ def test_input_compares_the_pipelines_on_the_same_files():
   assert "| input_fn training |" in printed
 
 
+def test_input_times_records_of_a_smaller_short_side():
+  with flagsaver.flagsaver(synthetic_jpegs=4, image_size=32, batch_size=2, max_images=2, rounds=1,
+                           max_short_side=64, peers=False):
+    results = benchmark.run_input()
+  rows = {row["pipeline"]: row for row in results["rows"]}
+  for name in ("input_fn training, short side <= 64", "input_fn evaluation, short side <= 64"):
+    assert rows[name]["images/s"] > 0
+
+
 def test_input_without_peers_says_how_to_install_them():
   with flagsaver.flagsaver(synthetic_jpegs=4, image_size=32, batch_size=2, max_images=2, rounds=1):
     original = benchmark._import_or_none
