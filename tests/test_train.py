@@ -162,7 +162,7 @@ def test_two_replicas_match_one_device(records, tmp_path, two_replicas):
   # aggregation (a gradient x2 or /2 would differ by the whole update).
   params = make_params(records, max_steps=5, batch_size=8, bn_synchronized=True,
                        random_flip=False, output_train_images=False, base_learning_rate=1e-5,
-                       warmup_start_learning_rate=1e-5)
+                       warmup_start_learning_rate=1e-5, precise_bn_examples=0)
   input_fn = train_input_fn(dataclasses.replace(params, input=dataclasses.replace(
       params.input, shuffle_buffer_size=1, deterministic_training=True)))
   one = experiment.build_estimator(params, str(tmp_path / "one"))
