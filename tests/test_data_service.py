@@ -12,11 +12,11 @@ import pytest
 
 import data_utils
 import dataloader
+from tools import experiment
+from tools import params as params_lib
 from process_utils import one_error_line
 from process_utils import ROOT
-from process_utils import run
 from process_utils import run_cases
-from process_utils import TRAIN
 
 
 def _serve(args, log_path):
@@ -65,27 +65,18 @@ def test_both_workers_feed_every_record_and_log_the_skipped_ones(service, tmp_pa
              for log in worker_logs)
 
 
-def _final_evaluation(stdout):
-  """(step, top-1, loss, examples) of a train.py run's final evaluation line."""
-  match = re.search(r"Final evaluation at step (\d+): top-1 (\S+)  top-5 \S+  loss (\S+)  on (\d+) "
-                    "examples", stdout)
-  assert match, stdout[-3000:]
-  return int(match.group(1)), float(match.group(2)), float(match.group(3)), int(match.group(4))
-
-
-def test_train_py_through_the_service_runs_as_a_local_run(service, tmp_path):
-  # As a local run of these flags (the local pipeline's own tests are in test_train.py): every
+def test_a_training_run_through_the_service_runs_as_a_local_one(service, tmp_path):
+  # experiment.run, as train.py runs it (the local pipeline's own tests are in test_train.py): every
   # step, a finite loss, and an evaluation (local, exact) that counts every validation record once.
   records = data_utils.build_records(tmp_path / "data")
-  served = run([TRAIN, f"--model_dir={tmp_path / 'served'}", f"--data_service_address={service[0]}",
-                f"--train_file_pattern={records.train_pattern}",
-                f"--validation_file_pattern={records.validation_pattern}",
-                "--configuration=tiny_SqNxt", "--image_size=32",
-                f"--num_classes={records.num_classes}", "--batch_size=4", "--max_steps=6",
-                "--output_train_images=false"])
-  assert served.returncode == 0, served.stderr[-3000:]
-  step, _, loss, examples = _final_evaluation(served.stdout)
-  assert step == 6 and math.isfinite(loss) and examples == records.num_validation
+  user = dict(configuration="tiny_SqNxt", image_size=32, num_classes=records.num_classes,
+              batch_size=4, max_steps=6, output_train_images=False, data_service_address=service[0])
+  data = dict(train_file_pattern=records.train_pattern, num_examples_per_epoch=records.num_train,
+              validation_file_pattern=records.validation_pattern)
+  params = params_lib.resolve_params(user, data)
+  results = experiment.run(experiment.build_estimator(params, str(tmp_path / "served")), params)
+  assert results["global_step"] == 6 and math.isfinite(results["loss"])
+  assert results["num_examples"] == records.num_validation
 
 
 def test_bad_service_command_lines_are_one_line_errors(tmp_path):
