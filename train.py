@@ -174,7 +174,7 @@ def user_values():
 def check_data_service(values):
   """UserError unless a dispatcher answers at --data_service_address and the run can use it."""
   address = values["data_service_address"]
-  if values.get("checkpoint_input_pipeline") or FLAGS.deterministic:
+  if values.get("checkpoint_input_pipeline") or values.get("deterministic_training"):
     raise UserError(f"--data_service_address={address}: the service's workers shuffle on their own; "
                     "it cannot be combined with --checkpoint_input_pipeline or --deterministic")
   host, _, port = address.removeprefix("grpc://").rpartition(":")

@@ -466,24 +466,20 @@ def _input_pipelines(pattern, params, peers, services):
   """{name: make() -> (iterator, pids)}: the pipelines of the `input` table, over `pattern`;
   `services`: addresses of local tf.data services with 1 and 2 workers."""
   p, size, batch = params.input, params.model.image_size, params.batch_size
-  self_pid = [os.getpid()]
-
-  def tf_pipeline(make_dataset):
-    return lambda: (iter(make_dataset()), self_pid)
 
   def served(address):
     served_params = dataclasses.replace(
         params, input=dataclasses.replace(p, data_service_address=address))
-    return tf_pipeline(lambda: experiment.make_input_fn(served_params, pattern, True)(None))
+    return _tf_pipeline(lambda: experiment.make_input_fn(served_params, pattern, True)(None))
   pipelines = {
-      "decode-only (parse + decode_jpeg)": tf_pipeline(
+      "decode-only (parse + decode_jpeg)": _tf_pipeline(
           lambda: _decode_only_dataset(pattern, p, batch)),
-      "tf.data reference (Model Garden ResNet)": tf_pipeline(
+      "tf.data reference (Model Garden ResNet)": _tf_pipeline(
           lambda: _reference_dataset(pattern, p, size, batch)),
-      "input_fn training": tf_pipeline(
+      "input_fn training": _tf_pipeline(
           lambda: experiment.make_input_fn(params, pattern, True)(None)),
       # Repeated, so that its steady state is timed as the others' (no pass ends in the window).
-      "input_fn evaluation": tf_pipeline(
+      "input_fn evaluation": _tf_pipeline(
           lambda: experiment.make_input_fn(params, pattern, False)(None).repeat()),
       "input_fn training, tf.data service, 1 local worker": served(services[0]),
       "input_fn training, tf.data service, 2 local workers": served(services[1]),
@@ -494,6 +490,11 @@ def _input_pipelines(pattern, params, peers, services):
   return pipelines
 
 
+def _tf_pipeline(make_dataset):
+  """A pipeline of the `input` table that runs in this process: make() -> (iterator, [pid])."""
+  return lambda: (iter(make_dataset()), [os.getpid()])
+
+
 def _short_side_pipelines(scratch, max_short_side):
   """The input_fn rows over the synthetic images of `scratch` stored with their shorter side at most
   `max_short_side` pixels (records.build's option), written to `scratch`/short_side."""
@@ -502,9 +503,8 @@ def _short_side_pipelines(scratch, max_short_side):
                           train_shards=min(_SYNTHETIC_SHARDS, FLAGS.synthetic_jpegs),
                           max_short_side=max_short_side).train_pattern
   params = _input_params(pattern)
-  return {f"input_fn {name}, short side <= {max_short_side}": (
-      lambda training=training: (iter(experiment.make_input_fn(params, pattern, training)(None)
-                                      .repeat()), [os.getpid()]))
+  return {f"input_fn {name}, short side <= {max_short_side}": _tf_pipeline(
+      lambda training=training: experiment.make_input_fn(params, pattern, training)(None).repeat())
           for name, training in (("training", True), ("evaluation", False))}
 
 
