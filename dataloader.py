@@ -352,6 +352,10 @@ SKIPPED_RECORDS = SkippedRecords()
 # Records in a row that cannot be decoded before the pipeline stops with an error.
 MAX_CONSECUTIVE_SKIPS = 1000
 
+# The pipeline's functions are plain TensorFlow (tf.cond, tf.where; no Python branch on a tensor), so
+# tf.data traces them as written: AutoGraph's source conversion would cost about 3 s per process.
+_graph_fn = tf.autograph.experimental.do_not_convert
+
 # Bytes a TFRecord file spends on each record besides its data: 8 length, 4 length CRC, 4 data CRC.
 _TFRECORD_FRAMING_BYTES = 16
 # Checks of the parsed record, reported after the decoding (see `_parse_and_preprocess`).
@@ -375,6 +379,7 @@ def _read_file(filename, size, buffer_size):
   records = tf.data.Dataset.zip(records, tf.data.Dataset.from_tensors(False).repeat())
   marker = tf.data.Dataset.from_tensors((tf.constant(""), True))
 
+  @_graph_fn
   def account(read, element):  # read: int64, bytes of the records before `element`
     record, end_of_file = element
     file_ok = tf.logical_or(~end_of_file, read == size)
@@ -383,6 +388,7 @@ def _read_file(filename, size, buffer_size):
   return records.concatenate(marker).scan(tf.constant(0, tf.int64), account)
 
 
+@_graph_fn
 def _number(state, element):
   """Scan function: numbers the records 0, 1, ... and gives each the previous record's file name.
 
@@ -469,6 +475,7 @@ def _report_fn(offset, num_classes, skipped):
   def first(values, bad):  # the value at the first True of `bad` (bool [b])
     return tf.gather(values, tf.argmax(tf.cast(bad, tf.int32)))
 
+  @_graph_fn
   def report(state, batch):
     expected, in_a_row = state
     images, class_idx, label, check, index, filename, previous_file, end_of_file, file_ok = batch
@@ -557,6 +564,7 @@ def _records(files, sizes, training, p, seed, num_pipelines, pipeline):
   if training:  # a new file order every epoch (the repeat below re-runs this)
     dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
 
+  @_graph_fn
   def read(filename, size):
     return _read_file(filename, size, p.read_buffer_size)
   if training:  # reads of several files in turn mix the classes; in parallel, their order may vary
@@ -584,6 +592,7 @@ def _decode_fn(training, params, image_size, num_classes, seed):
   augmentation_seed = random.SystemRandom().randrange(2**31) if seed is None else seed
   with_bboxes = training and params.preprocessing == "inception"
 
+  @_graph_fn
   def decode(record, filename, end_of_file, file_ok, index, previous_file):
     element_seed = tf.stack([tf.constant(augmentation_seed, tf.int64), index])
     image, class_idx, label, check = _parse_and_preprocess(
@@ -648,6 +657,7 @@ def input_fn(file_pattern, training, params, image_size, batch_size, num_classes
   if service:  # uint8 batches cross the network: 4x fewer bytes than float32
     dataset = _through_service(dataset.with_options(options), service)
 
+  @_graph_fn
   def to_features_and_labels(images, class_idx):  # float32 mean-subtracted, once per batch
     return {"image": subtract_mean(images, p)}, {"class_idx": class_idx}
   dataset = dataset.map(to_features_and_labels, num_parallel_calls=AUTOTUNE)

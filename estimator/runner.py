@@ -260,7 +260,7 @@ class Estimator:
           raise
     scaffold = self._scaffold
     fn = tf.function(lambda features: self.model_fn(features, None, ModeKeys.PREDICT, self.params,
-                                                    scaffold).predictions)
+                                                    scaffold).predictions, autograph=False)
     return fn, path
 
   def predict(self, input_fn, checkpoint_path=None):

@@ -183,7 +183,7 @@ def load_trained_model(model_dir, label_map=None, checkpoint_path=None):
   est = estimator_lib.Estimator(model.model_fn, model_dir, params, model.scaffold_fn)
   fn, path = est.predict_function(checkpoint_path)
   size = params.model.image_size
-  predict = tf.function(lambda images: fn({"image": images}),
+  predict = tf.function(lambda images: fn({"image": images}), autograph=False,
                         input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
   step = checkpoint_step(path)
   m = params.model
@@ -204,7 +204,7 @@ def preprocess_fn(params):
   size = params.model.image_size
   preprocess = lambda image_bytes: dataloader.preprocess_image(image_bytes, False, params.input,
                                                                size, seed=seed)
-  return tf.function(preprocess, input_signature=[tf.TensorSpec([], tf.string)])
+  return tf.function(preprocess, input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
 
 
 # ------------------------------------------------------------------------------------------------
