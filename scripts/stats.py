@@ -16,7 +16,7 @@ from tools.common import UserError
 FLAGS = flags.FLAGS
 
 
-def _define_flags():
+def define_flags():
   """Defines the program's flags (not at import: tests import this module beside others)."""
   flags.DEFINE_string("configuration", None,
                       f"Network name, one of: {', '.join(model.CONFIGURATIONS)}.")
@@ -38,5 +38,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  _define_flags()
+  define_flags()
   cli.run(main)

@@ -2,14 +2,11 @@
 
 import csv
 import os
-import subprocess
-import sys
-
 
 import model
+import process_utils
 from tools import stats
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The five official networks' totals are tested in test_model.py, which builds them once.
 
 
@@ -58,28 +55,21 @@ def test_write_csv_is_complete_and_replaces(tmp_path):
   assert os.listdir(tmp_path) == ["model_stats.csv"]  # no temporary file left behind
 
 
-def start_cli(*flags):
-  return subprocess.Popen([sys.executable, "-m", "scripts.stats", *flags], cwd=ROOT, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-
-
 def test_command_line(tmp_path):
+  """One real process runs the four command lines (tests/cli_cases.py)."""
   csv_path = str(tmp_path / "stats.csv")
-  # Started together: each run spends most of its time importing TensorFlow.
-  runs = {
-      "ok": start_cli("--configuration", "tiny_SqNxt", "--image_size", "32", "--num_classes",
-                      "10", "--csv", csv_path),
-      "name": start_cli("--configuration", "SqNxt_99"),
-      "classes": start_cli("--configuration", "tiny_SqNxt", "--num_classes", "1"),
-      "size": start_cli("--configuration", "v_1_0_SqNxt_23_v5", "--image_size", "8"),
-  }
-  results = {key: (p.communicate(timeout=300), p.returncode) for key, p in runs.items()}
+  keys = ["ok", "name", "classes", "size"]
+  outcomes = dict(zip(keys, process_utils.run_cases("scripts.stats", [
+      ["--configuration", "tiny_SqNxt", "--image_size", "32", "--num_classes", "10",
+       "--csv", csv_path],
+      ["--configuration", "SqNxt_99"],
+      ["--configuration", "tiny_SqNxt", "--num_classes", "1"],
+      ["--configuration", "v_1_0_SqNxt_23_v5", "--image_size", "8"]])))
 
-  (stdout, stderr), code = results["ok"]
-  assert code == 0, stderr[-2000:]
+  ok = outcomes["ok"]
+  assert ok["code"] == 0, ok["stderr"][-2000:]
   _, totals = tiny_rows()
-  lines = stdout.strip().splitlines()
+  lines = ok["stdout"].strip().splitlines()
   assert lines[-1] == f"params={totals['params']} macs={totals['macs']}"
   assert lines[0].split() == list(stats.COLUMNS) and "stem_conv" in lines[1]
   assert os.path.exists(csv_path)
@@ -88,8 +78,7 @@ def test_command_line(tmp_path):
               "classes": ["num_classes=1", ">= 2"],
               "size": ["image_size=8", ">= 9"]}
   for key, words in expected.items():
-    (stdout, stderr), code = results[key]
-    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
-    assert code == 2 and len(errors) == 1, (key, stderr[-2000:])
-    assert all(w in errors[0] for w in words), errors[0]
-    assert "Traceback" not in stderr and "params=" not in stdout
+    error = process_utils.one_error_line(outcomes[key])
+    assert outcomes[key]["code"] == 2, (key, outcomes[key]["stderr"][-2000:])
+    assert all(w in error for w in words), error
+    assert "params=" not in outcomes[key]["stdout"]
