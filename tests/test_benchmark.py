@@ -2,6 +2,7 @@
 made here (no timing asserted)."""
 
 import importlib
+import json
 import random
 
 from absl import flags
@@ -29,8 +30,13 @@ def parsed_flags():
     yield
 
 
-def test_complexity_matches_the_official_figures():
-  results = benchmark.run_complexity()
+def test_complexity_matches_the_official_figures(tmp_path, capsys):
+  """Through main: the printed tables and --output_json."""
+  with flagsaver.flagsaver(output_json=str(tmp_path / "out.json")):
+    benchmark.main(["benchmark", "complexity"])
+  printed = capsys.readouterr().out
+  assert "complexity:" in printed and "| 1.0-SqNxt-23 |" in printed
+  results = json.loads((tmp_path / "out.json").read_text())
   rows = {row["configuration"]: row for row in results["rows"]}
   assert list(rows) == list(benchmark.PUBLISHED)  # the five official networks, in order
   for name, published in benchmark.PUBLISHED.items():
@@ -42,6 +48,8 @@ def test_complexity_matches_the_official_figures():
   assert rows["v_1_0_G_SqNxt_23"]["top-1 %"] == "-"  # the paper gives no accuracy for it
   table = benchmark.markdown_table(results["columns"], results["rows"])
   assert table.splitlines()[2].startswith("| 1.0-SqNxt-23 | v_1_0_SqNxt_23 | 717280 | 717280 |")
+  with pytest.raises(benchmark.UserError, match="sub-command"):
+    benchmark.main(["benchmark", "nothing"])
 
 
 def _check_speed_rows(results, inputs):
@@ -99,17 +107,11 @@ def test_input_compares_the_pipelines_on_the_same_files():
   assert "| input_fn training |" in printed
 
 
-def test_input_times_records_of_a_smaller_short_side():
+def test_input_without_peers_and_with_a_smaller_short_side():
+  """Without PyTorch: one line says how to install it. --max_short_side: records of a smaller
+  short side are timed too."""
   with flagsaver.flagsaver(synthetic_jpegs=4, image_size=32, batch_size=2, max_images=2, rounds=1,
-                           max_short_side=64, peers=False):
-    results = benchmark.run_input()
-  rows = {row["pipeline"]: row for row in results["rows"]}
-  for name in ("input_fn training, short side <= 64", "input_fn evaluation, short side <= 64"):
-    assert rows[name]["images/s"] > 0
-
-
-def test_input_without_peers_says_how_to_install_them():
-  with flagsaver.flagsaver(synthetic_jpegs=4, image_size=32, batch_size=2, max_images=2, rounds=1):
+                           max_short_side=64):
     original = benchmark._import_or_none
     benchmark._import_or_none = lambda name: None if name == "torch" else original(name)
     try:
@@ -119,6 +121,9 @@ def test_input_without_peers_says_how_to_install_them():
   assert not any(row["pipeline"].startswith("PyTorch") for row in results["rows"])
   assert results["notes"] == ["PyTorch DataLoader: skipped, PyTorch not installed "
                               "(pip install -r requirements-peers.txt)"]
+  rows = {row["pipeline"]: row for row in results["rows"]}
+  for name in ("input_fn training, short side <= 64", "input_fn evaluation, short side <= 64"):
+    assert rows[name]["images/s"] > 0
 
 
 def test_pillow_transforms_crop_flip_and_normalise():
@@ -186,22 +191,14 @@ def test_layers_takes_one_network_and_dtype():
     benchmark.run_layers()
 
 
-def test_main_prints_the_tables_and_writes_json(tmp_path, capsys):
-  with flagsaver.flagsaver(output_json=str(tmp_path / "out.json")):
-    benchmark.main(["benchmark", "complexity"])
-  printed = capsys.readouterr().out
-  assert "complexity:" in printed and "| 1.0-SqNxt-23 |" in printed
-  assert (tmp_path / "out.json").exists()
-  with pytest.raises(benchmark.UserError, match="sub-command"):
-    benchmark.main(["benchmark", "nothing"])
-
-
 @pytest.mark.skipif(not HAS_PEERS, reason="the peers are not installed")
 def test_peer_step_times_pytorchcv_squeezenext():
-  with flagsaver.flagsaver(image_size=227, batch_size=2):
-    params = benchmark.benchmark_params("v_1_0_SqNxt_23", "bfloat16", 1)
-  for mode in ("train", "inference"):
-    peer = benchmark.PeerStep(mode, "v_1_0_SqNxt_23", "bfloat16", params)
+  """Training in float32, inference with bfloat16 autocast (a bfloat16 training step is slow on
+  CPU)."""
+  with flagsaver.flagsaver(image_size=227, batch_size=1):
+    params = benchmark.benchmark_params("v_1_0_SqNxt_23", "float32", 1)
+  for mode, dtype in (("train", "float32"), ("inference", "bfloat16")):
+    peer = benchmark.PeerStep(mode, "v_1_0_SqNxt_23", dtype, params)
     measures = peer.measures(steps=1, compile_too=False)
     assert list(measures) == ["peer eager"]
     best = {name: min(measure()) for name, measure in measures.items()}
