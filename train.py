@@ -228,6 +228,12 @@ def check_inputs(data):
                     "evaluation measures training data.", len(shared), sorted(shared)[0])
 
 
+# Gradients are all-reduced in packs of up to this many bytes: one collective launch for SqueezeNext's
+# hundreds of small tensors instead of one each (the value TensorFlow's CommunicationOptions
+# documentation gives as its example).
+ALL_REDUCE_BYTES_PER_PACK = 50 * 2**20
+
+
 def make_strategy(num_gpus, num_cpu_devices, collective_timeout_secs=0):
   """The distribution strategy: TF_CONFIG -> MultiWorkerMirrored; several GPUs (or logical CPU
   devices) -> Mirrored (NCCL all-reduce on GPUs); else the default one-device strategy.
@@ -238,9 +244,14 @@ def make_strategy(num_gpus, num_cpu_devices, collective_timeout_secs=0):
     check_tf_config(os.environ["TF_CONFIG"])
     implementation = (tf.distribute.experimental.CommunicationImplementation.NCCL
                       if num_gpus else tf.distribute.experimental.CommunicationImplementation.AUTO)
-    return tf.distribute.MultiWorkerMirroredStrategy(
-        communication_options=tf.distribute.experimental.CommunicationOptions(
-            implementation=implementation, timeout_seconds=collective_timeout_secs or None))
+    options = tf.distribute.experimental.CommunicationOptions(
+        implementation=implementation, bytes_per_pack=ALL_REDUCE_BYTES_PER_PACK,
+        timeout_seconds=collective_timeout_secs or None)
+    try:
+      return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    except tf.errors.UnknownError as e:  # this task's server cannot start, e.g. its port is taken
+      raise UserError(f"TF_CONFIG: this task cannot serve at {tf_config_address()} "
+                      f"({one_line(e, 100)}); is the port in use by another process?") from e
   if num_cpu_devices > 1:
     cpu = tf.config.list_physical_devices("CPU")[0]
     if len(tf.config.get_logical_device_configuration(cpu) or []) < num_cpu_devices:  # once
@@ -253,6 +264,12 @@ def make_strategy(num_gpus, num_cpu_devices, collective_timeout_secs=0):
   if num_gpus > 1:
     return tf.distribute.MirroredStrategy([f"/gpu:{i}" for i in range(num_gpus)])
   return tf.distribute.get_strategy()
+
+
+def tf_config_address():
+  """The HOST:PORT of this task in TF_CONFIG (checked by check_tf_config)."""
+  config = json.loads(os.environ["TF_CONFIG"])
+  return config["cluster"][config["task"]["type"]][int(config["task"]["index"])]
 
 
 def check_tf_config(text):

@@ -52,17 +52,33 @@ def network_weights(model_dir):
           if k.startswith("network/")}
 
 
-def test_killed_three_times_ends_with_the_uninterrupted_weights(records, tmp_path):
-  # Precise BN on (the last flag wins): the final checkpoints hold recomputed statistics too.
+def checkpoint_step(model_dir):
+  return int(os.path.basename(tf.train.latest_checkpoint(model_dir)).split("-")[1])
+
+
+def test_killed_and_preempted_runs_end_with_the_uninterrupted_weights(records, tmp_path):
+  # SIGKILL, SIGTERM (a preemption: a checkpoint at the step reached, exit 0), SIGKILL at random
+  # steps, then a last start to the end. Precise BN on (the last flag wins): the final checkpoints
+  # hold recomputed statistics too.
   deterministic = ["--deterministic", "--checkpoint_input_pipeline", "--seed=7",
                    "--precise_bn_examples=40"]
-  reference = start(flags_for(records, tmp_path / "reference", 20, *deterministic))  # meanwhile:
-  for kill_at in sorted(random.Random(0).sample(range(2, 19), 3)):
-    process = start(flags_for(records, tmp_path / "killed", 20, *deterministic))
-    wait_for_step(process, kill_at, [])
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-  final = run(flags_for(records, tmp_path / "killed", 20, *deterministic))
+  args = lambda folder: flags_for(records, tmp_path / folder, 20, *deterministic)
+  reference = start(args("reference"))  # meanwhile:
+  preempted = None
+  steps = sorted(random.Random(0).sample(range(2, 19), 3))
+  for stop_at, signum in zip(steps, [signal.SIGKILL, signal.SIGTERM, signal.SIGKILL]):
+    process, log = start(args("killed")), []
+    wait_for_step(process, stop_at, log)
+    if preempted is not None:  # restored at the preempted step and continued at the next one
+      assert f"global step {preempted})" in "".join(log), "".join(log)[-3000:]
+      assert f"step {preempted + 1}/20" in "".join(log), "".join(log)[-3000:]
+    process.send_signal(signum)
+    log.append(process.communicate(timeout=120)[0])
+    if signum == signal.SIGTERM:
+      assert process.returncode == 0 and "Stopped by SIGTERM" in "".join(log), "".join(log)[-3000:]
+      preempted = checkpoint_step(tmp_path / "killed")
+      assert preempted >= stop_at
+  final = run(args("killed"))
   assert final.returncode == 0, final.stderr[-3000:]
   assert "Restored" in final.stderr
   reference_log = reference.communicate(timeout=300)[0]
@@ -72,22 +88,6 @@ def test_killed_three_times_ends_with_the_uninterrupted_weights(records, tmp_pat
   assert expected.keys() == actual.keys()
   for key in expected:
     np.testing.assert_array_equal(actual[key], expected[key], err_msg=key)  # bitwise
-
-
-def test_sigterm_writes_a_checkpoint_and_the_next_start_resumes(records, tmp_path):
-  process, log = start(flags_for(records, tmp_path, 1000)), []
-  stopped_after = wait_for_step(process, 5, log)
-  process.send_signal(signal.SIGTERM)
-  output, _ = process.communicate(timeout=120)
-  log.append(output)
-  assert process.returncode == 0, "".join(log)[-3000:]
-  step = int(os.path.basename(tf.train.latest_checkpoint(tmp_path)).split("-")[1])
-  assert step >= stopped_after and "Stopped by SIGTERM" in "".join(log)
-
-  resumed = run(flags_for(records, tmp_path, step + 2))
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert f"global step {step})" in resumed.stderr  # restored at the preempted step
-  assert f"step {step + 1}/{step + 2}" in resumed.stderr  # and continued at the next one
 
 
 def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_one(records, tmp_path, caplog):
@@ -134,9 +134,9 @@ def test_a_dead_worker_stops_the_other_and_both_resume_in_lock_step(records, tmp
   def env(index):
     return dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster,
                                                   "task": {"type": "worker", "index": index}}))
-  args = flags_for(records, tmp_path, 100000, "--save_checkpoints_steps=5")
+  args = flags_for(records, tmp_path, 100000)  # a checkpoint every 3 steps
   chief, worker = start(args, env(0)), start(args, env(1))
-  wait_for_step(worker, 12, [])
+  wait_for_step(worker, 4, [])  # past the first checkpoint
   worker.send_signal(signal.SIGKILL)
   killed_at = time.time()
   output, _ = chief.communicate(timeout=300)
@@ -145,15 +145,15 @@ def test_a_dead_worker_stops_the_other_and_both_resume_in_lock_step(records, tmp
   assert chief.returncode != 0 and elapsed < 120
   assert "error: lost contact with another worker" in output, output[-3000:]
   assert "Traceback" not in output
-  last = int(os.path.basename(tf.train.latest_checkpoint(tmp_path)).split("-")[1])
+  last = checkpoint_step(tmp_path)
 
-  # Restarted, both resume from the chief's last checkpoint and train 10 steps in lock-step.
-  args = flags_for(records, tmp_path, last + 10, "--save_checkpoints_steps=5")
+  # Restarted, both resume from the chief's last checkpoint and train 3 steps in lock-step.
+  args = flags_for(records, tmp_path, last + 3)
   chief, worker = start(args, env(0)), start(args, env(1))
   outputs = [chief.communicate(timeout=300)[0], worker.communicate(timeout=300)[0]]
   assert [chief.returncode, worker.returncode] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
   assert all(f"global step {last})" in output for output in outputs)
-  losses = [final_loss(output, last + 10) for output in outputs]
+  losses = [final_loss(output, last + 3) for output in outputs]
   assert losses[0] and losses[0] == losses[1]  # the same all-reduced loss at the same step
-  assert tf.train.latest_checkpoint(tmp_path).endswith(f"ckpt-{last + 10}")  # by the chief
+  assert tf.train.latest_checkpoint(tmp_path).endswith(f"ckpt-{last + 3}")  # by the chief
   assert not glob.glob(str(tmp_path / ".worker_*" / "*"))  # the other worker's copy is removed
