@@ -35,6 +35,7 @@ statistics of tools/stats.py use them.
 """
 
 import dataclasses
+import math
 
 import keras
 import tensorflow as tf
@@ -232,8 +233,13 @@ class CaffeBatchNormalization(keras.layers.BatchNormalization):
       y, mean, corrected_variance = tf.compat.v1.nn.fused_batch_norm(
           x, self.gamma, self.beta, epsilon=self.epsilon, is_training=True)
       # The fused kernel returns the variance times n / (n - 1) (n / 1 when n = 1); undo it.
-      n = tf.cast(tf.size(x, tf.int64) // tf.shape(x, tf.int64)[-1], tf.float32)
-      self._update_moving_statistics(mean, corrected_variance * (tf.maximum(n - 1.0, 1.0) / n))
+      if None in x.shape:
+        n = tf.cast(tf.size(x, tf.int64) // tf.shape(x, tf.int64)[-1], tf.float32)
+        unbias = tf.maximum(n - 1.0, 1.0) / n
+      else:  # a static shape: a constant, fewer ops to trace
+        n = math.prod(x.shape[:-1])
+        unbias = max(n - 1, 1) / n
+      self._update_moving_statistics(mean, corrected_variance * unbias)
     else:
       y, _, _ = tf.compat.v1.nn.fused_batch_norm(
           x, self.gamma, self.beta, mean=self.moving_mean, variance=self.moving_variance,
