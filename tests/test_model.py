@@ -178,9 +178,14 @@ def test_grouped_convolution_equals_keras_grouped_convolution():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+# A user's own variant in one line: v5 wiring and groups together, one block per stage except two.
+TINY_V5_G = model.SqueezeNextConfig((8, 16, 32, 64), (1, 2, 1, 1), stem_kernel=5, version="v5",
+                                    groups=2, stem_channels=16, head_channels=32)
+
+
 def test_both_grouped_convolution_paths_agree_and_share_checkpoints(tmp_path):
   # The CPU's block-diagonal form and the native grouped kernel (the GPU's), forced on this CPU.
-  networks = {path: model.build_network("v_1_0_G_SqNxt_23", 5, 32, grouped_conv=path)
+  networks = {path: model.build_network(TINY_V5_G, 5, 32, grouped_conv=path)
               for path in ("block_diagonal", "native")}
   grouped = [l for l in networks["native"].layers if getattr(l, "groups", 1) == 2]
   assert grouped and not any(l.block_diagonal() for l in grouped)
@@ -209,11 +214,6 @@ def test_logits_shape_and_dtype():
     assert logits.shape == (3, 7) and logits.dtype == tf.float32, dtype
     assert network.get_layer("stage1_block1_conv1").compute_dtype == (
         "bfloat16" if dtype else "float32")
-
-
-# A user's own variant in one line: v5 wiring and groups together, one block per stage except two.
-TINY_V5_G = model.SqueezeNextConfig((8, 16, 32, 64), (1, 2, 1, 1), stem_kernel=5, version="v5",
-                                    groups=2, stem_channels=16, head_channels=32)
 
 
 def test_train_step_under_tf_function():
