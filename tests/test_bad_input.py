@@ -19,6 +19,8 @@ import process_utils
 from process_utils import run
 from process_utils import run_cases
 from process_utils import TRAIN
+from tools import experiment
+from tools import params as params_lib
 from tools.common import UserError
 
 INPUT_PARAMS = dataloader.InputParams()
@@ -85,12 +87,12 @@ def one_error_line(result):
       result if isinstance(result, dict) else {"code": result.returncode, "stderr": result.stderr})
 
 
-def test_model_dir_not_writable_or_holding_another_network(records, tmp_path):
+def test_model_dir_not_writable_holding_another_network_or_full_while_saving(records, tmp_path):
   blocked = tmp_path / "a_file"  # root may write anywhere: a file in the way stands for it
   blocked.write_text("")
   run_dir = tmp_path / "run"
   outcomes = run_cases("train", [train_args(records, blocked / "run")[1:],
-                                 train_args(records, run_dir)[1:],
+                                 train_args(records, run_dir)[1:],  # ckpt-2 and ckpt-4
                                  train_args(records, run_dir, "--configuration=v_1_0_SqNxt_23",
                                             "--max_steps=6")[1:]])
   line = one_error_line(outcomes[0])
@@ -100,22 +102,29 @@ def test_model_dir_not_writable_or_holding_another_network(records, tmp_path):
   assert f"--model_dir={run_dir}" in line and "does not fit this network" in line
   assert tf.train.latest_checkpoint(run_dir).endswith("ckpt-4")  # nothing new written
 
-
-def test_disk_full_while_saving_keeps_the_previous_checkpoint(records, tmp_path):
-  assert run(train_args(records, tmp_path)).returncode == 0  # ckpt-2 and ckpt-4
-  data_file = tf.io.gfile.glob(str(tmp_path / "ckpt-4.data-*"))[0]
+  # A disk that fills up while the checkpoint of step 6 is written.
+  data_file = tf.io.gfile.glob(str(run_dir / "ckpt-4.data-*"))[0]
   limit = os.path.getsize(data_file) // 2  # room for the event files, not for a checkpoint
 
   def disk_full():  # writes past `limit` bytes fail as on a full disk (EFBIG instead of ENOSPC)
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-  result = run(train_args(records, tmp_path, "--max_steps=6"), preexec_fn=disk_full)
+  result = run(train_args(records, run_dir, "--max_steps=6"), preexec_fn=disk_full)
   line = one_error_line(result)
   assert "could not write the checkpoint of step 6" in line and "ckpt-4" in line
-  assert not glob.glob(str(tmp_path / "*_temp*")) and not glob.glob(str(tmp_path / "*.tmp-*"))
-  assert tf.train.latest_checkpoint(tmp_path).endswith("ckpt-4")
-  assert run(train_args(records, tmp_path, "--max_steps=6")).returncode == 0  # and it resumes
+  assert not glob.glob(str(run_dir / "*_temp*")) and not glob.glob(str(run_dir / "*.tmp-*"))
+  assert tf.train.latest_checkpoint(run_dir).endswith("ckpt-4")
+  # And it resumes (in-process: the Estimator train.py builds, on the same params).
+  user = dict(configuration="tiny_SqNxt", image_size=32, num_classes=records.num_classes,
+              batch_size=4, max_steps=6, steps_per_loop=2, save_checkpoints_steps=2,
+              output_train_images=False, precise_bn_examples=0)
+  params = params_lib.resolve_params(user, dict(train_file_pattern=records.train_pattern,
+                                                num_examples_per_epoch=records.num_train))
+  resumed = experiment.build_estimator(params, str(run_dir))
+  assert resumed.global_step == 4
+  resumed.train(experiment.make_input_fn(params, records.train_pattern, True), 6)
+  assert tf.train.latest_checkpoint(run_dir).endswith("ckpt-6")
 
 
 def test_a_full_disk_at_start_is_one_line_and_leaves_no_partial_file(records, tmp_path):

@@ -3,7 +3,6 @@ on 127.0.0.1, run the training input pipeline of this process and of `train.py`.
 
 import collections
 import math
-import re
 import subprocess
 import sys
 import time
@@ -14,21 +13,23 @@ import data_utils
 import dataloader
 from tools import experiment
 from tools import params as params_lib
+from process_utils import free_ports
 from process_utils import one_error_line
 from process_utils import ROOT
 from process_utils import run_cases
 
 
-def _serve(args, log_path):
-  """Starts `python -m scripts.data_service args...` (output to log_path); returns (Popen, port)."""
-  log = open(log_path, "w")
-  process = subprocess.Popen([sys.executable, "-m", "scripts.data_service", *args], cwd=ROOT,
-                             stdout=log, stderr=subprocess.STDOUT, text=True)
+def _start(args, log_path):
+  """Starts `python -m scripts.data_service args...` (output to log_path); returns the Popen."""
+  return subprocess.Popen([sys.executable, "-m", "scripts.data_service", *args], cwd=ROOT,
+                          stdout=open(log_path, "w"), stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_until_listening(process, log_path):
   deadline = time.time() + 120
   while time.time() < deadline and process.poll() is None:
-    match = re.search(r"listening on port (\d+)", open(log_path).read())
-    if match:
-      return process, int(match.group(1))
+    if "listening on port" in open(log_path).read():
+      return
     time.sleep(0.2)
   process.kill()
   raise AssertionError(open(log_path).read()[-3000:])
@@ -36,13 +37,18 @@ def _serve(args, log_path):
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-  """(address, worker log paths) of a dispatcher with two workers, stopped after the module."""
+  """(address, worker log paths) of a dispatcher with two workers, stopped after the module. The
+  three start together (the workers retry until the dispatcher answers)."""
   logs = tmp_path_factory.mktemp("service")
-  dispatcher, port = _serve(["dispatcher", "--port=0"], logs / "dispatcher.log")
-  workers = [_serve(["worker", f"--dispatcher_address=localhost:{port}", "--port=0"],
-                    logs / f"worker{i}.log")[0] for i in range(2)]
-  yield f"grpc://localhost:{port}", [logs / f"worker{i}.log" for i in range(2)]
-  for process in (dispatcher, *workers):
+  port = free_ports(1)[0]
+  names = ["dispatcher", "worker0", "worker1"]
+  roles = [["dispatcher", f"--port={port}"]] + [
+      ["worker", f"--dispatcher_address=localhost:{port}", "--port=0"]] * 2
+  processes = [_start(role, logs / f"{name}.log") for role, name in zip(roles, names)]
+  for process, name in zip(processes, names):
+    _wait_until_listening(process, logs / f"{name}.log")
+  yield f"grpc://localhost:{port}", [logs / f"{name}.log" for name in names[1:]]
+  for process in processes:
     process.kill()
     process.wait()
 
@@ -70,7 +76,8 @@ def test_a_training_run_through_the_service_runs_as_a_local_one(service, tmp_pat
   # step, a finite loss, and an evaluation (local, exact) that counts every validation record once.
   records = data_utils.build_records(tmp_path / "data")
   user = dict(configuration="tiny_SqNxt", image_size=32, num_classes=records.num_classes,
-              batch_size=4, max_steps=6, output_train_images=False, data_service_address=service[0])
+              batch_size=4, max_steps=6, output_train_images=False, precise_bn_examples=0,
+              data_service_address=service[0])
   data = dict(train_file_pattern=records.train_pattern, num_examples_per_epoch=records.num_train,
               validation_file_pattern=records.validation_pattern)
   params = params_lib.resolve_params(user, data)
@@ -79,15 +86,7 @@ def test_a_training_run_through_the_service_runs_as_a_local_one(service, tmp_pat
   assert results["num_examples"] == records.num_validation
 
 
-def test_bad_service_command_lines_are_one_line_errors(tmp_path):
-  cases = run_cases("scripts.data_service", [[], ["worker"], ["dispatcher", "--port=70000"]])
-  for outcome in cases:
+def test_bad_service_command_lines_are_one_line_errors():
+  # train.py's --data_service_address errors are in test_user_faults.py's one-process catalogue.
+  for outcome in run_cases("scripts.data_service", [[], ["worker"], ["dispatcher", "--port=70000"]]):
     one_error_line(outcome)
-  records = data_utils.build_records(tmp_path)
-  train = run_cases("train", [
-      [f"--model_dir={tmp_path / name}", f"--train_file_pattern={records.train_pattern}",
-       f"--data_service_address={address}", *extra]
-      for name, address, extra in (("a", "grpc://localhost:1", []),
-                                   ("b", "grpc://localhost:1", ["--deterministic"]))])
-  assert "no dispatcher answers there" in one_error_line(train[0])
-  assert "cannot be combined with --checkpoint_input_pipeline" in one_error_line(train[1])

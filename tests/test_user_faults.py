@@ -29,7 +29,7 @@ def args(records, model_dir, *extra):
   return [f"--model_dir={model_dir}", f"--train_file_pattern={records.train_pattern}",
           "--configuration=tiny_SqNxt", "--image_size=32", f"--num_classes={records.num_classes}",
           "--batch_size=4", "--max_steps=4", "--steps_per_loop=2", "--save_checkpoints_steps=2",
-          "--log_every_n_steps=1", "--output_train_images=false", "--precise_bn_examples=8",
+          "--log_every_n_steps=1", "--output_train_images=false", "--precise_bn_examples=0",
           *extra]
 
 
@@ -54,6 +54,8 @@ def test_bad_values_and_tf_config_are_one_line_errors_and_write_nothing(records,
   model_dir = tmp_path / "run"
   cases = [args(records, model_dir, flag) for flag in BAD_FLAGS]
   cases.append(args(records, model_dir, "--warmup_steps=5", "--warmup_epochs=1"))
+  service = "--data_service_address=grpc://localhost:1"  # no dispatcher there (test_data_service)
+  cases += [args(records, model_dir, service), args(records, model_dir, service, "--deterministic")]
   tf_configs = ["", "{not json", json.dumps({"cluster": {"worker": ["127.0.0.1:1"]},
                                               "task": {"type": "worker", "index": 3}})]
   cases += [{"argv": args(records, model_dir), "env": {"TF_CONFIG": c}} for c in tf_configs]
@@ -61,8 +63,11 @@ def test_bad_values_and_tf_config_are_one_line_errors_and_write_nothing(records,
   empty.write_bytes(b"")
   cases.append(args(records, model_dir, f"--train_file_pattern={empty}"))
   outcomes = run_cases("train", cases)
-  expected = list(BAD_FLAGS.values()) + ["warmup_epochs", "TF_CONFIG", "TF_CONFIG",
-                                         "task index 3", "no record"]
+  expected = list(BAD_FLAGS.values()) + [
+      "warmup_epochs", "no dispatcher answers there",
+      "cannot be combined with --checkpoint_input_pipeline", "TF_CONFIG", "TF_CONFIG",
+      "task index 3", "no record"]
+  assert len(outcomes) == len(expected)
   for outcome, text in zip(outcomes, expected):
     line = one_error_line(outcome)
     assert text in line, (text, line)
@@ -104,36 +109,26 @@ def wait_for_step(process, step, log):
   raise AssertionError("".join(log[-30:]))
 
 
-def test_one_run_per_model_dir_and_a_stale_lock_is_taken_over(records, tmp_path):
+def test_one_run_per_model_dir_then_a_stale_lock_and_a_lost_state_file_resume(records, tmp_path):
   long_run = args(records, tmp_path, "--max_steps=100000", "--steps_per_loop=1")
   first, log = start([TRAIN, *long_run]), []
-  wait_for_step(first, 2, log)
+  wait_for_step(first, 7, log)  # ckpt-2, -4 and -6 at least
   started = time.time()
   second = run([TRAIN, *long_run])
   assert time.time() - started < 60
   line = one_error_line({"code": second.returncode, "stderr": second.stderr})
   assert f"--model_dir={tmp_path} is in use by process {first.pid}" in line
-  first.send_signal(signal.SIGKILL)
+  os.remove(tmp_path / "checkpoint")  # the checkpoint state file, lost mid-run
+  first.send_signal(signal.SIGKILL)  # and the lock left behind
   first.wait()
-  third = run([TRAIN, *args(records, tmp_path, "--max_steps=8")])
-  assert third.returncode == 0, third.stderr[-3000:]
-  assert "Taking over the lock" in third.stderr and "Restored" in third.stderr
-
-
-def test_a_lost_checkpoint_state_file_resumes_at_the_newest_checkpoint(records, tmp_path):
-  process, log = start([TRAIN, *args(records, tmp_path, "--max_steps=100000", "--steps_per_loop=1",
-                                     "--save_checkpoints_steps=2")]), []
-  wait_for_step(process, 7, log)
-  os.remove(tmp_path / "checkpoint")  # lost mid-run
-  process.send_signal(signal.SIGKILL)
-  process.wait()
   before = {name: content for name, content in file_bytes(tmp_path).items()
             if name.startswith("ckpt-")}
   newest = max(int(name.split("-")[1].split(".")[0]) for name in before)
-  resumed = run([TRAIN, *args(records, tmp_path, f"--max_steps={newest + 2}")])
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert "state file is missing or unreadable" in resumed.stderr
-  assert f"ckpt-{newest} (global step {newest})" in resumed.stderr
+  third = run([TRAIN, *args(records, tmp_path, f"--max_steps={newest + 2}")])
+  assert third.returncode == 0, third.stderr[-3000:]
+  assert "Taking over the lock" in third.stderr and "Restored" in third.stderr
+  assert "state file is missing or unreadable" in third.stderr
+  assert f"ckpt-{newest} (global step {newest})" in third.stderr  # the newest, not the first
   for name, content in before.items():
     assert open(tmp_path / name, "rb").read() == content, name
 
