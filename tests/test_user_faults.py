@@ -79,19 +79,22 @@ def test_schedule_from_the_data_overlap_warning_and_changed_params(records, tmp_
   model_dir = tmp_path / "run"
   base = [a for a in args(records, model_dir) if not a.startswith("--max_steps")]
   outcomes = run_cases("train", [
-      base + ["--num_epochs=1", f"--validation_file_pattern={records.train_pattern}"],
-      base + ["--num_epochs=2", "--image_size=40"],  # another image size: refused
+      base + ["--num_epochs=1"],
+      # Another image size: refused (after the warning about the validation files, at start-up).
+      base + ["--num_epochs=2", "--image_size=40",
+              f"--validation_file_pattern={records.train_pattern}"],
       base + ["--num_epochs=2", "--image_size=40", "--allow_params_change"],
   ])
   first = outcomes[0]
   assert first["code"] == 0, first["stderr"][-3000:]
   # Without --num_examples_per_epoch the schedule counts the records (from the builder's manifest).
   assert f"{records.num_train} training examples (manifest)" in first["stderr"]
-  assert "share" in first["stderr"] and "evaluation measures training data" in first["stderr"]
   assert f"{-(-records.num_train // 4)} steps in all" in first["stderr"]  # ceil(1 epoch / batch)
   checkpoints = file_bytes(model_dir)
   line = one_error_line(outcomes[1])
   assert "image_size 32 -> 40" in line and "allow_params_change" in line
+  warning = outcomes[1]["stderr"]
+  assert "share" in warning and "evaluation measures training data" in warning
   assert outcomes[2]["code"] == 0, outcomes[2]["stderr"][-3000:]
   history = json.load(open(model_dir / "params.json"))["history"]
   assert len(history) == 2 and "--allow_params_change" in history[1]["argv"]
@@ -113,13 +116,14 @@ def test_one_run_per_model_dir_then_a_stale_lock_and_a_lost_state_file_resume(re
   long_run = args(records, tmp_path, "--max_steps=100000", "--steps_per_loop=1")
   first, log = start([TRAIN, *long_run]), []
   wait_for_step(first, 7, log)  # ckpt-2, -4 and -6 at least
+  first.send_signal(signal.SIGSTOP)  # alive and holding the lock, but training no further
   started = time.time()
   second = run([TRAIN, *long_run])
   assert time.time() - started < 60
   line = one_error_line({"code": second.returncode, "stderr": second.stderr})
   assert f"--model_dir={tmp_path} is in use by process {first.pid}" in line
   os.remove(tmp_path / "checkpoint")  # the checkpoint state file, lost mid-run
-  first.send_signal(signal.SIGKILL)  # and the lock left behind
+  first.send_signal(signal.SIGKILL)  # and its lock file left behind
   first.wait()
   before = {name: content for name, content in file_bytes(tmp_path).items()
             if name.startswith("ckpt-")}
