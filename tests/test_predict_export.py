@@ -4,11 +4,13 @@
 One small model_dir is trained once for the module with the library (`tiny_SqNxt` at 32x32 on
 records of 6 colour classes built by tests/data_utils.py, a few steps: the weights need not be good,
 only fixed). For the same image files, the library, the programs, the SavedModel's two signatures,
-the LiteRT interpreter and Estimator.predict must agree. Each program runs once as a real process
-(exit status, no traceback); everything else runs in-process. The export process also evaluates
-every artefact on the validation records (the accuracy table, accuracy.json).
+the LiteRT interpreter and Estimator.predict must agree. Each program runs in one real process
+(exit status, no traceback): predict once; export once and then its bad command lines, through
+tests/cli_cases.py. Everything else runs in-process. The export also evaluates every artefact on the
+validation records (the accuracy table, accuracy.json).
 """
 
+import concurrent.futures
 import dataclasses
 import hashlib
 import json
@@ -53,15 +55,14 @@ predict.define_flags()
 export.define_flags()
 
 
-def _train(root, num_classes=NUM_CLASSES, **overrides):
+def _train(root):
   """Trains tiny_SqNxt on records under root; returns (model_dir, Params, BuildResult)."""
-  records = data_utils.build_records(str(root), num_classes=num_classes, per_class=6, size=40)
-  user = dict(configuration="tiny_SqNxt", image_size=IMAGE_SIZE, num_classes=num_classes,
+  records = data_utils.build_records(str(root), num_classes=NUM_CLASSES, per_class=6, size=40)
+  user = dict(configuration="tiny_SqNxt", image_size=IMAGE_SIZE, num_classes=NUM_CLASSES,
               batch_size=6, max_steps=6, save_checkpoints_steps=6, save_summary_steps=3,
               log_every_n_steps=3, steps_per_loop=3, output_train_images=False, bn_momentum=0.5,
               base_learning_rate=0.01, warmup_start_learning_rate=0.01, warmup_steps=0, seed=0,
               precise_bn_examples=0, eval_every_n_steps=0)
-  user.update(overrides)
   data = dict(train_file_pattern=records.train_pattern, num_examples_per_epoch=records.num_train,
               label_map=records.label_map)
   params = params_lib.resolve_params(user, data)
@@ -123,36 +124,71 @@ def _finish(process):
   return process.returncode, stdout, stderr
 
 
+def _without_training_records(workspace, folder, pattern):
+  """A model_dir holding only params.json, whose train_file_pattern is `pattern`."""
+  params = workspace["params"]
+  params = dataclasses.replace(params, run=dataclasses.replace(params.run,
+                                                               train_file_pattern=pattern))
+  os.makedirs(folder)
+  params_lib.save_params(params, str(folder), ["test"])
+  return str(folder)
+
+
+def _export_bad_input(workspace, root):
+  """[(argv, expected error line)] of export command lines failing before any export (EXPORT_DIR
+  folders under root)."""
+  nothing = str(root / "nothing-*")
+  no_train = _without_training_records(workspace, root / "no_train", nothing)
+  model_dir = workspace["model_dir"]
+  cases = [
+      ([f"--model_dir={no_train}", "--tflite", "--quantize=int8"],
+       f"--quantize=int8: its calibration reads the training records, and the model's "
+       f"train_file_pattern={nothing} matches no file"),
+      ([f"--model_dir={model_dir}", f"--validation_file_pattern={nothing}"],
+       f"--validation_file_pattern={nothing}: matches no file; expected the TFRecords of the "
+       f"validation images"),
+      ([f"--model_dir={model_dir}", "--latency_runs=0"], "--latency_runs=0: expected at least 1"),
+      ([f"--model_dir={model_dir}", "--max_top1_drop=-1"],
+       "--max_top1_drop=-1.0: expected at least 0"),
+  ]
+  return [([*argv, f"--export_dir={root / f'export{i}'}"], f"error: {message}")
+          for i, (argv, message) in enumerate(cases)]
+
+
 @pytest.fixture(scope="module")
-def cli_runs(workspace):
-  """export and predict, each run once as a process, started together as soon as the model is
-  trained (they overlap with each other and the tests). export writes the SavedModel and every
-  TFLite variant; predict classifies the photo folder (with its bad files) and a missing file."""
+def cli_runs(workspace, tmp_path_factory):
+  """export and predict, each run in one real process, started together as soon as the model is
+  trained (they overlap with each other and the tests). The export process (tests/cli_cases.py)
+  first writes the SavedModel and every TFLite variant, then runs the command lines of
+  _export_bad_input; predict classifies the photo folder (with its bad files) and a missing
+  file."""
   export_dir = str(workspace["root"] / "export")
-  runs = {
-      "export": _start("export", f"--model_dir={workspace['model_dir']}",
-                       f"--export_dir={export_dir}", "--tflite",
-                       f"--quantize={','.join(inference.QUANTIZATIONS)}",
-                       "--representative_examples=8",
-                       f"--validation_file_pattern={workspace['records'].validation_pattern}",
-                       "--latency_runs=3"),
-      "predict": _start("predict", f"--model_dir={workspace['model_dir']}", "--json",
-                        "--batch_size=3", workspace["images"], workspace["missing"]),
-  }
-  yield dict(runs, export_dir=export_dir)
-  for process in runs.values():
-    if process.poll() is None:
-      process.kill()
-      process.communicate()
+  bad_root = tmp_path_factory.mktemp("export_bad_input")
+  bad = _export_bad_input(workspace, bad_root)
+  good = [f"--model_dir={workspace['model_dir']}", f"--export_dir={export_dir}", "--tflite",
+          f"--quantize={','.join(inference.QUANTIZATIONS)}", "--representative_examples=8",
+          f"--validation_file_pattern={workspace['records'].validation_pattern}",
+          "--latency_runs=3"]
+  with concurrent.futures.ThreadPoolExecutor(1) as pool:
+    export_runs = pool.submit(process_utils.run_cases, "scripts.export",
+                              [good, *(argv for argv, _ in bad)])
+    predict_run = _start("predict", f"--model_dir={workspace['model_dir']}", "--json",
+                         "--batch_size=3", workspace["images"], workspace["missing"])
+    yield dict(export=export_runs, predict=predict_run, export_dir=export_dir, bad=bad,
+               bad_root=bad_root)
+    if predict_run.poll() is None:
+      predict_run.kill()
+      predict_run.communicate()
 
 
 @pytest.fixture(scope="module")
 def export_output(cli_runs):
-  """(stdout, stderr) of the export process, which succeeded."""
-  status, stdout, stderr = _finish(cli_runs["export"])
-  assert status == 0, stderr[-3000:]
-  assert "Traceback" not in stderr and stdout.startswith("Exported step 6 of ")
-  return stdout, stderr
+  """(stdout, stderr) of the export, which succeeded."""
+  outcome = cli_runs["export"].result()[0]
+  assert outcome["code"] == 0, outcome["stderr"][-3000:]
+  assert "Traceback" not in outcome["stderr"]
+  assert outcome["stdout"].startswith("Exported step 6 of ")
+  return outcome["stdout"], outcome["stderr"]
 
 
 @pytest.fixture(scope="module")
@@ -163,17 +199,18 @@ def exported(cli_runs, export_output):
 
 
 @pytest.fixture(scope="module")
-def trained(workspace, cli_runs):
-  del cli_runs  # started first, to run meanwhile
+def trained(workspace):
   return inference.load_trained_model(workspace["model_dir"])
 
 
 @pytest.fixture(scope="module")
-def reference(workspace):
+def reference(workspace, cli_runs):
   """Estimator.predict on the good images, preprocessed by dataloader.preprocess_image directly.
+  The tests using it also use the programs' processes: they are started first, to run meanwhile.
 
   Returns (images float32 [N, S, S, 3], list of prediction dicts).
   """
+  del cli_runs
   params = workspace["params"]
   images = np.stack([dataloader.preprocess_image(tf.io.read_file(p), False, params.input,
                                                  IMAGE_SIZE).numpy() for p in workspace["good"]])
@@ -247,31 +284,6 @@ def test_errors_do_not_stop_the_others(workspace, trained):
   assert text == f"{workspace['images']}/bad\\xff.jpg: error: file name is not valid UTF-8"
   assert "class" in inference.format_text(results[0], trained.label_map)
   assert json.loads(inference.format_json(results[6]))["image"].endswith("bad\\xff.jpg")
-
-
-def test_predict_process_json_and_per_image_errors(workspace, reference, cli_runs):
-  """A folder plus a missing file: bad images get an error line, the others are classified."""
-  _, want = reference
-  status, stdout, stderr = _finish(cli_runs["predict"])
-  assert status == 1, stderr[-3000:]  # some images failed
-  assert "Traceback" not in stderr and "5 of 10 images could not be classified" in stderr
-  lines = [json.loads(line) for line in stdout.splitlines()]
-  expected = inference.list_images([workspace["images"]]) + [workspace["missing"]]
-  assert [line["image"] for line in lines] == [inference.display_path(p) for p in expected]
-  by_image = {line["image"]: line for line in lines}
-  assert by_image[workspace["missing"]]["error"] == "no such file"
-  assert by_image[workspace["empty"]]["error"] == "empty file (0 bytes)"
-  assert by_image[inference.display_path(workspace["non_utf8"])]["error"] == (
-      "file name is not valid UTF-8")
-  for name in ("broken", "truncated"):
-    assert by_image[workspace[name]]["error"].startswith("cannot decode image")
-  for path, reference_prediction in zip(workspace["good"], want):
-    top_5 = by_image[path]["top_5"]
-    assert [c["class_idx"] for c in top_5] == list(reference_prediction["top_5"])
-    np.testing.assert_allclose([c["probability"] for c in top_5],
-                               reference_prediction["probabilities"][reference_prediction["top_5"]],
-                               atol=TOLERANCE)
-    assert top_5[0]["name"] == f"class{top_5[0]['class_idx']}"
 
 
 def test_predict_main_text_and_flag_errors(workspace, capsys):
@@ -360,6 +372,31 @@ def test_user_errors(workspace, tmp_path):
     inference.list_images([str(empty)])
 
 
+def test_predict_process_json_and_per_image_errors(workspace, reference, cli_runs):
+  """A folder plus a missing file: bad images get an error line, the others are classified."""
+  _, want = reference
+  status, stdout, stderr = _finish(cli_runs["predict"])
+  assert status == 1, stderr[-3000:]  # some images failed
+  assert "Traceback" not in stderr and "5 of 10 images could not be classified" in stderr
+  lines = [json.loads(line) for line in stdout.splitlines()]
+  expected = inference.list_images([workspace["images"]]) + [workspace["missing"]]
+  assert [line["image"] for line in lines] == [inference.display_path(p) for p in expected]
+  by_image = {line["image"]: line for line in lines}
+  assert by_image[workspace["missing"]]["error"] == "no such file"
+  assert by_image[workspace["empty"]]["error"] == "empty file (0 bytes)"
+  assert by_image[inference.display_path(workspace["non_utf8"])]["error"] == (
+      "file name is not valid UTF-8")
+  for name in ("broken", "truncated"):
+    assert by_image[workspace[name]]["error"].startswith("cannot decode image")
+  for path, reference_prediction in zip(workspace["good"], want):
+    top_5 = by_image[path]["top_5"]
+    assert [c["class_idx"] for c in top_5] == list(reference_prediction["top_5"])
+    np.testing.assert_allclose([c["probability"] for c in top_5],
+                               reference_prediction["probabilities"][reference_prediction["top_5"]],
+                               atol=TOLERANCE)
+    assert top_5[0]["name"] == f"class{top_5[0]['class_idx']}"
+
+
 # ------------------------------------------------------------------------------------------------
 # Export.
 
@@ -437,14 +474,14 @@ def test_predict_tflite_gives_the_interpreters_top_1(workspace, reference, expor
 def test_overwrite_refuses_what_it_did_not_write(workspace, exported, tmp_path, capsys):
   base = tmp_path / "serving"
   model_dir = workspace["model_dir"]
-  for _ in range(2):
-    assert _run_main(export, f"--model_dir={model_dir}", f"--export_base={base}") == 0
+  shutil.copytree(exported, base / "1")  # an earlier version
+  assert _run_main(export, f"--model_dir={model_dir}", f"--export_base={base}") == 0
   assert sorted(os.listdir(base)) == ["1", "2"]
   # Its params.json names no validation records: the table is skipped, with one line.
   skipped = [line for line in capsys.readouterr().out.splitlines() if "skipped" in line]
   assert skipped == [f"Accuracy table skipped: no validation records: {model_dir}'s params.json "
-                     f"names none; pass --validation_file_pattern."] * 2
-  assert not os.path.exists(base / "1" / inference.ACCURACY_FILENAME)
+                     f"names none; pass --validation_file_pattern."]
+  assert not os.path.exists(base / "2" / inference.ACCURACY_FILENAME)
   assert os.path.exists(base / "2" / inference.EXPORT_MARKER)
   protected = [model_dir, str(workspace["root"]), str(base)]
   before = {folder: _snapshot(folder) for folder in protected}
@@ -474,11 +511,10 @@ def test_overwrite_refuses_what_it_did_not_write(workspace, exported, tmp_path, 
   assert not os.path.exists(tmp_path / "x")
 
 
-def test_overwrite_replaces_an_earlier_export(workspace, tmp_path, capsys):
+def test_overwrite_replaces_an_earlier_export(workspace, exported, tmp_path, capsys):
   """Also: the validation records of the model's params.json are the default of the table."""
   export_dir = str(tmp_path / "export")
-  trained = inference.load_trained_model(workspace["model_dir"])
-  inference.export_saved_model(trained, export_dir)
+  shutil.copytree(exported, export_dir)
   stale = os.path.join(export_dir, "stale.txt")
   open(stale, "w").close()
   model_dir = workspace["root"] / "with_validation"
@@ -490,6 +526,7 @@ def test_overwrite_replaces_an_earlier_export(workspace, tmp_path, capsys):
   assert _run_main(export, f"--model_dir={model_dir}", f"--export_dir={export_dir}",
                    "--overwrite", "--latency_runs=2") == 0
   assert not os.path.exists(stale) and os.path.exists(os.path.join(export_dir, "saved_model.pb"))
+  assert not os.path.exists(os.path.join(export_dir, "model.tflite"))  # the earlier export's
   assert sorted(os.listdir(tmp_path)) == ["export"]  # no temporary or old folder left
   table = json.loads(open(os.path.join(export_dir, inference.ACCURACY_FILENAME)).read())
   assert table["validation_file_pattern"] == validation
@@ -566,39 +603,14 @@ def test_int8_top_1_agrees_with_the_saved_model(exported):
   assert int8["top_1_agreement"] >= 0.9, table
 
 
-def _without_training_records(workspace, folder, pattern):
-  """A model_dir holding only params.json, whose train_file_pattern is `pattern`."""
-  params = workspace["params"]
-  params = dataclasses.replace(params, run=dataclasses.replace(params.run,
-                                                               train_file_pattern=pattern))
-  os.makedirs(folder)
-  params_lib.save_params(params, str(folder), ["test"])
-  return str(folder)
-
-
-def test_export_bad_input_is_one_line(workspace, tmp_path):
-  """Real process (exit status 2, one `error:` line, no traceback), failing before any export."""
-  nothing = str(tmp_path / "nothing-*")
-  no_train = _without_training_records(workspace, tmp_path / "no_train", nothing)
-  model_dir = workspace["model_dir"]
-  cases = [
-      ([f"--model_dir={no_train}", "--tflite", "--quantize=int8"],
-       f"--quantize=int8: its calibration reads the training records, and the model's "
-       f"train_file_pattern={nothing} matches no file"),
-      ([f"--model_dir={model_dir}", f"--validation_file_pattern={nothing}"],
-       f"--validation_file_pattern={nothing}: matches no file; expected the TFRecords of the "
-       f"validation images"),
-      ([f"--model_dir={model_dir}", "--latency_runs=0"], "--latency_runs=0: expected at least 1"),
-      ([f"--model_dir={model_dir}", "--max_top1_drop=-1"],
-       "--max_top1_drop=-1.0: expected at least 0"),
-  ]
-  argvs = [[*argv, f"--export_dir={tmp_path / f'export{i}'}"] for i, (argv, _) in enumerate(cases)]
-  outcomes = process_utils.run_cases("scripts.export", argvs)
-  for (_, message), outcome in zip(cases, outcomes):
+def test_export_bad_input_is_one_line(cli_runs):
+  """Exit status 2, one `error:` line, no traceback, failing before any export."""
+  outcomes = cli_runs["export"].result()[1:]
+  for (_, message), outcome in zip(cli_runs["bad"], outcomes, strict=True):
     process_utils.one_error_line(outcome)
     assert outcome["code"] == cli.USER_ERROR_EXIT_CODE
-    assert outcome["stderr"].strip().splitlines()[-1] == f"error: {message}", outcome["stderr"]
-  assert not [name for name in os.listdir(tmp_path) if name.startswith("export")]
+    assert outcome["stderr"].strip().splitlines()[-1] == message, outcome["stderr"]
+  assert not [name for name in os.listdir(cli_runs["bad_root"]) if name.startswith("export")]
 
 
 def test_predict_tflite_unreadable_file_is_one_line(workspace, tmp_path, capsys):
