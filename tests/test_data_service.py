@@ -1,5 +1,6 @@
 """tf.data service on loopback: a dispatcher and two workers, real `scripts.data_service` processes
-on 127.0.0.1, run the training input pipeline of this process and of `train.py`."""
+on 127.0.0.1, run the training input pipeline of this process, alone and in a training run as
+`train.py` makes it (experiment.run)."""
 
 import collections
 import math
