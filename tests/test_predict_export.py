@@ -474,7 +474,8 @@ def test_predict_tflite_gives_the_interpreters_top_1(workspace, reference, expor
 def test_overwrite_refuses_what_it_did_not_write(workspace, exported, tmp_path, capsys):
   base = tmp_path / "serving"
   model_dir = workspace["model_dir"]
-  shutil.copytree(exported, base / "1")  # an earlier version
+  assert inference.next_version_dir(str(base)) == str(base / "1")  # the first version
+  shutil.copytree(exported, base / "1")
   assert _run_main(export, f"--model_dir={model_dir}", f"--export_base={base}") == 0
   assert sorted(os.listdir(base)) == ["1", "2"]
   # Its params.json names no validation records: the table is skipped, with one line.
