@@ -117,14 +117,16 @@ def test_one_run_per_model_dir_then_a_stale_lock_and_a_lost_state_file_resume(re
   first, log = start([TRAIN, *long_run]), []
   wait_for_step(first, 7, log)  # ckpt-2, -4 and -6 at least
   first.send_signal(signal.SIGSTOP)  # alive and holding the lock, but training no further
-  started = time.time()
-  second = run([TRAIN, *long_run])
-  assert time.time() - started < 60
-  line = one_error_line({"code": second.returncode, "stderr": second.stderr})
-  assert f"--model_dir={tmp_path} is in use by process {first.pid}" in line
-  os.remove(tmp_path / "checkpoint")  # the checkpoint state file, lost mid-run
-  first.send_signal(signal.SIGKILL)  # and its lock file left behind
-  first.wait()
+  try:
+    started = time.time()
+    second = run([TRAIN, *long_run])
+    assert time.time() - started < 60
+    line = one_error_line({"code": second.returncode, "stderr": second.stderr})
+    assert f"--model_dir={tmp_path} is in use by process {first.pid}" in line
+    os.remove(tmp_path / "checkpoint")  # the checkpoint state file, lost mid-run
+  finally:
+    first.send_signal(signal.SIGKILL)  # its lock file is left behind
+    first.wait()
   before = {name: content for name, content in file_bytes(tmp_path).items()
             if name.startswith("ckpt-")}
   newest = max(int(name.split("-")[1].split(".")[0]) for name in before)
