@@ -32,7 +32,6 @@ def _wait_until_listening(process, log_path):
     if "listening on port" in open(log_path).read():
       return
     time.sleep(0.2)
-  process.kill()
   raise AssertionError(open(log_path).read()[-3000:])
 
 
@@ -46,12 +45,14 @@ def service(tmp_path_factory):
   roles = [["dispatcher", f"--port={port}"]] + [
       ["worker", f"--dispatcher_address=localhost:{port}", "--port=0"]] * 2
   processes = [_start(role, logs / f"{name}.log") for role, name in zip(roles, names)]
-  for process, name in zip(processes, names):
-    _wait_until_listening(process, logs / f"{name}.log")
-  yield f"grpc://localhost:{port}", [logs / f"{name}.log" for name in names[1:]]
-  for process in processes:
-    process.kill()
-    process.wait()
+  try:
+    for process, name in zip(processes, names):
+      _wait_until_listening(process, logs / f"{name}.log")
+    yield f"grpc://localhost:{port}", [logs / f"{name}.log" for name in names[1:]]
+  finally:
+    for process in processes:
+      process.kill()
+      process.wait()
 
 
 def test_both_workers_feed_every_record_and_log_the_skipped_ones(service, tmp_path):
