@@ -224,7 +224,9 @@ class CaffeBatchNormalization(keras.layers.BatchNormalization):
     x = tf.convert_to_tensor(inputs)
     if x.dtype not in (tf.float16, tf.bfloat16, tf.float32):
       x = tf.cast(x, tf.float32)  # the fused kernel's input types
-    if training and self.trainable and (self.synchronized or self.population):
+    replicas = tf.distribute.get_replica_context()
+    several = replicas is not None and replicas.num_replicas_in_sync > 1
+    if training and self.trainable and (self.synchronized or (self.population and several)):
       x = tf.cast(x, tf.float32)  # statistics in float32, as Keras does
       mean, variance = keras.ops.moments(x, axes=[0, 1, 2], synchronized=True)
       y = tf.nn.batch_normalization(x, mean, variance, self.beta, self.gamma, self.epsilon)
@@ -457,7 +459,7 @@ class PopulationStatistics:
   on every replica `begin()`, then `step(features)` for N training batches (a forward pass in
   training mode: no gradient, trainable variables unchanged), then `end()`. Each layer
   normalises with the moments of the GLOBAL batch (all-reduced over the replicas, as with
-  bn_synchronized) and accumulates them, so every replica (and worker) computes the same mean and
+  bn_synchronized; on one replica the fused kernel's batch moments) and accumulates them, so every replica (and worker) computes the same mean and
   variance over all N x global-batch examples, and 1 or R replicas agree, with no cross-replica read.
   The Caffe running count is left at N, so training goes on averaging from these statistics.
 
