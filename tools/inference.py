@@ -656,7 +656,6 @@ def load_lite_model(tflite_path, model_dir=None, label_map=None, num_threads=Non
     UserError: the file cannot be loaded, no params are found, or its input or class count differs
       from the params'.
   """
-  from ai_edge_litert.interpreter import Interpreter  # pylint: disable=import-outside-toplevel
   if not os.path.isfile(tflite_path) or not os.access(tflite_path, os.R_OK):
     reason = ("is a folder, not a .tflite file" if os.path.isdir(tflite_path) else
               "cannot be read (permission denied)" if os.path.exists(tflite_path) else
@@ -672,8 +671,7 @@ def load_lite_model(tflite_path, model_dir=None, label_map=None, num_threads=Non
     raise UserError(f"tflite={tflite_path}: no params.json in {params_dir} (not in an export "
                     f"folder?); pass model_dir", param="tflite") from e
   try:
-    runner = Interpreter(model_path=tflite_path, num_threads=num_threads).get_signature_runner(
-        SERVING_PREPROCESSED)
+    runner = _signature_runner(tflite_path, num_threads)
   except (ValueError, RuntimeError) as e:
     raise UserError(f"tflite={tflite_path}: cannot be loaded ({one_line(e)})",
                     param="tflite") from e
@@ -687,6 +685,26 @@ def load_lite_model(tflite_path, model_dir=None, label_map=None, num_threads=Non
   label_map_path = find_label_map(params_dir, params, label_map)
   entries = read_label_map(label_map_path, m.num_classes)
   return LiteModel(params, entries, label_map_path, tflite_path, runner=runner)
+
+
+def _signature_runner(tflite_path, num_threads):
+  """The serving_preprocessed SignatureRunner of a .tflite file. LiteRT applies its XNNPACK delegate
+  by default; on a model that delegate cannot prepare (seen: the int8 model of a briefly trained
+  tiny network), the built-in kernels run it instead, with a warning. Raises ValueError or
+  RuntimeError for a file LiteRT cannot load."""
+  from ai_edge_litert import interpreter as litert  # pylint: disable=import-outside-toplevel
+  interpreter = litert.Interpreter(model_path=tflite_path, num_threads=num_threads)
+  try:
+    interpreter.allocate_tensors()
+  except RuntimeError as e:
+    if "XNNPACK" not in str(e):
+      raise
+    logging.warning("%s: LiteRT's XNNPACK delegate cannot run this model (%s); using the built-in "
+                    "kernels, which are slower.", tflite_path, one_line(e, 120))
+    interpreter = litert.Interpreter(
+        model_path=tflite_path, num_threads=num_threads,
+        experimental_op_resolver_type=litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+  return interpreter.get_signature_runner(SERVING_PREPROCESSED)
 
 
 # ------------------------------------------------------------------------------------------------
