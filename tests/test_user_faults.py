@@ -6,6 +6,7 @@ The one-line cases run in one real process (tests/cli_cases.py); locks, kills an
 
 import glob
 import json
+import socket
 import os
 import signal
 import time
@@ -63,10 +64,18 @@ def test_bad_values_and_tf_config_are_one_line_errors_and_write_nothing(records,
   empty.write_bytes(b"")
   cases.append(args(records, model_dir, f"--train_file_pattern={empty}"))
   outcomes = run_cases("train", cases)
+  with socket.socket() as taken:  # this task's port is in use by another process
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    cluster = {"worker": [f"127.0.0.1:{taken.getsockname()[1]}", "127.0.0.1:1"]}
+    # A process of its own: a failed multi-worker start leaves TensorFlow unusable for other cases.
+    config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}})
+    outcomes += run_cases("train", [{"argv": args(records, model_dir),
+                                     "env": {"TF_CONFIG": config}}])
   expected = list(BAD_FLAGS.values()) + [
       "warmup_epochs", "no dispatcher answers there",
       "cannot be combined with --checkpoint_input_pipeline", "TF_CONFIG", "TF_CONFIG",
-      "task index 3", "no record"]
+      "task index 3", "no record", "is the port in use"]
   assert len(outcomes) == len(expected)
   for outcome, text in zip(outcomes, expected):
     line = one_error_line(outcome)
