@@ -657,9 +657,8 @@ def input_fn(file_pattern, training, params, image_size, batch_size, num_classes
   if service:  # uint8 batches cross the network: 4x fewer bytes than float32
     dataset = _through_service(dataset.with_options(options), service)
 
-  @_graph_fn
-  def to_features_and_labels(images, class_idx):  # float32 mean-subtracted, once per batch
-    return {"image": subtract_mean(images, p)}, {"class_idx": class_idx}
+  to_features_and_labels = _graph_fn(lambda images, class_idx: (  # float32, once per batch
+      {"image": subtract_mean(images, p)}, {"class_idx": class_idx}))
   dataset = dataset.map(to_features_and_labels, num_parallel_calls=AUTOTUNE)
   return dataset.prefetch(p.prefetch_buffer_size).with_options(options)
 
