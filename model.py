@@ -459,8 +459,9 @@ class PopulationStatistics:
   on every replica `begin()`, then `step(features)` for N training batches (a forward pass in
   training mode: no gradient, trainable variables unchanged), then `end()`. Each layer
   normalises with the moments of the GLOBAL batch (all-reduced over the replicas, as with
-  bn_synchronized; on one replica the fused kernel's batch moments) and accumulates them, so every replica (and worker) computes the same mean and
-  variance over all N x global-batch examples, and 1 or R replicas agree, with no cross-replica read.
+  bn_synchronized; on one replica the fused kernel's batch moments) and accumulates them, so every
+  replica (and worker) computes the same mean and variance over all N x global-batch examples,
+  and 1 or R replicas agree, with no cross-replica read.
   The Caffe running count is left at N, so training goes on averaging from these statistics.
 
   Args:
