@@ -1,4 +1,4 @@
-"""A killed, preempted or failing run loses nothing: the processes are real `train.py` runs on small
+"""A killed or preempted run, or a dead worker, loses nothing: the processes are real `train.py` runs on small
 records (tiny_SqNxt at 32x32), killed with real signals; a damaged checkpoint is tested in-process."""
 
 import glob
@@ -109,19 +109,6 @@ def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_one(records, t
   assert "ckpt-6 is unreadable" in caplog.text
   resumed.train(input_fn, 8)
   assert tf.train.latest_checkpoint(tmp_path).endswith("ckpt-8")
-
-
-def test_a_non_finite_loss_stops_without_saving_bad_weights(records, tmp_path):
-  result = run(flags_for(records, tmp_path, 30, "--base_learning_rate=1e30",
-                         "--warmup_start_learning_rate=1e30"))
-  assert result.returncode != 0
-  error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-  assert len(error) == 1 and "non-finite" in error[0] and "Traceback" not in result.stderr
-  for prefix in glob.glob(str(tmp_path / "ckpt-*.index")):  # whatever was saved is finite
-    reader = tf.train.load_checkpoint(prefix[:-len(".index")])
-    for key in reader.get_variable_to_shape_map():
-      if key.startswith("network/"):
-        assert np.all(np.isfinite(reader.get_tensor(key))), key
 
 
 def final_loss(log, step):

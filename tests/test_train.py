@@ -1,6 +1,6 @@
 """The training runner end to end on small real records: model_fn branches, weight decay, resume,
 fine-tuning, summaries, exact evaluation, MirroredStrategy on 2 logical CPUs, two local workers,
-and the CLI's one-line errors. The network is `tiny_SqNxt` at 32x32 on 3 colour classes."""
+and the CLI's one-line errors (a non-finite loss among them). The network is `tiny_SqNxt` at 32x32 on 3 colour classes."""
 
 import dataclasses
 import glob
@@ -201,6 +201,11 @@ def test_cli_user_errors_are_one_line(records, tmp_path):
       "v_9": flags + ["--configuration=v_9"],
       "--fine_tune_ckpt": flags + [f"--fine_tune_ckpt={tmp_path}/none"],
       "--fine_tune_ckpt=": flags + [f"--fine_tune_ckpt={mismatched_checkpoint(tmp_path)}"],
+      # Trains until the loss is not finite: stops with an error, no checkpoint of bad weights.
+      "non-finite": common_flags(records, tmp_path / "diverged") + [
+          "--max_steps=30", "--steps_per_loop=1", "--save_checkpoints_steps=3",
+          "--base_learning_rate=1e30", "--warmup_start_learning_rate=1e30",
+          "--precise_bn_examples=0", "--output_train_images=false"],
   }
   # --num_cpu_devices splits the CPU before TensorFlow starts: that case first.
   names = sorted(cases, key=lambda name: name != "--batch_size=4")
@@ -209,6 +214,11 @@ def test_cli_user_errors_are_one_line(records, tmp_path):
     error_lines = [l for l in outcome["stderr"].splitlines() if l.startswith(("error:", "FATAL"))]
     assert len(error_lines) == 1 and name in error_lines[0], outcome["stderr"]
   assert not model_dir.exists()  # nothing written
+  for prefix in glob.glob(str(tmp_path / "diverged" / "ckpt-*.index")):  # what was saved is finite
+    reader = tf.train.load_checkpoint(prefix[:-len(".index")])
+    for key in reader.get_variable_to_shape_map():
+      if key.startswith("network/"):
+        assert np.all(np.isfinite(reader.get_tensor(key))), key
 
 
 def mismatched_checkpoint(tmp_path):
