@@ -1,6 +1,7 @@
 """The training runner end to end on small real records: model_fn branches, weight decay, resume,
 fine-tuning, summaries, exact evaluation, MirroredStrategy on 2 logical CPUs, two local workers,
-and the CLI's one-line errors (a non-finite loss among them). The network is `tiny_SqNxt` at 32x32 on 3 colour classes."""
+and the CLI's one-line errors (a non-finite loss among them). The network is `tiny_SqNxt` at 32x32
+on 3 colour classes."""
 
 import dataclasses
 import glob
