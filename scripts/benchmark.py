@@ -930,7 +930,7 @@ def _run_speed(mode, cases):
   peaks, rows, peer_rows = [], [], []
   load_at_start = round(os.getloadavg()[0], 2)  # before this run adds its own load (~cores)
   peers, notes = _peer_plan(cases)
-  with tempfile.TemporaryDirectory() as scratch, local_data_services([1, 2]) as services:
+  with tempfile.TemporaryDirectory() as scratch:
     pattern = _pipeline_pattern(scratch)
     for configuration, dtype in cases:
       case_rows, case_peaks, case_peer_rows, case_notes = _measure_case(
