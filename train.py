@@ -241,7 +241,7 @@ def make_strategy(num_gpus, num_cpu_devices, collective_timeout_secs=0):
   Raises UserError for a bad TF_CONFIG or more GPUs than are visible.
   """
   if "TF_CONFIG" in os.environ:
-    check_tf_config(os.environ["TF_CONFIG"])
+    address = check_tf_config(os.environ["TF_CONFIG"])
     implementation = (tf.distribute.experimental.CommunicationImplementation.NCCL
                       if num_gpus else tf.distribute.experimental.CommunicationImplementation.AUTO)
     options = tf.distribute.experimental.CommunicationOptions(
@@ -250,7 +250,7 @@ def make_strategy(num_gpus, num_cpu_devices, collective_timeout_secs=0):
     try:
       return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     except tf.errors.UnknownError as e:  # this task's server cannot start, e.g. its port is taken
-      raise UserError(f"TF_CONFIG: this task cannot serve at {tf_config_address()} "
+      raise UserError(f"TF_CONFIG: this task cannot serve at {address} "
                       f"({one_line(e, 100)}); is the port in use by another process?") from e
   if num_cpu_devices > 1:
     cpu = tf.config.list_physical_devices("CPU")[0]
@@ -266,14 +266,9 @@ def make_strategy(num_gpus, num_cpu_devices, collective_timeout_secs=0):
   return tf.distribute.get_strategy()
 
 
-def tf_config_address():
-  """The HOST:PORT of this task in TF_CONFIG (checked by check_tf_config)."""
-  config = json.loads(os.environ["TF_CONFIG"])
-  return config["cluster"][config["task"]["type"]][int(config["task"]["index"])]
-
-
 def check_tf_config(text):
-  """Raises UserError unless TF_CONFIG is JSON with a cluster of workers and a task inside it."""
+  """This task's HOST:PORT in TF_CONFIG (`text`); UserError unless it is JSON with a cluster of
+  workers and a task inside it."""
   try:
     config = json.loads(text)
     cluster, task = config["cluster"], config["task"]
@@ -286,6 +281,7 @@ def check_tf_config(text):
   if not 0 <= index < len(members):
     raise UserError(f"TF_CONFIG: task index {index} is outside the {len(members)} "
                     f"{task['type']}(s) of the cluster")
+  return members[index]
 
 
 def check_scale(params, strategy):
