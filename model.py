@@ -152,6 +152,23 @@ def _caffe_pool_padding(size):
   return (size - POOL_SIZE) % POOL_STRIDE
 
 
+def _global_moments(x, replicas):
+  """Mean and biased variance [C] (float32) of x [B, H, W, C] over the global batch of all replicas.
+
+  Keras' synchronized moments all-reduce the sum, the sum of squares and the count separately;
+  one all-reduce of the three, concatenated, gives the same figures with a third of the
+  collectives per BatchNorm layer (less to trace, fewer small messages between devices).
+  """
+  channels = x.shape[-1]
+  count = tf.cast(tf.size(x) // tf.shape(x)[-1], tf.float32)
+  local = tf.concat([tf.reduce_sum(x, [0, 1, 2]), tf.reduce_sum(tf.square(x), [0, 1, 2]),
+                     count[tf.newaxis]], axis=0)
+  total = replicas.all_reduce(tf.distribute.ReduceOp.SUM, local)
+  mean = tf.math.divide_no_nan(total[:channels], total[-1])
+  square_mean = tf.math.divide_no_nan(total[channels:2 * channels], total[-1])
+  return mean, tf.maximum(square_mean - tf.square(mean), 0.0)
+
+
 class CaffeBatchNormalization(keras.layers.BatchNormalization):
   """BatchNormalization whose moving statistics follow Caffe's BatchNorm layer.
 
@@ -183,9 +200,10 @@ class CaffeBatchNormalization(keras.layers.BatchNormalization):
   its own copy from its own batch, and reading them outside the replica context (checkpoints,
   evaluation in the cross-replica context) gives the mean over replicas.
 
-  With `synchronized=True` (Keras' argument), training uses the statistics of the global batch
-  (all-reduced over the replicas, Keras' own synchronized moments) with the unfused ops: slower,
-  but N replicas then compute what one device computes on the whole batch.
+  With `synchronized=True` (Keras' argument) on several replicas, training uses the statistics of
+  the global batch (one all-reduce per layer, `_global_moments`) with the unfused ops: slower, but
+  N replicas then compute what one device computes on the whole batch. On one replica the batch
+  is the global batch: the fused kernel runs, as without the argument.
 
   Inputs: float16/bfloat16/float32 [B, H, W, C] (channels last). Outputs: same shape, in the
   layer's compute dtype. Restrictions: axis=-1, center and scale on, no renorm.
@@ -226,9 +244,9 @@ class CaffeBatchNormalization(keras.layers.BatchNormalization):
       x = tf.cast(x, tf.float32)  # the fused kernel's input types
     replicas = tf.distribute.get_replica_context()
     several = replicas is not None and replicas.num_replicas_in_sync > 1
-    if training and self.trainable and (self.synchronized or (self.population and several)):
+    if training and self.trainable and several and (self.synchronized or self.population):
       x = tf.cast(x, tf.float32)  # statistics in float32, as Keras does
-      mean, variance = keras.ops.moments(x, axes=[0, 1, 2], synchronized=True)
+      mean, variance = _global_moments(x, replicas)
       y = tf.nn.batch_normalization(x, mean, variance, self.beta, self.gamma, self.epsilon)
       self._update_moving_statistics(mean, variance)
     elif training and self.trainable:
