@@ -735,8 +735,13 @@ def _project_measures(mode, estimator, params, steps):
   training = mode == "train"
   network = estimator.scaffold.network
   images, labels = _synthetic_batch(params)
+  # tf.data's autotuning has nothing to tune in a repeated constant; left on, the teardown of an
+  # evaluation's iterator waited for its optimisation thread (1.9 s in 2-3 of 6 five-batch passes
+  # of 1.0-SqNxt-23, 2026-12-01), a cost of the synthetic input, not of the runner.
+  untuned = tf.data.Options()
+  untuned.autotune.enabled = False
   synthetic_fn = lambda ctx: tf.data.Dataset.from_tensors(
-      ({"image": images}, {"class_idx": labels})).repeat()
+      ({"image": images}, {"class_idx": labels})).repeat().with_options(untuned)
   runner = _runner_train_seconds if training else _runner_inference_seconds
   bare = (bare_train_loop(network, params, images, labels) if training
           else bare_inference_loop(network, images))
