@@ -23,6 +23,7 @@ OFFICIAL_MACS = (278.0e6, 224.2e6, 224.9e6, 742.1e6, 702.6e6)
 # One worker builds the five official networks (module fixture) once for all these tests.
 pytestmark = pytest.mark.xdist_group("official_networks")
 
+
 @pytest.fixture(scope="module")
 def official():
   """The five official networks at 227x227, 1000 classes (built once, no forward pass)."""

@@ -83,6 +83,7 @@ def _noisy(rng, label, height, width):
 # One worker builds the module fixtures (a trained model, its exports) once for all these tests.
 pytestmark = pytest.mark.xdist_group("predict_export")
 
+
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
   """A trained model_dir (params.json names the label map) and image files to classify."""

@@ -6,9 +6,9 @@ The one-line cases run in one real process (tests/cli_cases.py); locks, kills an
 
 import glob
 import json
-import socket
 import os
 import signal
+import socket
 import time
 
 import pytest
