@@ -13,6 +13,7 @@ in model_dir/params.json), and hands them to the library (tools/experiment.py, e
 dataloader.py). Flag names are the params' names.
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -338,37 +339,37 @@ def run_training(est, params):
         f"workers to resume from the last checkpoint ({est.latest_checkpoint()})") from e
 
 
-def lock_model_dir(est):
-  """The chief's lock on model_dir for the life of the run (None elsewhere, or remote folders)."""
-  if not est.is_chief or "://" in est.model_dir:
-    return None
-  try:
-    return acquire_lock(os.path.join(est.model_dir, ".lock"))
-  except LockHeld as e:
-    raise UserError(f"--model_dir={est.model_dir} is in use by {e}; wait for it to end or use "
-                    f"another --model_dir") from e
+def lock_model_dir(model_dir, chief, held, existing_only=False):
+  """Takes the chief's lock on model_dir for the life of the run; returns True if a lock is held.
 
-
-def start_run(est, params):
-  """Creates model_dir, takes its lock and saves params.json (the chief); returns the lock or None.
-
-  A folder that cannot be written (a full disk, a quota) is a one-line error, and the lock is let go.
+  Nothing is locked on other workers or remote folders. `held`, a contextlib.ExitStack, lets the
+  lock go when it closes. With `existing_only`, only a lock file that an earlier run left is taken
+  (nothing is created): a second process on a folder in use is refused before it builds anything.
   """
-  lock = None
+  path = os.path.join(model_dir, ".lock")
+  if not chief or "://" in model_dir or (existing_only and not os.path.exists(path)):
+    return False
+  try:
+    held.callback(release_lock, acquire_lock(path))
+  except LockHeld as e:
+    raise UserError(f"--model_dir={model_dir} is in use by {e}; wait for it to end or use "
+                    f"another --model_dir") from e
+  return True
+
+
+def start_run(est, params, held, locked):
+  """Creates model_dir, takes its lock unless `locked`, and saves params.json (the chief).
+
+  A folder that cannot be written (a full disk, a quota) is a one-line error.
+  """
   try:
     tf.io.gfile.makedirs(FLAGS.model_dir)
-    lock = lock_model_dir(est)
+    if not locked:
+      lock_model_dir(FLAGS.model_dir, est.is_chief, held)
     if est.is_chief:
       params_lib.save_params(params, FLAGS.model_dir, sys.argv, FLAGS.allow_params_change)
   except (OSError, tf.errors.OpError) as e:
-    if lock:
-      release_lock(lock)
     raise UserError(f"--model_dir={FLAGS.model_dir}: cannot write there ({one_line(e, 200)})") from e
-  except UserError:
-    if lock:
-      release_lock(lock)
-    raise
-  return lock
 
 
 def report(est, results):
@@ -394,25 +395,25 @@ def main(argv):
   values = user_values()
   check_model_dir(FLAGS.model_dir)
   strategy = make_strategy(FLAGS.num_gpus, FLAGS.num_cpu_devices, FLAGS.collective_timeout_secs)
-  params = params_lib.resolve_params(values, *data_sources(values))
-  if params.input.seed is not None:  # initialisation, and the input pipeline through params
-    keras.utils.set_random_seed(params.input.seed)
-  if FLAGS.deterministic:
-    tf.config.experimental.enable_op_determinism()
-  check_scale(params, strategy)
-  init_fn = None
-  if FLAGS.fine_tune_ckpt:
-    init_fn = fine_tune.make_init_fn(FLAGS.fine_tune_ckpt, FLAGS.fine_tune_exclude)
-  logging.info("Params:\n%s", json.dumps(params.to_dict(), indent=2, sort_keys=True))
-  logging.info(params_lib.describe_schedule(params))
-  est = experiment.build_estimator(params, FLAGS.model_dir, strategy, init_fn)
-  logging.info("Starting at global step %d.", est.global_step)  # restores or warm-starts: may fail
-  lock = start_run(est, params)  # only now, so that a user error leaves model_dir untouched
-  try:
+  with contextlib.ExitStack() as held:  # the model_dir lock, let go at the end
+    # A folder an earlier run used: a second process is refused before anything is built.
+    locked = lock_model_dir(FLAGS.model_dir, estimator_lib.is_chief(strategy), held,
+                            existing_only=True)
+    params = params_lib.resolve_params(values, *data_sources(values))
+    if params.input.seed is not None:  # initialisation, and the input pipeline through params
+      keras.utils.set_random_seed(params.input.seed)
+    if FLAGS.deterministic:
+      tf.config.experimental.enable_op_determinism()
+    check_scale(params, strategy)
+    init_fn = None
+    if FLAGS.fine_tune_ckpt:
+      init_fn = fine_tune.make_init_fn(FLAGS.fine_tune_ckpt, FLAGS.fine_tune_exclude)
+    logging.info("Params:\n%s", json.dumps(params.to_dict(), indent=2, sort_keys=True))
+    logging.info(params_lib.describe_schedule(params))
+    est = experiment.build_estimator(params, FLAGS.model_dir, strategy, init_fn)
+    logging.info("Starting at global step %d.", est.global_step)  # restores or warm-starts: may fail
+    start_run(est, params, held, locked)  # only now, so that a user error leaves model_dir untouched
     report(est, run_training(est, params))
-  finally:
-    if lock:
-      release_lock(lock)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from estimator.checkpoints import checkpoint_key
 from estimator.checkpoints import CheckpointKeeper
 from estimator.checkpoints import network_variables
 from estimator.runner import Estimator
+from estimator.runner import is_chief
 from estimator.runner import train_and_evaluate
 from estimator.spec import EstimatorSpec
 from estimator.spec import EvalSpec

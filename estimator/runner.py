@@ -20,7 +20,9 @@ from estimator.spec import RunConfig
 from tools.common import UserError
 
 
-def _is_chief(strategy):
+def is_chief(strategy):
+  """True for the process that writes checkpoints and summaries: the only one, or the chief (worker
+  0 when the cluster has no chief) of a multi-worker strategy."""
   resolver = getattr(strategy, "cluster_resolver", None)
   if resolver is None or not resolver.task_type:
     return True
@@ -48,7 +50,7 @@ class Estimator:
     self.model_fn, self.model_dir, self.params = model_fn, model_dir, params
     self.config = config or RunConfig()
     self.strategy = self.config.strategy or tf.distribute.get_strategy()
-    self.is_chief = _is_chief(self.strategy)
+    self.is_chief = is_chief(self.strategy)
     self._scaffold_fn = scaffold_fn
     self._scaffold = self.keeper = None
     self._writers, self._loops = {}, {}
