@@ -31,6 +31,8 @@ def _interrupted(signum, frame):
 if __name__ == "__main__":  # before the slow imports, so that an early Ctrl-C is quiet too
   signal.signal(signal.SIGINT, _interrupted)
 
+# Before TensorFlow: the project's TensorFlow defaults (oneDNN CPU kernels; tools/tf_env.py).
+from tools import tf_env  # pylint: disable=unused-import,wrong-import-position,g-bad-import-order
 from absl import flags  # pylint: disable=wrong-import-position
 from absl import logging  # pylint: disable=wrong-import-position
 import keras  # pylint: disable=wrong-import-position

@@ -5,6 +5,9 @@ import os
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# In this process TensorFlow keeps its own choice of CPU kernels, so that the seeded runs of the
+# in-process tests follow the trajectories their thresholds were set on; the programs the tests start
+# (train.py, scripts.*) run with the project's default, oneDNN's kernels (tools/tf_env.py).
 
 # Split the CPU into 2 logical devices before TensorFlow initialises, so that MirroredStrategy's
 # multi-device path (the GPU path) is tested on CPU. Tests that do not ask for a strategy run on the
