@@ -14,6 +14,7 @@ import tensorflow as tf
 
 import estimator as estimator_lib
 import model
+from process_utils import run
 from process_utils import run_cases
 from tools import experiment
 from tools import fine_tune
@@ -226,3 +227,13 @@ def mismatched_checkpoint(tmp_path):
   """A checkpoint with no variable of SqueezeNext's names."""
   checkpoint = tf.train.Checkpoint(network={"other_layer/kernel": tf.Variable([1.0])})
   return checkpoint.save(str(tmp_path / "other" / "ckpt"))
+
+
+def test_programs_run_onednn_kernels_unless_the_environment_says_otherwise():
+  # tools/tf_env.py, imported before TensorFlow by train.py and by the scripts package; TensorFlow's
+  # own report of its kernels (no public API in TF 2.21). This test process keeps TensorFlow's choice.
+  report = "from tensorflow.python.util import _pywrap_util_port as port; print(port.IsMklEnabled())"
+  env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+  assert run(["-c", f"import train; {report}"], env=env).stdout.split()[-1] == "True"
+  assert run(["-c", f"import scripts; {report}"],
+             env={**env, "TF_ENABLE_ONEDNN_OPTS": "0"}).stdout.split()[-1] == "False"
