@@ -175,8 +175,8 @@ def _global_moments(x, replicas):
 def _synchronized_batch_norm(x, gamma, beta, epsilon, replicas):
   """Batch normalisation of float32 x [B, H, W, C] with the statistics of the global batch.
 
-  Returns (y, mean, variance): y like x; mean and biased variance [C] of the global batch (no
-  gradient flows through them: they feed the moving statistics). The backward pass is written
+  Returns (y, mean, variance): y like x; mean and biased variance [C] of the global batch, for the
+  moving statistics (the backward pass ignores any gradient they receive). The backward pass is written
   out, as in NVIDIA's SyncBatchNorm: one all-reduce of [sum(dy), sum(dy * x_hat)] and
   dx = gamma / sigma * (dy - (sum(dy) + x_hat * sum(dy * x_hat)) / N) over the global N. Automatic
   differentiation of the forward ops gave the same values with 4x the graph (a 2-replica
@@ -201,8 +201,7 @@ def _synchronized_batch_norm(x, gamma, beta, epsilon, replicas):
 
     return (y, mean, variance), backward
 
-  y, mean, variance = forward(x, gamma, beta)
-  return y, tf.stop_gradient(mean), tf.stop_gradient(variance)
+  return forward(x, gamma, beta)
 
 
 class CaffeBatchNormalization(keras.layers.BatchNormalization):
@@ -238,8 +237,9 @@ class CaffeBatchNormalization(keras.layers.BatchNormalization):
 
   With `synchronized=True` (Keras' argument) on several replicas, training uses the statistics of
   the global batch (`_synchronized_batch_norm`: one all-reduce per layer forward, one backward)
-  with unfused ops: slower, but N replicas then compute what one device computes on the whole batch. On one replica the batch
-  is the global batch: the fused kernel runs, as without the argument.
+  with unfused ops: slower, but N replicas then compute what one device computes on the whole
+  batch. On one replica the batch is the global batch: the fused kernel runs, as without the
+  argument.
 
   Inputs: float16/bfloat16/float32 [B, H, W, C] (channels last). Outputs: same shape, in the
   layer's compute dtype. Restrictions: axis=-1, center and scale on, no renorm.

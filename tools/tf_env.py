@@ -1,4 +1,4 @@
-"""TensorFlow's process-wide defaults of this project; import before TensorFlow (programs and tests).
+"""TensorFlow's process-wide defaults of the project's programs; import before TensorFlow.
 
 oneDNN CPU kernels on by default: TensorFlow turns them on only on CPUs with AVX-512 VNNI/BF16 or
 AMX; elsewhere, e.g. AVX2 CPUs such as the AMD EPYC this project is tested on, its plain Eigen
