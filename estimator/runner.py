@@ -218,15 +218,18 @@ class Estimator:
     Returns:
       dict: every eval metric of the scaffold (floats; num_examples int) and global_step (int).
     """
-    scaffold = self.scaffold
-    for metric in scaffold.eval_metrics.values():
-      metric.reset_state()
+    metrics = self.scaffold.eval_metrics
+    state = [tf.zeros(v.shape, v.dtype) for v in loops.metric_variables(metrics)]
     iterator = self._distribute(input_fn)
     start = time.time()
-    while not bool(self._loop("eval")(iterator, tf.constant(self.config.steps_per_loop))):
-      seen = int(scaffold.eval_metrics["num_examples"].result())
+    while True:
+      exhausted, loop_state = self._loop("eval")(iterator, tf.constant(self.config.steps_per_loop))
+      state = [s + d for s, d in zip(state, loop_state)]
+      results = loops.metric_results(metrics, state)
+      if bool(exhausted):
+        break
+      seen = int(results["num_examples"])
       logging.info("evaluating: %d examples, %.1f examples/s", seen, seen / (time.time() - start))
-    results = {k: float(m.result()) for k, m in scaffold.eval_metrics.items()}
     results["num_examples"] = int(results["num_examples"])
     results["global_step"] = self.global_step
     if self.is_chief:

@@ -41,8 +41,11 @@ class Scaffold:
       `optimizer.iterations` is the global step. None for inference.
     train_metrics: dict name -> keras.metrics.Metric, updated by model_fn in TRAIN; read and reset by
       the runner at every summary.
-    eval_metrics: dict name -> keras.metrics.Metric, updated by model_fn in EVAL; reset before and read
-      after each evaluation pass. Must hold "num_examples" (a Sum of batch sizes).
+    eval_metrics: dict name -> keras.metrics.Metric, updated by model_fn in EVAL. The evaluation loop
+      runs model_fn in a keras.StatelessScope and sums each batch's metric state over batches and
+      replicas itself (estimator/loops.py), so the metrics' variables are never assigned and a
+      metric's state must add over batches (Keras's Mean, Sum and accuracy metrics do). Must hold
+      "num_examples" (a Sum of batch sizes).
     init_fn: callable(scaffold) -> None, run once when model_dir holds no checkpoint (warm start).
     statistics: optional object that recomputes population statistics (precise BatchNorm) before an
       evaluation: `set_population_mode(on)` on the host; per replica, in one traced loop,
