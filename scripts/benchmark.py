@@ -19,9 +19,10 @@ prototxts, top-1/top-5 from the paper, arXiv 1803.10615).
 `input`: images/second over the same files, with the same parallelism, in alternating rounds (the
 best round of each is reported) of: decode-only (parse + `tf.io.decode_jpeg` of every record: the
 bound of a pipeline that decodes every pixel); a plain tf.data reference written here after Model
-Garden's ResNet ImageNet input (`_reference_dataset`); this project's `dataloader.input_fn` in
-training and evaluation, and in training through a tf.data service with 1 and 2 workers in this
-process (the service's overhead: on other machines the workers add their cores); and, when the peers are installed (requirements-peers.txt), a PyTorch
+Garden's ResNet ImageNet input (`_reference_dataset`), for training and for evaluation; this
+project's `dataloader.input_fn` in training and evaluation, and in training through a tf.data
+service with 1 and 2 workers in this process (the service's overhead: on other machines the workers
+add their cores); and, when the peers are installed (requirements-peers.txt), a PyTorch
 DataLoader with one worker per core doing torchvision's RandomResizedCrop / flip / normalise with
 Pillow and numpy. Columns: images/s, ratio to input_fn training, and CPU cores per 10,000 images/s
 (CPU seconds of the process and its workers per image x 10,000: the cores a 10,000 images/s
@@ -294,12 +295,25 @@ def _decode_only_dataset(file_pattern, input_params, batch_size):
   return dataset.with_options(dataloader.dataset_options(p, False))
 
 
-def _reference_preprocess(record, input_params, image_size):
-  """Model Garden's ResNet ImageNet training preprocessing of one record (--preprocessing
-  inception), or its plain Caffe equivalent (decode, resize 256x256, random crop, flip): float32
-  [S, S, 3] minus the mean (per element), int32 label."""
+def _reference_preprocess(record, input_params, image_size, training):
+  """Model Garden's ResNet ImageNet preprocessing of one record (--preprocessing inception), or its
+  plain Caffe equivalent (decode, resize 256x256, random crop and flip; evaluation: the central
+  crop): float32 [S, S, 3] minus the mean (per element), int32 label."""
   encoded, label = _parse_record(record)
-  if input_params.preprocessing == "inception":
+  resize = round(image_size * 256 / 227)  # 256 at 227, as dataloader's caffe preprocessing
+  if input_params.preprocessing == "inception" and not training:
+    # Model Garden's decode_and_center_crop: the central S / (S + 32) of the short side.
+    shape = tf.io.extract_jpeg_shape(encoded)
+    side = tf.cast(image_size / (image_size + 32) * tf.cast(tf.reduce_min(shape[:2]), tf.float32),
+                   tf.int32)
+    window = tf.stack([(shape[0] - side + 1) // 2, (shape[1] - side + 1) // 2, side, side])
+    image = tf.io.decode_and_crop_jpeg(encoded, window, channels=3)
+    image = tf.image.resize(image, [image_size, image_size], method="bilinear")
+  elif not training:
+    image = tf.image.resize(tf.io.decode_jpeg(encoded, channels=3), [resize, resize])
+    image = tf.image.crop_to_bounding_box(image, (resize - image_size) // 2,
+                                          (resize - image_size) // 2, image_size, image_size)
+  elif input_params.preprocessing == "inception":
     shape = tf.io.extract_jpeg_shape(encoded)
     whole_image = tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, [1, 1, 4])
     begin, size, _ = tf.image.sample_distorted_bounding_box(
@@ -310,25 +324,26 @@ def _reference_preprocess(record, input_params, image_size):
     image = tf.image.random_flip_left_right(image)
     image = tf.image.resize(image, [image_size, image_size], method="bilinear")
   else:
-    resize = round(image_size * 256 / 227)  # 256 at 227, as dataloader's caffe preprocessing
     image = tf.image.resize(tf.io.decode_jpeg(encoded, channels=3), [resize, resize])
     image = tf.image.random_crop(image, [image_size, image_size, 3])
     image = tf.image.random_flip_left_right(image)
   return image - tf.constant(input_params.mean_rgb, tf.float32), label
 
 
-def _reference_dataset(file_pattern, input_params, image_size, batch_size):
-  """A plain tf.data training pipeline written after Model Garden's ResNet ImageNet input: files
-  interleaved (cycle 10, AUTOTUNE), shuffle 10,000, repeat, map AUTOTUNE, batch, prefetch AUTOTUNE;
-  with input_fn's dataset options (threads), so that only the pipelines differ."""
-  files = tf.data.Dataset.list_files(file_pattern, shuffle=True)
+def _reference_dataset(file_pattern, input_params, image_size, batch_size, training=True):
+  """A plain tf.data pipeline written after Model Garden's ResNet ImageNet input: files interleaved
+  (cycle 10, AUTOTUNE), in training shuffle 10,000, map AUTOTUNE, batch, prefetch AUTOTUNE; with
+  input_fn's dataset options (threads, determinism), so that only the pipelines differ. Repeated."""
+  files = tf.data.Dataset.list_files(file_pattern, shuffle=training)
   dataset = files.interleave(tf.data.TFRecordDataset, cycle_length=10,
                              num_parallel_calls=tf.data.AUTOTUNE)
-  dataset = dataset.shuffle(10_000).repeat()
-  dataset = dataset.map(lambda r: _reference_preprocess(r, input_params, image_size),
-                        num_parallel_calls=tf.data.AUTOTUNE)
+  if training:
+    dataset = dataset.shuffle(10_000)
+  dataset = dataset.repeat().map(
+      lambda r: _reference_preprocess(r, input_params, image_size, training),
+      num_parallel_calls=tf.data.AUTOTUNE)
   dataset = dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-  return dataset.with_options(dataloader.dataset_options(input_params, True))
+  return dataset.with_options(dataloader.dataset_options(input_params, training))
 
 
 def tfrecord_index(files):
@@ -476,6 +491,8 @@ def _input_pipelines(pattern, params, peers, services):
           lambda: _decode_only_dataset(pattern, p, batch)),
       "tf.data reference (Model Garden ResNet)": _tf_pipeline(
           lambda: _reference_dataset(pattern, p, size, batch)),
+      "tf.data reference evaluation": _tf_pipeline(
+          lambda: _reference_dataset(pattern, p, size, batch, training=False)),
       "input_fn training": _tf_pipeline(
           lambda: experiment.make_input_fn(params, pattern, True)(None)),
       # Repeated, so that its steady state is timed as the others' (no pass ends in the window).

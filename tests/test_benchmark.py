@@ -92,15 +92,15 @@ def test_input_compares_the_pipelines_on_the_same_files():
     results = benchmark.run_input()
   rows = {row["pipeline"]: row for row in results["rows"]}
   names = ["decode-only (parse + decode_jpeg)", "tf.data reference (Model Garden ResNet)",
-           "input_fn training", "input_fn evaluation",
+           "tf.data reference evaluation", "input_fn training", "input_fn evaluation",
            "input_fn training, tf.data service, 1 local worker",
            "input_fn training, tf.data service, 2 local workers"]
-  assert list(rows)[:6] == names and results["records"] == 8
+  assert list(rows)[:7] == names and results["records"] == 8
   assert rows["input_fn training"]["ratio to input_fn training"] == 1.0
   for row in rows.values():
     assert row["images/s"] > 0 and row["CPU cores per 10,000 images/s"] >= 0
   if HAS_TORCH:
-    assert list(rows)[6].startswith("PyTorch DataLoader") and not results["notes"]
+    assert list(rows)[7].startswith("PyTorch DataLoader") and not results["notes"]
   else:
     assert len(rows) == 6 and "pip install -r requirements-peers.txt" in results["notes"][0]
   printed = benchmark.format_results(results)
