@@ -229,11 +229,17 @@ def mismatched_checkpoint(tmp_path):
   return checkpoint.save(str(tmp_path / "other" / "ckpt"))
 
 
-def test_programs_run_onednn_kernels_unless_the_environment_says_otherwise():
+def test_programs_run_onednn_kernels_and_the_bfc_allocator_unless_the_environment_says_otherwise():
   # tools/tf_env.py, imported before TensorFlow by train.py and by the scripts package; TensorFlow's
-  # own report of its kernels (no public API in TF 2.21). This test process keeps TensorFlow's choice.
-  report = "from tensorflow.python.util import _pywrap_util_port as port; print(port.IsMklEnabled())"
-  env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
-  assert run(["-c", f"import train; {report}"], env=env).stdout.split()[-1] == "True"
-  assert run(["-c", f"import scripts; {report}"],
-             env={**env, "TF_ENABLE_ONEDNN_OPTS": "0"}).stdout.split()[-1] == "False"
+  # own reports: of its kernels (no public API in TF 2.21), and of the CPU allocator's memory, which
+  # the Eigen kernels' default allocator does not keep (the BFC one does; oneDNN's has its own). This
+  # test process keeps TensorFlow's choices.
+  report = ("from tensorflow.python.util import _pywrap_util_port as port; import tensorflow as tf\n"
+            "try: stats = bool(tf.config.experimental.get_memory_info('CPU:0'))\n"
+            "except ValueError: stats = False\n"
+            "print(port.IsMklEnabled(), stats)")
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("TF_ENABLE_ONEDNN_OPTS", "TF_CPU_ALLOCATOR_USE_BFC")}
+  assert run(["-c", f"import train\n{report}"], env=env).stdout.split()[-2:] == ["True", "True"]
+  assert run(["-c", f"import scripts\n{report}"], env={**env, "TF_ENABLE_ONEDNN_OPTS": "0"}
+             ).stdout.split()[-2:] == ["False", "True"]
