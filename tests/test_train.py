@@ -1,7 +1,7 @@
 """The training runner end to end on small real records: model_fn branches, weight decay, resume,
-fine-tuning, summaries, exact evaluation, MirroredStrategy on 2 logical CPUs, two local workers,
-and the CLI's one-line errors (a non-finite loss among them). The network is `tiny_SqNxt` at 32x32
-on 3 colour classes."""
+fine-tuning, summaries, exact evaluation, MirroredStrategy on 2 logical CPUs, and the programs'
+CPU kernels. The network is `tiny_SqNxt` at 32x32 on 3 colour classes. The CLI's one-line errors (a
+non-finite loss among them) are in test_user_faults.py."""
 
 import dataclasses
 import glob
@@ -15,7 +15,6 @@ import tensorflow as tf
 import estimator as estimator_lib
 import model
 from process_utils import run
-from process_utils import run_cases
 from tools import experiment
 from tools import fine_tune
 from tools import params as params_lib
@@ -185,48 +184,6 @@ def test_evaluate_counts_every_example_once_on_two_replicas(records, tmp_path, t
   est = experiment.build_estimator(params, str(tmp_path), strategy=two_replicas)
   results = est.evaluate(eval_input_fn(params))
   assert results["num_examples"] == NUM_VALIDATION
-
-
-def common_flags(records, model_dir):
-  return [f"--model_dir={model_dir}", f"--train_file_pattern={records.train_pattern}",
-          "--configuration=tiny_SqNxt", "--image_size=32", "--num_classes=3", "--batch_size=4",
-          "--max_steps=10", "--log_every_n_steps=5", "--steps_per_loop=5"]
-
-
-def test_cli_user_errors_are_one_line(records, tmp_path):
-  model_dir = tmp_path / "run"
-  flags = common_flags(records, model_dir)
-  cases = {  # argv -> what the single error line names
-      "model_dir": flags[1:],
-      "nothing-*": flags + [f"--train_file_pattern={tmp_path}/nothing-*"],
-      "--batch_size=4": flags + ["--num_cpu_devices=3"],
-      "v_9": flags + ["--configuration=v_9"],
-      "--fine_tune_ckpt": flags + [f"--fine_tune_ckpt={tmp_path}/none"],
-      "--fine_tune_ckpt=": flags + [f"--fine_tune_ckpt={mismatched_checkpoint(tmp_path)}"],
-      # Trains until the loss is not finite: stops with an error, no checkpoint of bad weights.
-      "non-finite": common_flags(records, tmp_path / "diverged") + [
-          "--max_steps=30", "--steps_per_loop=1", "--save_checkpoints_steps=3",
-          "--base_learning_rate=1e30", "--warmup_start_learning_rate=1e30",
-          "--precise_bn_examples=0", "--output_train_images=false"],
-  }
-  # --num_cpu_devices splits the CPU before TensorFlow starts: that case first.
-  names = sorted(cases, key=lambda name: name != "--batch_size=4")
-  for name, outcome in zip(names, run_cases("train", [cases[n] for n in names])):
-    assert outcome["code"] != 0 and "Traceback" not in outcome["stderr"], outcome["stderr"]
-    error_lines = [l for l in outcome["stderr"].splitlines() if l.startswith(("error:", "FATAL"))]
-    assert len(error_lines) == 1 and name in error_lines[0], outcome["stderr"]
-  assert not model_dir.exists()  # nothing written
-  for prefix in glob.glob(str(tmp_path / "diverged" / "ckpt-*.index")):  # what was saved is finite
-    reader = tf.train.load_checkpoint(prefix[:-len(".index")])
-    for key in reader.get_variable_to_shape_map():
-      if key.startswith("network/"):
-        assert np.all(np.isfinite(reader.get_tensor(key))), key
-
-
-def mismatched_checkpoint(tmp_path):
-  """A checkpoint with no variable of SqueezeNext's names."""
-  checkpoint = tf.train.Checkpoint(network={"other_layer/kernel": tf.Variable([1.0])})
-  return checkpoint.save(str(tmp_path / "other" / "ckpt"))
 
 
 def test_programs_run_onednn_kernels_unless_the_environment_says_otherwise():
