@@ -1,6 +1,6 @@
-"""A killed or preempted run, or a dead worker, loses nothing, and one run at a time holds a model_dir:
-the processes are real `train.py` runs on small records (tiny_SqNxt at 32x32), stopped and killed
-with real signals; a damaged checkpoint is tested in-process."""
+"""A killed or preempted run, or a dead worker, loses nothing, and one run at a time holds a
+model_dir: the processes are real `train.py` runs on small records (tiny_SqNxt at 32x32), stopped
+and killed with real signals; a damaged checkpoint is tested in-process."""
 
 import glob
 import json

@@ -90,17 +90,33 @@ def test_model_fn_predict_branch(records):
   np.testing.assert_allclose(tf.reduce_sum(predictions["probabilities"], -1), 1.0, rtol=1e-5)
 
 
-def test_train_resume_summaries_and_exact_evaluation(records, tmp_path):
+@pytest.fixture(scope="module")
+def resumed_run(records, tmp_path_factory):
+  """A run "stopped" after 20 steps and resumed to step 40 by a new Estimator: a dict of the
+  model_dir, params, the resumed Estimator and what it had restored before it trained on. Its
+  model_dir is also the source of the fine-tuning test."""
+  model_dir = tmp_path_factory.mktemp("resumed")
   params = make_params(records, max_steps=40, save_checkpoints_steps=20, save_summary_steps=10,
                        log_every_n_steps=10, image_summary_steps=10, steps_per_loop=10)
-  first = experiment.build_estimator(params, str(tmp_path))
+  first = experiment.build_estimator(params, str(model_dir))
   first.train(train_input_fn(params), 20)  # "stopped" after 20 steps
-  resumed = experiment.build_estimator(params, str(tmp_path))
-  assert resumed.global_step == 20  # the next step taken is step 21
+  resumed = experiment.build_estimator(params, str(model_dir))
+  restored_step = resumed.global_step
+  next_learning_rate = float(resumed.scaffold.optimizer.learning_rate)
+  resumed.train(train_input_fn(params), 40)
+  return dict(model_dir=model_dir, params=params, estimator=resumed, restored_step=restored_step,
+              next_learning_rate=next_learning_rate)
+
+
+# The tests of the resumed run's module fixture run on one xdist worker, which trains it once.
+@pytest.mark.xdist_group("resumed_run")
+def test_train_resume_summaries_and_exact_evaluation(resumed_run):
+  tmp_path, params = resumed_run["model_dir"], resumed_run["params"]
+  resumed = resumed_run["estimator"]
+  assert resumed_run["restored_step"] == 20  # the next step taken is step 21
   # The LR of the next step is the schedule's value at step 20, as in an uninterrupted run.
   schedule = resumed.scaffold.optimizer._learning_rate  # pylint: disable=protected-access
-  assert float(resumed.scaffold.optimizer.learning_rate) == pytest.approx(float(schedule(20)))
-  resumed.train(train_input_fn(params), 40)
+  assert resumed_run["next_learning_rate"] == pytest.approx(float(schedule(20)))
   assert resumed.global_step == 40
   assert sorted(os.path.basename(p) for p in glob.glob(str(tmp_path / "ckpt-*.index"))) == [
       "ckpt-20.index", "ckpt-40.index"]
@@ -135,13 +151,12 @@ def read_events(folder):
   return scalars, images
 
 
-def test_fine_tune_restores_everything_but_the_classifier(records, tmp_path):
-  params = make_params(records, max_steps=5, num_classes=10)  # a 10-class model (labels 1..3 used)
-  source = experiment.build_estimator(params, str(tmp_path / "source"))
-  source.train(train_input_fn(params), 5)
-
+@pytest.mark.xdist_group("resumed_run")
+def test_fine_tune_restores_everything_but_the_classifier(resumed_run, tmp_path):
+  # The source: the 3-class model of resumed_run; the target has 2 classes.
+  params, source = resumed_run["params"], resumed_run["estimator"]
   target_params = params.replace_model(num_classes=2)
-  init_fn = fine_tune.make_init_fn(str(tmp_path / "source"))
+  init_fn = fine_tune.make_init_fn(str(resumed_run["model_dir"]))
   target = experiment.build_estimator(target_params, str(tmp_path / "target"), init_fn=init_fn)
   assert target.global_step == 0  # step and optimizer start fresh
   source_weights = {v.path: v.numpy() for v in source.scaffold.network.weights}

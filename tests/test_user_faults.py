@@ -1,10 +1,11 @@
 """The faults users cause, tried on train.py as a user would: each case asserts the one-line error
 (or the documented warning), no traceback, the exit status, and that nothing was lost.
 
-Every command line of this module runs in ONE real process (tests/cli_cases.py), started once for the
-module by the `outcomes` fixture, so that TensorFlow's start-up is paid once: the flag and TF_CONFIG
-catalogue, a non-finite loss, the schedule and params checks, and the model_dir failures (not
-writable, another network, a disk full at start or while saving). Ctrl-C uses a real `train.py`
+The command lines of this module run in ONE real process (tests/cli_cases.py), started once for
+the module by the `outcomes` fixture, so that TensorFlow's start-up is paid once: the flag and
+TF_CONFIG catalogue, a non-finite loss, the schedule and params checks, and the model_dir failures
+(not writable, another network, a disk full at start or while saving); only the port-in-use case
+needs a process of its own. Ctrl-C uses a real `train.py`
 process; locks, kills and preemptions are in test_reliability.py."""
 
 import concurrent.futures
