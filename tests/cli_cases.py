@@ -6,8 +6,10 @@ a real process (exit status, stderr, no traceback) without paying TensorFlow's s
 cases.json: a list of {"argv": [...], "env": {...}, "max_file_bytes": N} (env: variables set for
 that case only, None removes one; max_file_bytes, optional: during that case no file can grow beyond
 N bytes, as on a full disk: RLIMIT_FSIZE with SIGXFSZ ignored, so writes fail with EFBIG).
-results.json: a list of {"code": int, "stderr": str, "stdout": str}; "code" is the exit status the
-program would have had, and "stderr" holds "Traceback" when main raised.
+results.json: {"outcomes": [...], "onednn": bool}: outcomes, one {"code": int, "stderr": str,
+"stdout": str} per case ("code" is the exit status the program would have had, and "stderr" holds
+"Traceback" when main raised); onednn, TensorFlow's own report of the process's CPU kernels (the
+programs' default, tools/tf_env.py), so that the test of it needs no process of its own.
 Used by tests/process_utils.run_cases; the cases should fail (or finish) before training starts.
 """
 
@@ -78,8 +80,10 @@ def main():
   module.define_flags()
   logging.use_absl_handler()  # as absl.app.run does: log lines in absl's format
   cases = json.load(sys.stdin)
-  json.dump([run_case(module, c["argv"], c.get("env", {}), c.get("max_file_bytes"))
-             for c in cases], sys.stdout)
+  outcomes = [run_case(module, c["argv"], c.get("env", {}), c.get("max_file_bytes"))
+              for c in cases]
+  from tensorflow.python.util import _pywrap_util_port  # pylint: disable=g-direct-tensorflow-import,import-outside-toplevel
+  json.dump({"outcomes": outcomes, "onednn": bool(_pywrap_util_port.IsMklEnabled())}, sys.stdout)
 
 
 if __name__ == "__main__":

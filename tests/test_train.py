@@ -1,7 +1,7 @@
 """The training runner end to end on small real records: model_fn branches, weight decay, resume,
-fine-tuning, summaries, exact evaluation, MirroredStrategy on 2 logical CPUs, and the programs'
-CPU kernels. The network is `tiny_SqNxt` at 32x32 on 3 colour classes. The CLI's one-line errors (a
-non-finite loss among them) are in test_user_faults.py."""
+fine-tuning, summaries, exact evaluation, MirroredStrategy on 2 logical CPUs. The network is
+`tiny_SqNxt` at 32x32 on 3 colour classes. The CLI's one-line errors (a non-finite loss among them)
+and the programs' CPU kernels are in test_user_faults.py and test_stats.py."""
 
 import dataclasses
 import glob
@@ -14,7 +14,6 @@ import tensorflow as tf
 
 import estimator as estimator_lib
 import model
-from process_utils import run
 from tools import experiment
 from tools import fine_tune
 from tools import params as params_lib
@@ -199,13 +198,3 @@ def test_evaluate_counts_every_example_once_on_two_replicas(records, tmp_path, t
   est = experiment.build_estimator(params, str(tmp_path), strategy=two_replicas)
   results = est.evaluate(eval_input_fn(params))
   assert results["num_examples"] == NUM_VALIDATION
-
-
-def test_programs_run_onednn_kernels_unless_the_environment_says_otherwise():
-  # tools/tf_env.py, imported before TensorFlow by train.py and by the scripts package; TensorFlow's
-  # own report of its kernels (no public API in TF 2.21). This test process keeps TensorFlow's choice.
-  report = "from tensorflow.python.util import _pywrap_util_port as port; print(port.IsMklEnabled())"
-  env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
-  assert run(["-c", f"import train; {report}"], env=env).stdout.split()[-1] == "True"
-  assert run(["-c", f"import scripts; {report}"],
-             env={**env, "TF_ENABLE_ONEDNN_OPTS": "0"}).stdout.split()[-1] == "False"

@@ -153,8 +153,9 @@ def disk_full_at_start_case(records, folder):
 @pytest.fixture(scope="module")
 def outcomes(records, tmp_path_factory):
   """{test: [outcome of each of its cases]}, "folder": {test: its folder}, "cli_names": the names
-  of test_cli_user_errors_are_one_line's cases. Every case runs in one real process, in order,
-  except the port-in-use case, whose process runs meanwhile."""
+  of test_cli_user_errors_are_one_line's cases, "onednn": TensorFlow's report of the process's
+  kernels. Every case runs in one real process, in order, except the port-in-use case, whose
+  process runs meanwhile."""
   root = tmp_path_factory.mktemp("cases")
   folders = {name: root / name for name in ("cli", "bad_values", "schedule", "model_dir",
                                             "disk_full_at_start")}
@@ -170,9 +171,11 @@ def outcomes(records, tmp_path_factory):
     taken.listen()
     port_in_use = pool.submit(run_cases, "train", [
         port_in_use_case(records, folders["bad_values"], taken.getsockname()[1])])
-    results = run_cases("train", [case for section in cases.values() for case in section],
-                        timeout=900)
-    by_test, start_index = {"folder": folders, "cli_names": list(cli)}, 0
+    # The programs' default kernels: an environment without TF_ENABLE_ONEDNN_OPTS.
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    results, onednn = run_cases("train", [case for section in cases.values() for case in section],
+                                timeout=900, env=env, with_onednn=True)
+    by_test, start_index = {"folder": folders, "cli_names": list(cli), "onednn": onednn}, 0
     for name, section in cases.items():
       by_test[name] = results[start_index:start_index + len(section)]
       start_index += len(section)
@@ -263,6 +266,15 @@ def test_model_dir_not_writable_holding_another_network_or_full_while_saving(rec
   assert resumed.global_step == 4
   resumed.train(experiment.make_input_fn(params, records.train_pattern, True), 6)
   assert tf.train.latest_checkpoint(run_dir).endswith("ckpt-6")
+
+
+@cases_process
+def test_train_runs_onednn_kernels_unless_the_environment_says_otherwise(outcomes):
+  # tools/tf_env.py, imported by train.py before TensorFlow: TensorFlow's own report (no public API
+  # in TF 2.21) in the process of the cases, started without TF_ENABLE_ONEDNN_OPTS. This test
+  # process keeps TensorFlow's choice; TF_ENABLE_ONEDNN_OPTS=0 is tested on the scripts
+  # (test_stats.py).
+  assert outcomes["onednn"] is True
 
 
 @cases_process
