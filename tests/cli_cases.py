@@ -3,9 +3,15 @@ a real process (exit status, stderr, no traceback) without paying TensorFlow's s
 
   python -m tests.cli_cases MODULE < cases.json > results.json   (from the repository's root)
 
-cases.json: a list of {"argv": [...], "env": {...}} (env: variables set for that case only, None
-removes one). results.json: a list of {"code": int, "stderr": str, "stdout": str}; "code" is the
-exit status the program would have had, and "stderr" holds "Traceback" when main raised.
+cases.json: a list of {"argv": [...], "env": {...}, "max_file_bytes": N} (env: variables set for
+that case only, None removes one; max_file_bytes, optional: during that case no file can grow beyond
+N bytes, as on a full disk: RLIMIT_FSIZE with SIGXFSZ ignored, so writes fail with EFBIG).
+results.json: {"outcomes": [...], "defaults": {...}}: outcomes, one {"code": int, "stderr": str,
+"stdout": str} per case ("code" is the exit status the program would have had, and "stderr" holds
+"Traceback" when main raised); defaults, TensorFlow's own reports of the process's CPU kernels
+("onednn": bool) and of its CPU allocator ("allocator_stats": bool, True when the allocator keeps
+statistics: the BFC allocator and oneDNN's do, the Eigen kernels' default does not), the programs'
+defaults of tools/tf_env.py, so that their tests need no process of their own.
 Used by tests/process_utils.run_cases; the cases should fail (or finish) before training starts.
 """
 
@@ -14,6 +20,8 @@ import importlib
 import io
 import json
 import os
+import resource
+import signal
 import sys
 import traceback
 
@@ -22,7 +30,23 @@ from absl import logging
 
 
 
-def run_case(module, argv, env):
+@contextlib.contextmanager
+def file_size_limit(max_file_bytes):
+  """Writes past `max_file_bytes` fail (EFBIG) inside the block; no limit for None."""
+  if max_file_bytes is None:
+    yield
+    return
+  previous_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+  previous_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+  resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, previous_limit[1]))
+  try:
+    yield
+  finally:
+    resource.setrlimit(resource.RLIMIT_FSIZE, previous_limit)
+    signal.signal(signal.SIGXFSZ, previous_handler)
+
+
+def run_case(module, argv, env, max_file_bytes=None):
   saved = {k: os.environ.get(k) for k in env}
   os.environ.update({k: v for k, v in env.items() if v is not None})
   for k in (k for k, v in env.items() if v is None):
@@ -31,7 +55,8 @@ def run_case(module, argv, env):
   code = 0
   handler = logging.get_absl_handler().python_handler
   saved_stream, handler.stream = handler.stream, err  # absl's log lines too
-  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), file_size_limit(
+      max_file_bytes):
     try:
       flags.FLAGS.unparse_flags()
       sys.argv = [module.__file__, *argv]
@@ -57,7 +82,20 @@ def main():
   module.define_flags()
   logging.use_absl_handler()  # as absl.app.run does: log lines in absl's format
   cases = json.load(sys.stdin)
-  json.dump([run_case(module, c["argv"], c.get("env", {})) for c in cases], sys.stdout)
+  outcomes = [run_case(module, c["argv"], c.get("env", {}), c.get("max_file_bytes"))
+              for c in cases]
+  json.dump({"outcomes": outcomes, "defaults": tensorflow_defaults()}, sys.stdout)
+
+
+def tensorflow_defaults():
+  """{"onednn": bool, "allocator_stats": bool}: TensorFlow's reports (module docstring)."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  from tensorflow.python.util import _pywrap_util_port  # pylint: disable=g-direct-tensorflow-import,import-outside-toplevel
+  try:
+    allocator_stats = bool(tf.config.experimental.get_memory_info("CPU:0"))
+  except ValueError:  # "Allocator stats not available"
+    allocator_stats = False
+  return {"onednn": bool(_pywrap_util_port.IsMklEnabled()), "allocator_stats": allocator_stats}
 
 
 if __name__ == "__main__":

@@ -37,20 +37,25 @@ def start(args, env=None):
                           stderr=subprocess.STDOUT, text=True, env=env)
 
 
-def run_cases(module, cases, timeout=300):
+def run_cases(module, cases, timeout=300, env=None, with_defaults=False):
   """Runs `module`'s main for each case in one real process (tests/cli_cases.py).
 
   Args:
     module: "train", "scripts.predict", ...
     cases: list of argv lists, or of {"argv": [...], "env": {...}} dicts.
+    timeout: seconds the process may take.
+    env: the process's environment (default: this one's).
+    with_defaults: also return TensorFlow's reports of the process's CPU kernels and allocator.
   Returns:
-    list of {"code", "stdout", "stderr"}, one per case.
+    list of {"code", "stdout", "stderr"}, one per case; with `with_defaults`, (that list,
+    {"onednn": bool, "allocator_stats": bool}) (tests/cli_cases.py).
   """
   cases = [c if isinstance(c, dict) else {"argv": c} for c in cases]
-  result = subprocess.run([sys.executable, "-m", "tests.cli_cases", module], cwd=ROOT,
+  result = subprocess.run([sys.executable, "-m", "tests.cli_cases", module], cwd=ROOT, env=env,
                           input=json.dumps(cases), capture_output=True, text=True, timeout=timeout)
   assert result.returncode == 0, result.stderr[-3000:]
-  return json.loads(result.stdout)
+  report = json.loads(result.stdout)
+  return (report["outcomes"], report["defaults"]) if with_defaults else report["outcomes"]
 
 
 def one_error_line(outcome):

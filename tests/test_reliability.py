@@ -1,5 +1,6 @@
-"""A killed or preempted run, or a dead worker, loses nothing: the processes are real `train.py` runs on small
-records (tiny_SqNxt at 32x32), killed with real signals; a damaged checkpoint is tested in-process."""
+"""A killed or preempted run, or a dead worker, loses nothing, and one run at a time holds a
+model_dir: the processes are real `train.py` runs on small records (tiny_SqNxt at 32x32), stopped
+and killed with real signals; a damaged checkpoint is tested in-process."""
 
 import glob
 import json
@@ -16,6 +17,7 @@ import data_utils
 from tools import experiment
 from tools import params as params_lib
 from process_utils import free_ports
+from process_utils import one_error_line
 from process_utils import run
 from process_utils import start
 from process_utils import TRAIN
@@ -56,13 +58,23 @@ def checkpoint_step(model_dir):
   return int(os.path.basename(tf.train.latest_checkpoint(model_dir)).split("-")[1])
 
 
+def file_bytes(folder, prefix="ckpt-"):
+  """{name: bytes} of the files directly in `folder` whose name starts with `prefix`."""
+  return {name: open(os.path.join(folder, name), "rb").read() for name in os.listdir(folder)
+          if name.startswith(prefix) and os.path.isfile(os.path.join(folder, name))}
+
+
 def test_killed_and_preempted_runs_end_with_the_uninterrupted_weights(records, tmp_path):
   # SIGKILL, SIGTERM (a preemption: a checkpoint at the step reached, exit 0), SIGKILL at random
   # steps, then a last start to the end. Precise BN on (the last flag wins): the final checkpoints
-  # hold recomputed statistics too.
+  # hold recomputed statistics too. Before the last SIGKILL, one run per model_dir: the run is
+  # stopped (SIGSTOP) while it holds the lock, a second start on its model_dir is refused in one
+  # line, and the checkpoint state file is lost; the last start takes over the stale lock, resumes
+  # at the newest checkpoint file and writes over none of the older ones (all are kept).
   deterministic = ["--deterministic", "--checkpoint_input_pipeline", "--seed=7",
-                   "--precise_bn_examples=40"]
+                   "--precise_bn_examples=40", "--keep_checkpoint_max=10"]
   args = lambda folder: flags_for(records, tmp_path / folder, 20, *deterministic)
+  model_dir = tmp_path / "killed"
   reference = start(args("reference"))  # meanwhile:
   preempted = None
   steps = sorted(random.Random(0).sample(range(2, 19), 3))
@@ -72,19 +84,36 @@ def test_killed_and_preempted_runs_end_with_the_uninterrupted_weights(records, t
     if preempted is not None:  # restored at the preempted step and continued at the next one
       assert f"global step {preempted})" in "".join(log), "".join(log)[-3000:]
       assert f"step {preempted + 1}/20" in "".join(log), "".join(log)[-3000:]
+      process.send_signal(signal.SIGSTOP)  # alive and holding the lock, but training no further
+      try:
+        started = time.time()
+        second = run(args("killed"))
+        assert time.time() - started < 60
+        line = one_error_line({"code": second.returncode, "stderr": second.stderr})
+        assert f"--model_dir={model_dir} is in use by process {process.pid}" in line
+        os.remove(model_dir / "checkpoint")  # the checkpoint state file, lost mid-run
+      finally:
+        process.send_signal(signal.SIGKILL)  # its lock file is left behind
     process.send_signal(signum)
     log.append(process.communicate(timeout=120)[0])
     if signum == signal.SIGTERM:
       assert process.returncode == 0 and "Stopped by SIGTERM" in "".join(log), "".join(log)[-3000:]
-      preempted = checkpoint_step(tmp_path / "killed")
+      preempted = checkpoint_step(model_dir)
       assert preempted >= stop_at
+  before = file_bytes(model_dir)
+  assert len({name.split(".")[0] for name in before}) >= 2, sorted(before)
+  newest = max(int(name.split("-")[1].split(".")[0]) for name in before)
   final = run(args("killed"))
   assert final.returncode == 0, final.stderr[-3000:]
-  assert "Restored" in final.stderr
+  assert "Taking over the lock" in final.stderr and "Restored" in final.stderr
+  assert "state file is missing or unreadable" in final.stderr
+  assert f"ckpt-{newest} (global step {newest})" in final.stderr  # the newest, not the first
+  for name, content in before.items():
+    assert open(model_dir / name, "rb").read() == content, name
   reference_log = reference.communicate(timeout=300)[0]
   assert reference.returncode == 0, reference_log[-3000:]
 
-  expected, actual = network_weights(tmp_path / "reference"), network_weights(tmp_path / "killed")
+  expected, actual = network_weights(tmp_path / "reference"), network_weights(model_dir)
   assert expected.keys() == actual.keys()
   for key in expected:
     np.testing.assert_array_equal(actual[key], expected[key], err_msg=key)  # bitwise

@@ -3,6 +3,8 @@
 import csv
 import os
 
+import pytest
+
 import model
 import process_utils
 from tools import stats
@@ -55,17 +57,28 @@ def test_write_csv_is_complete_and_replaces(tmp_path):
   assert os.listdir(tmp_path) == ["model_stats.csv"]  # no temporary file left behind
 
 
-def test_command_line(tmp_path):
-  """One real process runs the four command lines (tests/cli_cases.py)."""
-  csv_path = str(tmp_path / "stats.csv")
+@pytest.fixture(scope="module")
+def command_line(tmp_path_factory):
+  """One real process runs the four command lines (tests/cli_cases.py), with
+  TF_ENABLE_ONEDNN_OPTS=0 in its environment: ({key: outcome}, csv path, TensorFlow's reports of
+  its kernels and allocator)."""
+  csv_path = str(tmp_path_factory.mktemp("stats") / "stats.csv")
   keys = ["ok", "name", "classes", "size"]
-  outcomes = dict(zip(keys, process_utils.run_cases("scripts.stats", [
+  without_allocator_choice = {k: v for k, v in os.environ.items() if k != "TF_CPU_ALLOCATOR_USE_BFC"}
+  outcomes, defaults = process_utils.run_cases("scripts.stats", [
       ["--configuration", "tiny_SqNxt", "--image_size", "32", "--num_classes", "10",
        "--csv", csv_path],
       ["--configuration", "SqNxt_99"],
       ["--configuration", "tiny_SqNxt", "--num_classes", "1"],
-      ["--configuration", "v_1_0_SqNxt_23_v5", "--image_size", "8"]])))
+      ["--configuration", "v_1_0_SqNxt_23_v5", "--image_size", "8"]],
+      env={**without_allocator_choice, "TF_ENABLE_ONEDNN_OPTS": "0"}, with_defaults=True)
+  return dict(zip(keys, outcomes)), csv_path, defaults
 
+
+# The tests of the command-line process run on one xdist worker, which starts it once.
+@pytest.mark.xdist_group("stats_command_line")
+def test_command_line(command_line):
+  outcomes, csv_path, _ = command_line
   ok = outcomes["ok"]
   assert ok["code"] == 0, ok["stderr"][-2000:]
   _, totals = tiny_rows()
@@ -82,3 +95,13 @@ def test_command_line(tmp_path):
     assert outcomes[key]["code"] == 2, (key, outcomes[key]["stderr"][-2000:])
     assert all(w in error for w in words), error
     assert "params=" not in outcomes[key]["stdout"]
+
+
+@pytest.mark.xdist_group("stats_command_line")
+def test_programs_keep_tensorflows_kernels_when_the_environment_says_so(command_line):
+  # tools/tf_env.py, imported by the scripts package before TensorFlow, turns oneDNN's kernels on
+  # unless TF_ENABLE_ONEDNN_OPTS is set: with TF_ENABLE_ONEDNN_OPTS=0 TensorFlow's own choice stays
+  # (its own report; on this project's AVX2 CPUs, the Eigen kernels). The default is tested on
+  # train.py (test_user_faults.py). The same file's BFC allocator for CPU memory: the Eigen kernels'
+  # default allocator keeps no statistics, the BFC allocator does (TensorFlow's own report).
+  assert command_line[2] == {"onednn": False, "allocator_stats": True}

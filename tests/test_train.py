@@ -1,7 +1,7 @@
 """The training runner end to end on small real records: model_fn branches, weight decay, resume,
-fine-tuning, summaries, exact evaluation, MirroredStrategy on 2 logical CPUs, two local workers,
-and the CLI's one-line errors (a non-finite loss among them). The network is `tiny_SqNxt` at 32x32
-on 3 colour classes."""
+fine-tuning, summaries, exact evaluation, MirroredStrategy on 2 logical CPUs. The network is
+`tiny_SqNxt` at 32x32 on 3 colour classes. The CLI's one-line errors (a non-finite loss among them)
+and the programs' CPU kernels are in test_user_faults.py and test_stats.py."""
 
 import dataclasses
 import glob
@@ -14,8 +14,6 @@ import tensorflow as tf
 
 import estimator as estimator_lib
 import model
-from process_utils import run
-from process_utils import run_cases
 from tools import experiment
 from tools import fine_tune
 from tools import params as params_lib
@@ -91,17 +89,33 @@ def test_model_fn_predict_branch(records):
   np.testing.assert_allclose(tf.reduce_sum(predictions["probabilities"], -1), 1.0, rtol=1e-5)
 
 
-def test_train_resume_summaries_and_exact_evaluation(records, tmp_path):
+@pytest.fixture(scope="module")
+def resumed_run(records, tmp_path_factory):
+  """A run "stopped" after 20 steps and resumed to step 40 by a new Estimator: a dict of the
+  model_dir, params, the resumed Estimator and what it had restored before it trained on. Its
+  model_dir is also the source of the fine-tuning test."""
+  model_dir = tmp_path_factory.mktemp("resumed")
   params = make_params(records, max_steps=40, save_checkpoints_steps=20, save_summary_steps=10,
                        log_every_n_steps=10, image_summary_steps=10, steps_per_loop=10)
-  first = experiment.build_estimator(params, str(tmp_path))
+  first = experiment.build_estimator(params, str(model_dir))
   first.train(train_input_fn(params), 20)  # "stopped" after 20 steps
-  resumed = experiment.build_estimator(params, str(tmp_path))
-  assert resumed.global_step == 20  # the next step taken is step 21
+  resumed = experiment.build_estimator(params, str(model_dir))
+  restored_step = resumed.global_step
+  next_learning_rate = float(resumed.scaffold.optimizer.learning_rate)
+  resumed.train(train_input_fn(params), 40)
+  return dict(model_dir=model_dir, params=params, estimator=resumed, restored_step=restored_step,
+              next_learning_rate=next_learning_rate)
+
+
+# The tests of the resumed run's module fixture run on one xdist worker, which trains it once.
+@pytest.mark.xdist_group("resumed_run")
+def test_train_resume_summaries_and_exact_evaluation(resumed_run):
+  tmp_path, params = resumed_run["model_dir"], resumed_run["params"]
+  resumed = resumed_run["estimator"]
+  assert resumed_run["restored_step"] == 20  # the next step taken is step 21
   # The LR of the next step is the schedule's value at step 20, as in an uninterrupted run.
   schedule = resumed.scaffold.optimizer._learning_rate  # pylint: disable=protected-access
-  assert float(resumed.scaffold.optimizer.learning_rate) == pytest.approx(float(schedule(20)))
-  resumed.train(train_input_fn(params), 40)
+  assert resumed_run["next_learning_rate"] == pytest.approx(float(schedule(20)))
   assert resumed.global_step == 40
   assert sorted(os.path.basename(p) for p in glob.glob(str(tmp_path / "ckpt-*.index"))) == [
       "ckpt-20.index", "ckpt-40.index"]
@@ -136,13 +150,12 @@ def read_events(folder):
   return scalars, images
 
 
-def test_fine_tune_restores_everything_but_the_classifier(records, tmp_path):
-  params = make_params(records, max_steps=5, num_classes=10)  # a 10-class model (labels 1..3 used)
-  source = experiment.build_estimator(params, str(tmp_path / "source"))
-  source.train(train_input_fn(params), 5)
-
+@pytest.mark.xdist_group("resumed_run")
+def test_fine_tune_restores_everything_but_the_classifier(resumed_run, tmp_path):
+  # The source: the 3-class model of resumed_run; the target has 2 classes.
+  params, source = resumed_run["params"], resumed_run["estimator"]
   target_params = params.replace_model(num_classes=2)
-  init_fn = fine_tune.make_init_fn(str(tmp_path / "source"))
+  init_fn = fine_tune.make_init_fn(str(resumed_run["model_dir"]))
   target = experiment.build_estimator(target_params, str(tmp_path / "target"), init_fn=init_fn)
   assert target.global_step == 0  # step and optimizer start fresh
   source_weights = {v.path: v.numpy() for v in source.scaffold.network.weights}
@@ -185,61 +198,3 @@ def test_evaluate_counts_every_example_once_on_two_replicas(records, tmp_path, t
   est = experiment.build_estimator(params, str(tmp_path), strategy=two_replicas)
   results = est.evaluate(eval_input_fn(params))
   assert results["num_examples"] == NUM_VALIDATION
-
-
-def common_flags(records, model_dir):
-  return [f"--model_dir={model_dir}", f"--train_file_pattern={records.train_pattern}",
-          "--configuration=tiny_SqNxt", "--image_size=32", "--num_classes=3", "--batch_size=4",
-          "--max_steps=10", "--log_every_n_steps=5", "--steps_per_loop=5"]
-
-
-def test_cli_user_errors_are_one_line(records, tmp_path):
-  model_dir = tmp_path / "run"
-  flags = common_flags(records, model_dir)
-  cases = {  # argv -> what the single error line names
-      "model_dir": flags[1:],
-      "nothing-*": flags + [f"--train_file_pattern={tmp_path}/nothing-*"],
-      "--batch_size=4": flags + ["--num_cpu_devices=3"],
-      "v_9": flags + ["--configuration=v_9"],
-      "--fine_tune_ckpt": flags + [f"--fine_tune_ckpt={tmp_path}/none"],
-      "--fine_tune_ckpt=": flags + [f"--fine_tune_ckpt={mismatched_checkpoint(tmp_path)}"],
-      # Trains until the loss is not finite: stops with an error, no checkpoint of bad weights.
-      "non-finite": common_flags(records, tmp_path / "diverged") + [
-          "--max_steps=30", "--steps_per_loop=1", "--save_checkpoints_steps=3",
-          "--base_learning_rate=1e30", "--warmup_start_learning_rate=1e30",
-          "--precise_bn_examples=0", "--output_train_images=false"],
-  }
-  # --num_cpu_devices splits the CPU before TensorFlow starts: that case first.
-  names = sorted(cases, key=lambda name: name != "--batch_size=4")
-  for name, outcome in zip(names, run_cases("train", [cases[n] for n in names])):
-    assert outcome["code"] != 0 and "Traceback" not in outcome["stderr"], outcome["stderr"]
-    error_lines = [l for l in outcome["stderr"].splitlines() if l.startswith(("error:", "FATAL"))]
-    assert len(error_lines) == 1 and name in error_lines[0], outcome["stderr"]
-  assert not model_dir.exists()  # nothing written
-  for prefix in glob.glob(str(tmp_path / "diverged" / "ckpt-*.index")):  # what was saved is finite
-    reader = tf.train.load_checkpoint(prefix[:-len(".index")])
-    for key in reader.get_variable_to_shape_map():
-      if key.startswith("network/"):
-        assert np.all(np.isfinite(reader.get_tensor(key))), key
-
-
-def mismatched_checkpoint(tmp_path):
-  """A checkpoint with no variable of SqueezeNext's names."""
-  checkpoint = tf.train.Checkpoint(network={"other_layer/kernel": tf.Variable([1.0])})
-  return checkpoint.save(str(tmp_path / "other" / "ckpt"))
-
-
-def test_programs_run_onednn_kernels_and_the_bfc_allocator_unless_the_environment_says_otherwise():
-  # tools/tf_env.py, imported before TensorFlow by train.py and by the scripts package; TensorFlow's
-  # own reports: of its kernels (no public API in TF 2.21), and of the CPU allocator's memory, which
-  # the Eigen kernels' default allocator does not keep (the BFC one does; oneDNN's has its own). This
-  # test process keeps TensorFlow's choices.
-  report = ("from tensorflow.python.util import _pywrap_util_port as port; import tensorflow as tf\n"
-            "try: stats = bool(tf.config.experimental.get_memory_info('CPU:0'))\n"
-            "except ValueError: stats = False\n"
-            "print(port.IsMklEnabled(), stats)")
-  env = {k: v for k, v in os.environ.items()
-         if k not in ("TF_ENABLE_ONEDNN_OPTS", "TF_CPU_ALLOCATOR_USE_BFC")}
-  assert run(["-c", f"import train\n{report}"], env=env).stdout.split()[-2:] == ["True", "True"]
-  assert run(["-c", f"import scripts\n{report}"], env={**env, "TF_ENABLE_ONEDNN_OPTS": "0"}
-             ).stdout.split()[-2:] == ["False", "True"]

@@ -1,9 +1,14 @@
 """The faults users cause, tried on train.py as a user would: each case asserts the one-line error
 (or the documented warning), no traceback, the exit status, and that nothing was lost.
 
-The one-line cases run in one real process (tests/cli_cases.py); locks, kills and signals use real
-`train.py` processes."""
+The command lines of this module run in ONE real process (tests/cli_cases.py), started once for
+the module by the `outcomes` fixture, so that TensorFlow's start-up is paid once: the flag and
+TF_CONFIG catalogue, a non-finite loss, the schedule and params checks, and the model_dir failures
+(not writable, another network, a disk full at start or while saving); only the port-in-use case
+needs a process of its own. Ctrl-C uses a real `train.py`
+process; locks, kills and preemptions are in test_reliability.py."""
 
+import concurrent.futures
 import glob
 import json
 import os
@@ -11,14 +16,23 @@ import signal
 import socket
 import time
 
+import numpy as np
 import pytest
+import tensorflow as tf
 
 import data_utils
 from process_utils import one_error_line
-from process_utils import run
 from process_utils import run_cases
 from process_utils import start
 from process_utils import TRAIN
+from tools import experiment
+from tools import params as params_lib
+
+# The tests of the shared process run on one xdist worker, which starts the process once.
+cases_process = pytest.mark.xdist_group("train_cli")
+# A checkpoint of tiny_SqNxt takes about 190 KB; the other files of a run (params.json,
+# model_stats.csv, event files, a checkpoint's index) take less than this each.
+FULL_DISK_BYTES = 64 * 1024
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +54,40 @@ def file_bytes(folder):
           if os.path.isfile(os.path.join(folder, name))}
 
 
+# ------------------------------------------------------------------------------------------------
+# The cases of each test, in the order the shared process runs them.
+
+def common_flags(records, model_dir):
+  return [f"--model_dir={model_dir}", f"--train_file_pattern={records.train_pattern}",
+          "--configuration=tiny_SqNxt", "--image_size=32", "--num_classes=3", "--batch_size=4",
+          "--max_steps=10", "--log_every_n_steps=5", "--steps_per_loop=5"]
+
+
+def mismatched_checkpoint(folder):
+  """A checkpoint with no variable of SqueezeNext's names."""
+  checkpoint = tf.train.Checkpoint(network={"other_layer/kernel": tf.Variable([1.0])})
+  return checkpoint.save(str(folder / "other" / "ckpt"))
+
+
+def cli_cases(records, folder):
+  """{what the single error line names: argv}; --num_cpu_devices splits the CPU before TensorFlow
+  starts, so its case ("--batch_size=4") is the first of the process."""
+  flags = common_flags(records, folder / "run")
+  return {
+      "--batch_size=4": flags + ["--num_cpu_devices=3"],
+      "model_dir": flags[1:],
+      "nothing-*": flags + [f"--train_file_pattern={folder}/nothing-*"],
+      "v_9": flags + ["--configuration=v_9"],
+      "--fine_tune_ckpt": flags + [f"--fine_tune_ckpt={folder}/none"],
+      "--fine_tune_ckpt=": flags + [f"--fine_tune_ckpt={mismatched_checkpoint(folder)}"],
+      # Trains until the loss is not finite: stops with an error, no checkpoint of bad weights.
+      "non-finite": common_flags(records, folder / "diverged") + [
+          "--max_steps=30", "--steps_per_loop=1", "--save_checkpoints_steps=3",
+          "--base_learning_rate=1e30", "--warmup_start_learning_rate=1e30",
+          "--precise_bn_examples=0", "--output_train_images=false"],
+  }
+
+
 # Flag values -> the text the single error line must hold (it names the flag the user set).
 BAD_FLAGS = {
     "--num_epochs=nan": "--num_epochs=nan", "--num_epochs=inf": "--num_epochs=inf",
@@ -51,8 +99,8 @@ BAD_FLAGS = {
 }
 
 
-def test_bad_values_and_tf_config_are_one_line_errors_and_write_nothing(records, tmp_path):
-  model_dir = tmp_path / "run"
+def bad_value_cases(records, folder):
+  model_dir = folder / "run"
   cases = [args(records, model_dir, flag) for flag in BAD_FLAGS]
   cases.append(args(records, model_dir, "--warmup_steps=5", "--warmup_epochs=1"))
   service = "--data_service_address=grpc://localhost:1"  # no dispatcher there (test_data_service)
@@ -60,51 +108,128 @@ def test_bad_values_and_tf_config_are_one_line_errors_and_write_nothing(records,
   tf_configs = ["", "{not json", json.dumps({"cluster": {"worker": ["127.0.0.1:1"]},
                                               "task": {"type": "worker", "index": 3}})]
   cases += [{"argv": args(records, model_dir), "env": {"TF_CONFIG": c}} for c in tf_configs]
-  empty = tmp_path / "empty-00000-of-00001"
+  empty = folder / "empty-00000-of-00001"
   empty.write_bytes(b"")
   cases.append(args(records, model_dir, f"--train_file_pattern={empty}"))
-  outcomes = run_cases("train", cases)
-  with socket.socket() as taken:  # this task's port is in use by another process
-    taken.bind(("127.0.0.1", 0))
-    taken.listen()
-    cluster = {"worker": [f"127.0.0.1:{taken.getsockname()[1]}", "127.0.0.1:1"]}
-    # A process of its own: a failed multi-worker start leaves TensorFlow unusable for other cases.
-    config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}})
-    outcomes += run_cases("train", [{"argv": args(records, model_dir),
-                                     "env": {"TF_CONFIG": config}}])
-  expected = list(BAD_FLAGS.values()) + [
-      "warmup_epochs", "no dispatcher answers there",
-      "cannot be combined with --checkpoint_input_pipeline", "TF_CONFIG", "TF_CONFIG",
-      "task index 3", "no record", "is the port in use"]
-  assert len(outcomes) == len(expected)
-  for outcome, text in zip(outcomes, expected):
-    line = one_error_line(outcome)
-    assert text in line, (text, line)
-    assert outcome["code"] == 2
-  assert not model_dir.exists()  # nothing written by any of them
+  return cases
 
 
-def test_schedule_from_the_data_overlap_warning_and_changed_params(records, tmp_path):
-  model_dir = tmp_path / "run"
-  base = [a for a in args(records, model_dir) if not a.startswith("--max_steps")]
-  outcomes = run_cases("train", [
+def port_in_use_case(records, folder, port):
+  """This task's port is in use by another process (the test's socket on `port`). A process of its
+  own: a multi-worker start must come before TensorFlow starts, and a failed one leaves TensorFlow
+  unusable for other cases."""
+  cluster = {"worker": [f"127.0.0.1:{port}", "127.0.0.1:1"]}
+  config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}})
+  return {"argv": args(records, folder / "run"), "env": {"TF_CONFIG": config}}
+
+
+def schedule_cases(records, folder):
+  base = [a for a in args(records, folder / "run") if not a.startswith("--max_steps")]
+  return [
       base + ["--num_epochs=1"],
       # Another image size: refused (after the warning about the validation files, at start-up).
       base + ["--num_epochs=2", "--image_size=40",
               f"--validation_file_pattern={records.train_pattern}"],
       base + ["--num_epochs=2", "--image_size=40", "--allow_params_change"],
-  ])
-  first = outcomes[0]
+  ]
+
+
+def model_dir_cases(records, folder):
+  """Not writable, trained (ckpt-2 and ckpt-4), another network, a disk that fills up while the
+  checkpoint of step 6 is written."""
+  blocked = folder / "a_file"  # root may write anywhere: a file in the way stands for it
+  blocked.write_text("")
+  run_dir = folder / "run"
+  return [args(records, blocked / "run"), args(records, run_dir),
+          args(records, run_dir, "--configuration=v_1_0_SqNxt_23", "--max_steps=6"),
+          {"argv": args(records, run_dir, "--max_steps=6"), "max_file_bytes": FULL_DISK_BYTES}]
+
+
+def disk_full_at_start_case(records, folder):
+  # Writes past 16 bytes fail, as on a full disk (EFBIG instead of ENOSPC).
+  return {"argv": args(records, folder / "run"), "max_file_bytes": 16}
+
+
+@pytest.fixture(scope="module")
+def outcomes(records, tmp_path_factory):
+  """{test: [outcome of each of its cases]}, "folder": {test: its folder}, "cli_names": the names
+  of test_cli_user_errors_are_one_line's cases, "defaults": TensorFlow's reports of the process's
+  kernels and allocator. Every case runs in one real process, in order, except the port-in-use case, whose
+  process runs meanwhile."""
+  root = tmp_path_factory.mktemp("cases")
+  folders = {name: root / name for name in ("cli", "bad_values", "schedule", "model_dir",
+                                            "disk_full_at_start")}
+  for folder in folders.values():
+    folder.mkdir()
+  cli = cli_cases(records, folders["cli"])
+  cases = {"cli": list(cli.values()), "bad_values": bad_value_cases(records, folders["bad_values"]),
+           "schedule": schedule_cases(records, folders["schedule"]),
+           "model_dir": model_dir_cases(records, folders["model_dir"]),
+           "disk_full_at_start": [disk_full_at_start_case(records, folders["disk_full_at_start"])]}
+  with socket.socket() as taken, concurrent.futures.ThreadPoolExecutor(1) as pool:
+    taken.bind(("127.0.0.1", 0))  # in use by this process until both processes end
+    taken.listen()
+    port_in_use = pool.submit(run_cases, "train", [
+        port_in_use_case(records, folders["bad_values"], taken.getsockname()[1])])
+    # The programs' defaults: an environment without TF_ENABLE_ONEDNN_OPTS, TF_CPU_ALLOCATOR_USE_BFC.
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TF_ENABLE_ONEDNN_OPTS", "TF_CPU_ALLOCATOR_USE_BFC")}
+    results, defaults = run_cases("train", [case for section in cases.values() for case in section],
+                                  timeout=900, env=env, with_defaults=True)
+    by_test, start_index = {"folder": folders, "cli_names": list(cli), "defaults": defaults}, 0
+    for name, section in cases.items():
+      by_test[name] = results[start_index:start_index + len(section)]
+      start_index += len(section)
+    by_test["bad_values"] += port_in_use.result()
+  return by_test
+
+
+# ------------------------------------------------------------------------------------------------
+# The tests of the shared process.
+
+@cases_process
+def test_cli_user_errors_are_one_line(outcomes):
+  folder = outcomes["folder"]["cli"]
+  for name, outcome in zip(outcomes["cli_names"], outcomes["cli"], strict=True):
+    assert outcome["code"] != 0 and "Traceback" not in outcome["stderr"], outcome["stderr"]
+    error_lines = [l for l in outcome["stderr"].splitlines() if l.startswith(("error:", "FATAL"))]
+    assert len(error_lines) == 1 and name in error_lines[0], outcome["stderr"]
+  assert not (folder / "run").exists()  # nothing written
+  for prefix in glob.glob(str(folder / "diverged" / "ckpt-*.index")):  # what was saved is finite
+    reader = tf.train.load_checkpoint(prefix[:-len(".index")])
+    for key in reader.get_variable_to_shape_map():
+      if key.startswith("network/"):
+        assert np.all(np.isfinite(reader.get_tensor(key))), key
+
+
+@cases_process
+def test_bad_values_and_tf_config_are_one_line_errors_and_write_nothing(outcomes):
+  expected = list(BAD_FLAGS.values()) + [
+      "warmup_epochs", "no dispatcher answers there",
+      "cannot be combined with --checkpoint_input_pipeline", "TF_CONFIG", "TF_CONFIG",
+      "task index 3", "no record", "is the port in use"]
+  assert len(outcomes["bad_values"]) == len(expected)
+  for outcome, text in zip(outcomes["bad_values"], expected):
+    line = one_error_line(outcome)
+    assert text in line, (text, line)
+    assert outcome["code"] == 2
+  assert not (outcomes["folder"]["bad_values"] / "run").exists()  # nothing written by any of them
+
+
+@cases_process
+def test_schedule_from_the_data_overlap_warning_and_changed_params(records, outcomes):
+  model_dir = outcomes["folder"]["schedule"] / "run"
+  first, refused, changed = outcomes["schedule"]
   assert first["code"] == 0, first["stderr"][-3000:]
   # Without --num_examples_per_epoch the schedule counts the records (from the builder's manifest).
   assert f"{records.num_train} training examples (manifest)" in first["stderr"]
   assert f"{-(-records.num_train // 4)} steps in all" in first["stderr"]  # ceil(1 epoch / batch)
   checkpoints = file_bytes(model_dir)
-  line = one_error_line(outcomes[1])
+  line = one_error_line(refused)
   assert "image_size 32 -> 40" in line and "allow_params_change" in line
-  warning = outcomes[1]["stderr"]
+  warning = refused["stderr"]
   assert "share" in warning and "evaluation measures training data" in warning
-  assert outcomes[2]["code"] == 0, outcomes[2]["stderr"][-3000:]
+  assert changed["code"] == 0, changed["stderr"][-3000:]
   history = json.load(open(model_dir / "params.json"))["history"]
   assert len(history) == 2 and "--allow_params_change" in history[1]["argv"]
   for name, content in checkpoints.items():  # the first run's checkpoints are untouched
@@ -112,41 +237,57 @@ def test_schedule_from_the_data_overlap_warning_and_changed_params(records, tmp_
       assert open(model_dir / name, "rb").read() == content, name
 
 
-def wait_for_step(process, step, log):
-  for line in process.stdout:
-    log.append(line)
-    if " step " in line and "/" in line.split(" step ")[1]:
-      if int(line.split(" step ")[1].split("/")[0]) >= step:
-        return
-  raise AssertionError("".join(log[-30:]))
+@cases_process
+def test_model_dir_not_writable_holding_another_network_or_full_while_saving(records, outcomes):
+  folder = outcomes["folder"]["model_dir"]
+  run_dir = folder / "run"
+  blocked, trained, other_network, disk_full = outcomes["model_dir"]
+  line = one_error_line(blocked)
+  assert "--model_dir" in line and "not a writable folder" in line
+  assert trained["code"] == 0, trained["stderr"][-3000:]
+  line = one_error_line(other_network)
+  assert f"--model_dir={run_dir}" in line and "does not fit this network" in line
+
+  # The disk filled up while the checkpoint of step 6 was written: room for the event files, not
+  # for a checkpoint.
+  data_file = tf.io.gfile.glob(str(run_dir / "ckpt-4.data-*"))[0]
+  assert os.path.getsize(data_file) > 2 * FULL_DISK_BYTES
+  line = one_error_line(disk_full)
+  assert disk_full["code"] == 2
+  assert "could not write the checkpoint of step 6" in line and "ckpt-4" in line
+  assert not glob.glob(str(run_dir / "*_temp*")) and not glob.glob(str(run_dir / "*.tmp-*"))
+  assert tf.train.latest_checkpoint(run_dir).endswith("ckpt-4")  # nothing new written
+  # And it resumes (in-process: the Estimator train.py builds, on the same params).
+  user = dict(configuration="tiny_SqNxt", image_size=32, num_classes=records.num_classes,
+              batch_size=4, max_steps=6, steps_per_loop=2, save_checkpoints_steps=2,
+              output_train_images=False, precise_bn_examples=0)
+  params = params_lib.resolve_params(user, dict(train_file_pattern=records.train_pattern,
+                                                num_examples_per_epoch=records.num_train))
+  resumed = experiment.build_estimator(params, str(run_dir))
+  assert resumed.global_step == 4
+  resumed.train(experiment.make_input_fn(params, records.train_pattern, True), 6)
+  assert tf.train.latest_checkpoint(run_dir).endswith("ckpt-6")
 
 
-def test_one_run_per_model_dir_then_a_stale_lock_and_a_lost_state_file_resume(records, tmp_path):
-  long_run = args(records, tmp_path, "--max_steps=100000", "--steps_per_loop=1")
-  first, log = start([TRAIN, *long_run]), []
-  wait_for_step(first, 7, log)  # ckpt-2, -4 and -6 at least
-  first.send_signal(signal.SIGSTOP)  # alive and holding the lock, but training no further
-  try:
-    started = time.time()
-    second = run([TRAIN, *long_run])
-    assert time.time() - started < 60
-    line = one_error_line({"code": second.returncode, "stderr": second.stderr})
-    assert f"--model_dir={tmp_path} is in use by process {first.pid}" in line
-    os.remove(tmp_path / "checkpoint")  # the checkpoint state file, lost mid-run
-  finally:
-    first.send_signal(signal.SIGKILL)  # its lock file is left behind
-    first.wait()
-  before = {name: content for name, content in file_bytes(tmp_path).items()
-            if name.startswith("ckpt-")}
-  newest = max(int(name.split("-")[1].split(".")[0]) for name in before)
-  third = run([TRAIN, *args(records, tmp_path, f"--max_steps={newest + 2}")])
-  assert third.returncode == 0, third.stderr[-3000:]
-  assert "Taking over the lock" in third.stderr and "Restored" in third.stderr
-  assert "state file is missing or unreadable" in third.stderr
-  assert f"ckpt-{newest} (global step {newest})" in third.stderr  # the newest, not the first
-  for name, content in before.items():
-    assert open(tmp_path / name, "rb").read() == content, name
+@cases_process
+def test_train_runs_onednn_kernels_unless_the_environment_says_otherwise(outcomes):
+  # tools/tf_env.py, imported by train.py before TensorFlow: TensorFlow's own report (no public API
+  # in TF 2.21) in the process of the cases, started without TF_ENABLE_ONEDNN_OPTS. This test
+  # process keeps TensorFlow's choice; TF_ENABLE_ONEDNN_OPTS=0 and the BFC allocator are tested on
+  # the scripts (test_stats.py).
+  assert outcomes["defaults"]["onednn"] is True
 
+
+@cases_process
+def test_a_full_disk_at_start_is_one_line_and_leaves_no_partial_file(outcomes):
+  model_dir = outcomes["folder"]["disk_full_at_start"] / "run"
+  line = one_error_line(outcomes["disk_full_at_start"][0])
+  assert f"--model_dir={model_dir}: cannot write there" in line
+  assert not [n for n in os.listdir(model_dir) if n == "params.json" or ".tmp-" in n]
+
+
+# ------------------------------------------------------------------------------------------------
+# A real process of its own.
 
 def test_ctrl_c_during_start_up_exits_130_quietly_and_writes_nothing(records, tmp_path):
   process = start([TRAIN, *args(records, tmp_path / "run")])
