@@ -88,13 +88,16 @@ def main():
 
 
 def tensorflow_defaults():
-  """{"onednn": bool, "allocator_stats": bool}: TensorFlow's reports (module docstring)."""
+  """{"onednn": bool, "allocator_stats": bool}: TensorFlow's reports (module docstring);
+  allocator_stats is None when TensorFlow cannot start after the cases (a case's TF_CONFIG)."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   from tensorflow.python.util import _pywrap_util_port  # pylint: disable=g-direct-tensorflow-import,import-outside-toplevel
   try:
     allocator_stats = bool(tf.config.experimental.get_memory_info("CPU:0"))
   except ValueError:  # "Allocator stats not available"
     allocator_stats = False
+  except tf.errors.OpError:
+    allocator_stats = None
   return {"onednn": bool(_pywrap_util_port.IsMklEnabled()), "allocator_stats": allocator_stats}
 
 
