@@ -20,6 +20,10 @@ from process_utils import ROOT
 from process_utils import run_cases
 
 
+# One worker starts the module's service (dispatcher and workers) once for all these tests.
+pytestmark = pytest.mark.xdist_group("data_service")
+
+
 def _start(args, log_path):
   """Starts `python -m scripts.data_service args...` (output to log_path); returns the Popen."""
   return subprocess.Popen([sys.executable, "-m", "scripts.data_service", *args], cwd=ROOT,
