@@ -26,7 +26,6 @@ SLOWEST_FIRST = (
     "test_model.py::",  # one xdist group: the official networks
     "test_benchmark.py::test_train_and_inference_run_end_to_end",
     "test_benchmark.py::test_complexity_matches_the_official_figures",
-    "test_reliability.py::test_a_truncated_newest_checkpoint_falls_back_to_the_previous_one",
     "test_precise_bn.py::test_one_and_two_replicas_give_the_same_statistics",
 )
 

@@ -82,6 +82,8 @@ def test_batches_have_the_contract_shapes_dtypes_and_ranges(records, preprocessi
     assert class_idx.tolist() == [label - 1 for label in _labels(records.validation_pattern)]
 
 
+# The tests of the 1,001 records run on one xdist worker, which writes them once.
+@pytest.mark.xdist_group("one_per_class")
 def test_evaluation_yields_every_record_once_in_stored_order(one_per_class):
   params = _params(batch_size=64, num_classes=1001)
   class_idx = _eval_class_idx(one_per_class.train_pattern, params)
@@ -89,6 +91,7 @@ def test_evaluation_yields_every_record_once_in_stored_order(one_per_class):
   assert class_idx == [label - 1 for label in _labels(one_per_class.train_pattern)]
 
 
+@pytest.mark.xdist_group("one_per_class")
 @pytest.mark.parametrize("train_shards", [3, 2])  # shard files; fewer files than pipelines: records
 def test_three_input_pipelines_cover_every_record_exactly_once(one_per_class, tmp_path, train_shards):
   pattern = one_per_class.train_pattern

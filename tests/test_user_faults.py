@@ -5,8 +5,8 @@ The command lines of this module run in ONE real process (tests/cli_cases.py), s
 the module by the `outcomes` fixture, so that TensorFlow's start-up is paid once: the flag and
 TF_CONFIG catalogue, a non-finite loss, the schedule and params checks, and the model_dir failures
 (not writable, another network, a disk full at start or while saving); only the port-in-use case
-needs a process of its own. Ctrl-C uses a real `train.py`
-process; locks, kills and preemptions are in test_reliability.py."""
+needs a process of its own. Ctrl-C uses a real `train.py` process; locks, kills and preemptions
+are in test_reliability.py."""
 
 import concurrent.futures
 import glob
