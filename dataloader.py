@@ -39,9 +39,8 @@ uses as few tf.data function calls as it can (each costs about 20 us of CPU per 
 
 Bad data: a record that cannot be parsed or whose image cannot be decoded is skipped (`ignore_errors`
 after the decoding map) and counted in a `SkippedRecords` object (`SKIPPED_RECORDS` unless input_fn is
-given another one), which logs each skip with its file name (in training with the file pattern: the
-record order is shuffled); the pipeline numbers the records before the map, so a gap in the numbers
-after it is a skip (exact, in order). A record without
+given another one), which logs each skip with its file name; the pipeline numbers the records before
+the map, so a gap in the numbers after it is a skip (exact, in order). A record without
 `image/encoded` or label, a label outside 1..num_classes, or a damaged TFRecord file (tf.data's
 DataLossError names no file, so each file ends with a marker that compares the bytes read with the
 file's size) stops the pipeline with an InvalidArgumentError naming the file (and label); run the
@@ -312,8 +311,7 @@ class SkippedRecords:
 
   Attributes:
     count: int, records skipped since creation or the last `reset`.
-    by_file: collections.Counter, skipped records per TFRecord file name (evaluation) or per file
-      pattern (training, whose shuffled order does not tell the file).
+    by_file: collections.Counter, skipped records per TFRecord file name.
   """
 
   def __init__(self):
@@ -390,6 +388,21 @@ def _read_file(filename, size, buffer_size):
   return records.concatenate(marker).scan(tf.constant(0, tf.int64), account)
 
 
+@_graph_fn
+def _number(state, element):
+  """Scan function: numbers the records 0, 1, ... and gives each the previous record's file name.
+
+  A marker takes no number: it carries the number of the record after it, so that the numbers of the
+  elements that survive `ignore_errors` have a gap exactly where records were skipped; the file name
+  of the record before an element is the skipped one's in a gap of one.
+  """
+  next_index, previous_file = state
+  record, filename, end_of_file, file_ok = element
+  state = (next_index + 1 - tf.cast(end_of_file, tf.int64),
+           tf.where(end_of_file, previous_file, filename))
+  return state, (record, filename, end_of_file, file_ok, next_index, previous_file)
+
+
 def _parse_and_preprocess(record, end_of_file, training, params, image_size, num_classes,
                           with_bboxes, seed):
   """(image uint8 [S, S, 3], class_idx int32, label int64, check int32) of one record or marker.
@@ -436,29 +449,25 @@ def _check_message(check, label, filename, offset, num_classes):
                        f"{num_classes}, label_offset={offset})", in_file])]), check), _ERROR_END])
 
 
-def _log_gaps(sources, gaps, skipped):
-  """Counts and logs the records skipped in one batch (gaps int64 [b], from the files named by
-  sources string [b]): in `skipped` (a SkippedRecords, from Python), or with tf.print when it is
-  None (a pipeline without Python, as tf.data service workers need). Returns the number (int64)."""
+def _log_gaps(previous_file, gaps, skipped):
+  """Counts and logs the records skipped in one batch (gaps int64 [b], under the file names
+  previous_file string [b]): in `skipped` (a SkippedRecords, from Python), or with tf.print when it
+  is None (a pipeline without Python, as tf.data service workers need). Returns the number (int64)."""
   if skipped is not None:
     return tf.py_function(lambda f, g: skipped.add_gaps(f.numpy(), g.numpy()),
-                          [sources, gaps], tf.int64)
+                          [previous_file, gaps], tf.int64)
   bad = gaps > 0
   with tf.control_dependencies([tf.print(
       "dataloader: skipped", tf.boolean_mask(gaps, bad), "record(s) that cannot be parsed or "
-      "decoded, in", tf.boolean_mask(sources, bad), output_stream=sys.stderr)]):
+      "decoded, in", tf.boolean_mask(previous_file, bad), output_stream=sys.stderr)]):
     return tf.reduce_sum(gaps)
 
 
-def _report_fn(offset, num_classes, skipped, shuffled_from):
+def _report_fn(offset, num_classes, skipped):
   """Scan function over batches: counts skipped records, fails on bad data, drops the markers.
 
-  The elements (records and markers) are numbered 0, 1, ... before the decoding map, which keeps
-  their order; a marker is never skipped, so a gap in the numbers is records skipped. In file order
-  (evaluation) the element after a gap is of the skipped records' file (at worst that file's end
-  marker), and is named; shuffled (training), the skips are attributed to `shuffled_from` (str, the
-  file pattern). State: (int64 the number the next element has if none is skipped, int64 records
-  skipped in a row since the last usable one). Element: a batch of the decoding map's outputs.
+  State: (int64 the number the next record has if none is skipped, int64 records skipped in a row
+  since the last usable one). Element: a batch of the decoding map's outputs (markers included).
   Returns the state after the batch and (images uint8 [b, S, S, 3], class_idx int32 [b]) of the
   batch's records (b may be 0). Skips are counted by `_log_gaps`; MAX_CONSECUTIVE_SKIPS in a row
   fail the pipeline (data that cannot feed a run must not spin).
@@ -469,10 +478,10 @@ def _report_fn(offset, num_classes, skipped, shuffled_from):
   @_graph_fn
   def report(state, batch):
     expected, in_a_row = state
-    images, class_idx, label, check, index, filename, end_of_file, file_ok = batch
-    gaps = index - tf.concat([[expected], index[:-1] + 1], 0)  # [b] records skipped before each
-    sources = filename if shuffled_from is None else tf.fill(tf.shape(filename), shuffled_from)
-    counted = tf.cond(tf.reduce_any(gaps > 0), lambda: _log_gaps(sources, gaps, skipped),
+    images, class_idx, label, check, index, filename, previous_file, end_of_file, file_ok = batch
+    after = index + 1 - tf.cast(end_of_file, tf.int64)  # [b] the number expected after each
+    gaps = index - tf.concat([[expected], after[:-1]], 0)  # [b] records skipped before each
+    counted = tf.cond(tf.reduce_any(gaps > 0), lambda: _log_gaps(previous_file, gaps, skipped),
                       lambda: tf.constant(0, tf.int64))
     in_a_row = tf.where(tf.reduce_any(~end_of_file), tf.constant(0, tf.int64), in_a_row) + counted
     # The messages are made only for a bad batch (tf.cond): string ops cost per batch otherwise.
@@ -486,7 +495,7 @@ def _report_fn(offset, num_classes, skipped, shuffled_from):
         lambda: tf.constant(""))
     spin_message = tf.cond(spin, lambda: tf.strings.join([
         _ERROR_START, tf.strings.as_string(in_a_row), " records in a row cannot be decoded (in ",
-        first(sources, gaps > 0), "); no usable example to train on", _ERROR_END]),
+        first(previous_file, gaps > 0), "); no usable example to train on", _ERROR_END]),
         lambda: tf.constant(""))
     checks = [tf.debugging.Assert(~tf.reduce_any(bad_file), [file_message]),
               tf.debugging.Assert(~tf.reduce_any(bad_record), [record_message]),
@@ -497,7 +506,7 @@ def _report_fn(offset, num_classes, skipped, shuffled_from):
         lambda: (tf.boolean_mask(images, ~end_of_file), tf.boolean_mask(class_idx, ~end_of_file)),
         lambda: (images, class_idx))
     with tf.control_dependencies(checks):
-      return (index[-1] + 1, in_a_row), (tf.identity(images), tf.identity(class_idx))
+      return (after[-1], in_a_row), (tf.identity(images), tf.identity(class_idx))
   return report
 
 
@@ -508,11 +517,6 @@ def list_files(file_pattern):
   if not files:
     raise UserError(f"no file matches the TFRecord pattern {file_pattern!r}")
   return files
-
-
-def _pattern_text(file_pattern):
-  """A file pattern (str or list of str) as one string, for messages."""
-  return file_pattern if isinstance(file_pattern, str) else ", ".join(file_pattern)
 
 
 def _file_sizes(files, training, file_pattern):
@@ -580,21 +584,20 @@ def _records(files, sizes, training, p, seed, num_pipelines, pipeline):
 
 
 def _decode_fn(training, params, image_size, num_classes, seed):
-  """The decoding map's function over the numbered elements (see `_parse_and_preprocess`).
+  """The decoding map's function over `_number`'s elements (see `_parse_and_preprocess`).
 
   Element k's crop and flip use the stateless seed (augmentation seed, k): reproducible, and
-  restored with the iterator (k comes from `enumerate`), at no per-element cost.
+  restored with the iterator (k is the scan state), at no per-element cost.
   """
   augmentation_seed = random.SystemRandom().randrange(2**31) if seed is None else seed
   with_bboxes = training and params.preprocessing == "inception"
 
   @_graph_fn
-  def decode(index, element):
-    record, filename, end_of_file, file_ok = element
+  def decode(record, filename, end_of_file, file_ok, index, previous_file):
     element_seed = tf.stack([tf.constant(augmentation_seed, tf.int64), index])
     image, class_idx, label, check = _parse_and_preprocess(
         record, end_of_file, training, params, image_size, num_classes, with_bboxes, element_seed)
-    return (image, class_idx, label, check, index, filename, end_of_file, file_ok)
+    return (image, class_idx, label, check, index, filename, previous_file, end_of_file, file_ok)
   return decode
 
 
@@ -637,9 +640,7 @@ def input_fn(file_pattern, training, params, image_size, batch_size, num_classes
   files = list_files(file_pattern)
   dataset = _records(files, _file_sizes(files, training, file_pattern), training, p, seed,
                      num_pipelines, pipeline)
-  # Numbers 0, 1, ... by a zip with a range: no function call per element (a scan cost about 4% of
-  # the training pipeline's CPU, 2026-12-01).
-  dataset = dataset.enumerate()
+  dataset = dataset.scan((tf.constant(0, tf.int64), tf.constant("")), _number)
   # Transform. Deterministic even in training: the gap count needs the order (elements take about
   # the same time, so it costs little).
   dataset = dataset.map(_decode_fn(training, p, image_size, num_classes, seed),
@@ -649,8 +650,7 @@ def input_fn(file_pattern, training, params, image_size, batch_size, num_classes
   # the markers leave, and rebatch restores the size.
   dataset = dataset.batch(replica_batch)
   dataset = dataset.scan((tf.constant(0, tf.int64),) * 2,
-                         _report_fn(p.label_offset, num_classes, skipped,
-                                    _pattern_text(file_pattern) if training else None))
+                         _report_fn(p.label_offset, num_classes, skipped))
   dataset = dataset.rebatch(replica_batch, drop_remainder=training)
 
   options = dataset_options(p, training, input_context)
