@@ -40,6 +40,11 @@ def metric_variables(metrics):
   return [v for name in sorted(metrics) for v in metrics[name].variables]
 
 
+def metric_zeros(metrics):
+  """The zero state of a dict of Keras metrics (metric_variables order): a list of tensors."""
+  return [tf.zeros(v.shape, v.dtype) for v in metric_variables(metrics)]
+
+
 def metric_results(metrics, values):
   """{name: float} of a dict of Keras metrics whose state (metric_variables order) is `values`."""
   results, start = {}, 0
@@ -101,8 +106,9 @@ def make_eval_loop(estimator):
   Partial last batches leave some replicas an empty batch.
   """
   strategy, sum_ = estimator.strategy, tf.distribute.ReduceOp.SUM
-  variables = metric_variables(estimator.scaffold.eval_metrics)
-  zeros = lambda: [tf.zeros(v.shape, v.dtype) for v in variables]
+  metrics = estimator.scaffold.eval_metrics
+  variables = metric_variables(metrics)
+  zeros = lambda: metric_zeros(metrics)
 
   @_as_written
   def batch_state(features, labels):

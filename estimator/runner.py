@@ -219,7 +219,7 @@ class Estimator:
       dict: every eval metric of the scaffold (floats; num_examples int) and global_step (int).
     """
     metrics = self.scaffold.eval_metrics
-    state = [tf.zeros(v.shape, v.dtype) for v in loops.metric_variables(metrics)]
+    state = loops.metric_zeros(metrics)
     iterator = self._distribute(input_fn)
     start = time.time()
     while True:
