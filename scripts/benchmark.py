@@ -32,7 +32,9 @@ accelerator would need).
 forward, backward, update) and of evaluation (Estimator.evaluate -> model_fn EVAL) on one in-memory
 batch repeated (the model alone), and on the real pipeline with --file_pattern or --synthetic_jpegs;
 next to a bare tf.function GradientTape (or forward) loop over the same network with the same loss
-and recipe, the ratio runner/bare, and the nominal FLOP rate (2 FLOP per MAC; training 3 x forward)
+and recipe, the ratio runner/bare (the median over the rounds of each round's ratio: both are timed
+back to back in a round, so the ratio is paired and a burst of load on one of them does not decide
+it), and the nominal FLOP rate (2 FLOP per MAC; training 3 x forward)
 as a share of the best float32 --matmul_size matmul rate measured in the run. With the peers
 installed, pytorchcv's SqueezeNext of the same configuration (`PEER_MODELS`), channels_last, SGD
 with momentum on the same batch, float32 or bfloat16 autocast, eager and torch.compile (compile time
@@ -67,6 +69,7 @@ import platform
 import random
 import re
 import struct
+import statistics
 import sys
 import tempfile
 import time
@@ -798,6 +801,7 @@ def _measure_case(mode, configuration, dtype, pattern, peers):
     best, detail = _alternate(measures, rounds, f"{mode} {configuration} {dtype}")
     batch = params.batch_size
     rows = [dict(input="synthetic", runner=batch / best["runner"], bare=batch / best["bare"],
+                 paired_ratio=statistics.median(r["bare"] / r["runner"] for r in detail),
                  rounds=[{k: batch / v for k, v in r.items() if k != "matmul"} for r in detail])]
     if pattern:
       rows.append(_pipeline_row(mode, estimator, params, pattern, steps, rounds))
@@ -962,9 +966,9 @@ def _run_speed(mode, cases):
       keras.backend.clear_session()
   best_peak = max(peaks)
   for row in rows:
-    bare = row.pop("bare", None)
+    bare, ratio = row.pop("bare", None), row.pop("paired_ratio", None)
     row["bare images/s"] = bare if bare else "-"
-    row["runner/bare"] = f"{row['images/s'] / bare:.3f}" if bare else "-"
+    row["runner/bare"] = f"{ratio:.3f}" if ratio else "-"
     row["% of matmul peak"] = f"{100 * row['GFLOP/s'] * 1e9 / best_peak:.1f}"
   results = {"benchmark": mode, "columns": _SPEED_COLUMNS, "rows": rows, "notes": [],
              "matmul_peak_gflops": best_peak / 1e9, "matmul_size": FLAGS.matmul_size,
