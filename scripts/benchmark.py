@@ -59,6 +59,7 @@ import collections
 import contextlib
 import dataclasses
 import datetime
+import functools
 import glob
 import importlib
 import io
@@ -700,12 +701,19 @@ def _runner_train_seconds(estimator, input_fn, steps):
   return list(np.diff(timer.times))
 
 
-def _runner_inference_seconds(estimator, input_fn, steps):
-  """Seconds per batch of one Estimator.evaluate pass (model_fn's EVAL branch) over `steps` batches,
-  set-up and summaries included (evaluate has no hooks); a one-element list."""
-  start = time.perf_counter()
-  estimator.evaluate(lambda ctx: input_fn(ctx).take(steps))
-  return [(time.perf_counter() - start) / steps]
+# Evaluation passes per inference measure: a round keeps the best, so that one burst of other work
+# on the machine does not decide a round's runner/bare ratio.
+_INFERENCE_PASSES = 3
+
+
+def _runner_inference_seconds(estimator, input_fn, steps, passes=_INFERENCE_PASSES):
+  """Seconds per batch of `passes` Estimator.evaluate passes (model_fn's EVAL branch) over `steps`
+  batches each, set-up and summaries included (evaluate has no hooks); a list, one per pass."""
+  def timed():
+    start = time.perf_counter()
+    estimator.evaluate(lambda ctx: input_fn(ctx).take(steps))
+    return (time.perf_counter() - start) / steps
+  return [timed() for _ in range(passes)]
 
 
 def bare_train_loop(network, params, images, labels):
@@ -740,13 +748,15 @@ def bare_inference_loop(network, images):
 
 
 def _bare_seconds(loop, steps, per_step):
-  """Seconds of `steps` steps of `loop`: each timed alone (per_step), or all in one call (one
-  element: seconds per step)."""
+  """Seconds of `steps` steps of `loop`: each timed alone (per_step), or `_INFERENCE_PASSES` calls
+  of all the steps (one element per call: seconds per step)."""
   def timed(n):
     start = time.perf_counter()
     loop(tf.constant(n)).numpy()
     return time.perf_counter() - start
-  return [timed(1) for _ in range(steps)] if per_step else [timed(steps) / steps]
+  if per_step:
+    return [timed(1) for _ in range(steps)]
+  return [timed(steps) / steps for _ in range(_INFERENCE_PASSES)]
 
 
 def _project_measures(mode, estimator, params, steps):
@@ -773,7 +783,8 @@ def _pipeline_row(mode, estimator, params, pattern, steps, rounds):
   """The runner on the real pipeline: mean step time after a warm-up pass (a step's best would
   credit batches the pipeline prefetched while the model waited); a row."""
   training = mode == "train"
-  runner = _runner_train_seconds if training else _runner_inference_seconds
+  runner = (_runner_train_seconds if training
+            else functools.partial(_runner_inference_seconds, passes=1))
   make = experiment.make_input_fn(params, pattern, training)
   pipeline_fn = lambda ctx: make(ctx).repeat()
   runner(estimator, pipeline_fn, steps)  # warm-up: fills the shuffle buffer, tunes tf.data
@@ -1120,6 +1131,22 @@ def _layer_rows(network, shares, params, steps):
   return rows, step_ms
 
 
+def _kind_rows(rows, step_ms, batch):
+  """The layers table's rows (without the total) summed by layer type, costliest first: list of
+  {"kind", "layers", "MACs", "ms", "% of step", "GFLOP/s"}; the rows without a type (other ops, idle)
+  are kinds of their own. GFLOP/s as in the layers table (nominal FLOP over the kind's time)."""
+  kinds = {}
+  for row in rows:
+    kind = kinds.setdefault(row.get("type", row["layer"]), {"layers": 0, "MACs": 0, "ms": 0.0})
+    kind["layers"] += 1 if "type" in row else 0
+    kind["MACs"] += row.get("MACs", 0)
+    kind["ms"] += row["ms"]
+  flop_per_mac = 2 * (3 if FLAGS.mode == "train" else 1) * batch
+  return [{"kind": name, **kind, "% of step": 100 * kind["ms"] / step_ms,
+           "GFLOP/s": flop_per_mac * kind["MACs"] / kind["ms"] / 1e6 if kind["MACs"] else "-"}
+          for name, kind in sorted(kinds.items(), key=lambda item: -item[1]["ms"])]
+
+
 def _profile_network(params, steps, logdir):
   """(network, time shares per (layer, direction) in ps over `steps` profiled bare steps)."""
   network = model.build_from_params(params.model)
@@ -1154,13 +1181,16 @@ def run_layers():
                "MACs": sum(r.get("MACs", 0) for r in rows), "ms": step_ms, "% of step": 100.0,
                "GFLOP/s": (3 if FLAGS.mode == "train" else 1) * 2 * sum(
                    r.get("MACs", 0) for r in rows) * params.batch_size / step_ms / 1e6})
-  for row in rows:
+  kinds = _kind_rows(rows[:-1], step_ms, params.batch_size)
+  for row in rows + kinds:
     row["% of step"] = f"{row['% of step']:.1f}"
   columns = ["layer", "type", "params", "MACs", "forward ms", "backward ms", "ms", "% of step",
              "GFLOP/s", "FLOP/byte"]
   notes = [f"trace kept in {FLAGS.profile_dir} (tensorboard --logdir {FLAGS.profile_dir}, "
            f"profile tab)"] if FLAGS.profile_dir else []
-  return {"benchmark": f"layers ({_network_label(configuration)}, {dtype}, {FLAGS.mode})",
+  label = f"{_network_label(configuration)}, {dtype}, {FLAGS.mode}"
+  by_kind = {"benchmark": f"layers by kind ({label})", "columns": list(kinds[0]), "rows": kinds}
+  return {"benchmark": f"layers ({label})", "sections": [by_kind],
           "columns": columns, "rows": rows, "notes": notes, "step_ms": step_ms,
           "batch_size": params.batch_size, "image_size": params.model.image_size,
           "steps": FLAGS.steps, **machine()}

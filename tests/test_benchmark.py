@@ -4,6 +4,7 @@ made here (no timing asserted)."""
 import importlib
 import json
 import random
+import statistics
 
 from absl import flags
 from absl.testing import flagsaver
@@ -181,6 +182,11 @@ def test_layers_profiles_every_layer(tmp_path, mode):
   assert sum(row["ms"] for row in convolutions) > 0  # the profiler saw the convolutions
   if mode == "inference":
     assert all(row.get("backward ms", "-") == "-" for row in rows)
+  kinds = results["sections"][0]["rows"]  # the rows summed by type, costliest first
+  assert sum(kind["ms"] for kind in kinds) == pytest.approx(total["ms"], rel=1e-6)
+  assert [kind["ms"] for kind in kinds] == sorted((kind["ms"] for kind in kinds), reverse=True)
+  assert {kind["kind"] for kind in kinds} == {row.get("type", row["layer"]) for row in rows[:-1]}
+  assert sum(kind["layers"] for kind in kinds) == len(stats_rows)
   assert list((tmp_path / "profile" / "plugins" / "profile").glob("*/*.xplane.pb"))
   assert "tensorboard --logdir" in results["notes"][0]
 
