@@ -121,11 +121,12 @@ def define_flags():
                   enum_values=list(dataloader.PREPROCESSINGS))
   cli.define_flag("integer", "image_size", 227, "Image side in pixels.")
   cli.define_flag("integer", "batch_size", 64, "Batch size.")
-  cli.define_flag("integer", "rounds", 3, "Timed rounds of each measurement; the best is reported.")
+  cli.define_flag("integer", "rounds", 3, "Timed rounds of each measurement; the best is reported "
+                  "(runner/bare: the median of the rounds' ratios).")
   cli.define_flag("integer", "max_images", 4096, "input: images timed per measurement (at most one pass).")
   cli.define_flag("list", "configuration", ["v_1_0_SqNxt_23"],
                   "Networks (names in model.CONFIGURATIONS, comma-separated, or 'official' for the five "
-                  "official ones); layers: one name.")
+                  "official ones); layers: one name; complexity: official ones, default the five.")
   cli.define_flag("list", "dtype", ["float32"],
                   "Compute dtypes, comma-separated, of float32|bfloat16|float16 (16-bit: Keras mixed "
                   "precision, float32 variables; peers: autocast).")
@@ -618,10 +619,13 @@ def _network_label(configuration):
 
 
 def run_complexity():
-  """The `complexity` benchmark: params and MACs at 227 of each official network, measured from the
-  built model (tools/stats.py), next to the official figures and the published accuracy."""
+  """The `complexity` benchmark: params and MACs at 227 of each official network (or of those of
+  --configuration, when given), measured from the built model (tools/stats.py), next to the official
+  figures and the published accuracy."""
+  names = list(PUBLISHED) if not FLAGS["configuration"].present else _official_names()
   rows = []
-  for configuration, published in PUBLISHED.items():
+  for configuration in names:
+    published = PUBLISHED[configuration]
     network = model.build_network(configuration, _IMAGENET_CLASSES, _PUBLISHED_SIZE)
     _, totals = stats.model_statistics(network)
     rows.append({
@@ -928,10 +932,25 @@ _PEER_COLUMNS = ["network", "dtype", "peer", "peer mode", "peer images/s", "comp
                  "project images/s", "project/peer"]
 
 
+def _configurations():
+  """The networks of --configuration ('official': the five)."""
+  return list(PUBLISHED) if FLAGS.configuration == ["official"] else FLAGS.configuration
+
+
 def _speed_cases():
-  """(configuration, dtype) pairs from --configuration and --dtype ('official': the five)."""
-  names = list(PUBLISHED) if FLAGS.configuration == ["official"] else FLAGS.configuration
-  return [(name, dtype) for name in names for dtype in FLAGS.dtype]
+  """(configuration, dtype) pairs from --configuration and --dtype."""
+  return [(name, dtype) for name in _configurations() for dtype in FLAGS.dtype]
+
+
+def _official_names():
+  """--configuration's official networks; UserError for another name."""
+  names = _configurations()
+  others = [name for name in names if name not in PUBLISHED]
+  if others:
+    raise UserError(f"--configuration={','.join(FLAGS.configuration)}: complexity compares the "
+                    f"official networks ({', '.join(PUBLISHED)}) with their published figures; "
+                    f"{', '.join(others)} has none")
+  return names
 
 
 def _peer_section(mode, peer_rows, notes):
@@ -1112,23 +1131,23 @@ def _layer_rows(network, shares, params, steps):
   training, batch = FLAGS.mode == "train", params.batch_size
   stats_rows, _ = stats.model_statistics(network)
   step_ms = sum(shares.values()) / steps / 1e9
-  rows = []
+  rows, network_bytes = [], 0
   for r in stats_rows:
     layer = network.get_layer(r.name)
     forward = shares.get((r.name, "forward"), 0) / steps / 1e9
     backward = shares.get((r.name, "backward"), 0) / steps / 1e9
     flop = 2 * r.macs * batch * (3 if training else 1)
-    item = _ITEM_BYTES.get(layer.compute_dtype, 4)
+    layer_bytes = _layer_bytes(layer, batch, _ITEM_BYTES.get(layer.compute_dtype, 4))
+    network_bytes += layer_bytes
     rows.append({"layer": r.name, "type": r.type, "params": r.params, "MACs": r.macs,
                  "forward ms": forward, "backward ms": backward if training else "-",
                  "ms": forward + backward, "% of step": 100 * (forward + backward) / step_ms,
                  "GFLOP/s": flop / (forward + backward) / 1e6 if r.macs and forward else "-",
-                 "FLOP/byte": (2 * r.macs * batch / _layer_bytes(layer, batch, item)
-                               if r.macs else "-")})
+                 "FLOP/byte": 2 * r.macs * batch / layer_bytes if r.macs else "-"})
   for label, keys in ((_OTHER_OPS, [(None, "forward"), (None, "backward")]), (_IDLE, [None])):
     ms = sum(shares.get(k, 0) for k in keys) / steps / 1e9
     rows.append({"layer": label, "ms": ms, "% of step": 100 * ms / step_ms})
-  return rows, step_ms
+  return rows, step_ms, network_bytes
 
 
 def _kind_rows(rows, step_ms, batch):
@@ -1166,8 +1185,9 @@ def run_layers():
   """The `layers` benchmark: per layer of tools/stats.py's table, params, MACs, measured forward
   (and backward, --mode train) milliseconds per step from TensorFlow's profiler, share of the
   step, achieved GFLOP/s (nominal: 2 FLOP per MAC, backward 2 x forward) and arithmetic intensity
-  (forward FLOP per byte of inputs, weights and outputs at the compute dtype); the rows add up to
-  the measured step (mean of --steps profiled steps, wall time)."""
+  (forward FLOP per byte of inputs, weights and outputs at the compute dtype; the total row's: the
+  network's FLOP over the bytes of every layer, BatchNorm, ReLU and additions included); the rows
+  add up to the measured step (mean of --steps profiled steps, wall time)."""
   if len(FLAGS.configuration) != 1 or len(FLAGS.dtype) != 1:
     raise UserError(f"--configuration={','.join(FLAGS.configuration)} --dtype="
                     f"{','.join(FLAGS.dtype)}: layers profiles one network in one dtype")
@@ -1176,11 +1196,14 @@ def run_layers():
   with tempfile.TemporaryDirectory() as scratch:
     logdir = FLAGS.profile_dir or scratch
     network, shares = _profile_network(params, FLAGS.steps, logdir)
-  rows, step_ms = _layer_rows(network, shares, params, FLAGS.steps)
+  rows, step_ms, network_bytes = _layer_rows(network, shares, params, FLAGS.steps)
+  macs = sum(r.get("MACs", 0) for r in rows)
+  # FLOP/byte of the whole forward pass: every layer's bytes, the elementwise ones included.
   rows.append({"layer": "total (measured step)", "params": sum(r.get("params", 0) for r in rows),
-               "MACs": sum(r.get("MACs", 0) for r in rows), "ms": step_ms, "% of step": 100.0,
-               "GFLOP/s": (3 if FLAGS.mode == "train" else 1) * 2 * sum(
-                   r.get("MACs", 0) for r in rows) * params.batch_size / step_ms / 1e6})
+               "MACs": macs, "ms": step_ms, "% of step": 100.0,
+               "GFLOP/s": (3 if FLAGS.mode == "train" else 1) * 2 * macs * params.batch_size
+                          / step_ms / 1e6,
+               "FLOP/byte": 2 * macs * params.batch_size / network_bytes})
   kinds = _kind_rows(rows[:-1], step_ms, params.batch_size)
   for row in rows + kinds:
     row["% of step"] = f"{row['% of step']:.1f}"
