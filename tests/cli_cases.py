@@ -88,17 +88,23 @@ def main():
 
 
 def tensorflow_defaults():
-  """{"onednn": bool, "allocator_stats": bool}: TensorFlow's reports (module docstring);
-  allocator_stats is None when TensorFlow cannot start after the cases (a case's TF_CONFIG)."""
+  """{"onednn": bool, "allocator_stats": bool, "sklearn_skipped": bool}: TensorFlow's reports
+  (module docstring); allocator_stats is None when TensorFlow cannot start after the cases (a case's
+  TF_CONFIG). sklearn_skipped: Keras's scikit-learn wrappers, imported with TensorFlow, found no
+  scikit-learn, which is installed and importable (tools/tf_env.py)."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  from keras.src.wrappers import fixes  # pylint: disable=import-outside-toplevel
   from tensorflow.python.util import _pywrap_util_port  # pylint: disable=g-direct-tensorflow-import,import-outside-toplevel
+  sklearn_skipped = fixes.sklearn is None and importlib.util.find_spec("sklearn") is not None
   try:
     allocator_stats = bool(tf.config.experimental.get_memory_info("CPU:0"))
   except ValueError:  # "Allocator stats not available"
     allocator_stats = False
   except tf.errors.OpError:
     allocator_stats = None
-  return {"onednn": bool(_pywrap_util_port.IsMklEnabled()), "allocator_stats": allocator_stats}
+  return {"onednn": bool(_pywrap_util_port.IsMklEnabled()), "allocator_stats": allocator_stats,
+          "sklearn_skipped": sklearn_skipped}
 
 
 if __name__ == "__main__":

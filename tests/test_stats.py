@@ -104,4 +104,4 @@ def test_programs_keep_tensorflows_kernels_when_the_environment_says_so(command_
   # (its own report; on this project's AVX2 CPUs, the Eigen kernels). The default is tested on
   # train.py (test_user_faults.py). The same file's BFC allocator for CPU memory: the Eigen kernels'
   # default allocator keeps no statistics, the BFC allocator does (TensorFlow's own report).
-  assert command_line[2] == {"onednn": False, "allocator_stats": True}
+  assert command_line[2] == {"onednn": False, "allocator_stats": True, "sklearn_skipped": True}

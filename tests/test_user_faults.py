@@ -276,6 +276,7 @@ def test_train_runs_onednn_kernels_unless_the_environment_says_otherwise(outcome
   # process keeps TensorFlow's choice; TF_ENABLE_ONEDNN_OPTS=0 and the BFC allocator are tested on
   # the scripts (test_stats.py).
   assert outcomes["defaults"]["onednn"] is True
+  assert outcomes["defaults"]["sklearn_skipped"] is True  # a faster start (tools/tf_env.py)
 
 
 @cases_process

@@ -17,9 +17,31 @@ oneDNN's allocator pools the operations' memory, but tf.data's still gained: the
 (two runs each, 2026-12-01, a test suite running beside). The pool grows to the process's peak use
 and is not given back (limit `TF_CPU_BFC_MEM_LIMIT_IN_MB`, default 64 GB);
 `TF_CPU_ALLOCATOR_USE_BFC=false` keeps TensorFlow's default.
+
+TensorFlow is imported here, after these settings and with scikit-learn hidden: TensorFlow's import
+loads Keras's tf.keras API, whose scikit-learn wrappers import scikit-learn when it is installed (it
+is: the demo data's digits come from it), about 0.9 s of CPU in every program's start (`import
+tensorflow, keras`: 4.9-5.3 s of CPU with it, 4.1-4.4 s without, three runs each, 2026-12-01). The
+programs never use those wrappers (`keras.wrappers.SKLearnClassifier` and its kind then say
+scikit-learn is missing); scikit-learn itself imports as usual afterwards.
 """
 
 import os
+import sys
 
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
+
+
+def _import_tensorflow_without_sklearn():
+  if "sklearn" in sys.modules:  # imported already: nothing to save
+    return
+  sys.modules["sklearn"] = None  # `import sklearn` raises ImportError meanwhile
+  try:
+    import tensorflow  # pylint: disable=import-outside-toplevel,unused-import
+  finally:
+    if "sklearn" in sys.modules and sys.modules["sklearn"] is None:
+      del sys.modules["sklearn"]
+
+
+_import_tensorflow_without_sklearn()
