@@ -95,8 +95,9 @@ class InputParams:
   interleave_num_parallel_calls: int | None = None
   # Read buffer per open TFRecord file, in bytes.
   read_buffer_size: int = 8 * 1024 * 1024
-  # Elements parsed and preprocessed in parallel; -1 lets tf.data tune it to the free cores.
-  num_parallel_calls: int = AUTOTUNE
+  # Elements parsed and preprocessed in parallel (see `map_parallelism`). None: 4 per CPU core, at
+  # least 16; -1 lets tf.data tune it to the free cores.
+  num_parallel_calls: int | None = None
   # Batches prepared ahead of the training step; -1 lets tf.data tune it.
   prefetch_buffer_size: int = AUTOTUNE
   # 0: share TensorFlow's inter-op pool. A value > 0 gives the pipeline its own threads, so that on a
@@ -144,6 +145,25 @@ def check_input_params(input_params):
   if len(input_params.mean_rgb) != 3:
     raise UserError(f"mean_rgb={input_params.mean_rgb}: expected 3 values (R, G, B)",
                     param="mean_rgb")
+
+
+# The decoding map keeps the records' order (the skip count needs it), so a slow image (a large
+# crop window, a large photo) holds back the elements after it: with more elements in flight than
+# cores, the other threads go on decoding meanwhile. `python -m scripts.benchmark input` style runs of
+# input_fn training (inception, 224 px, 1,024 synthetic ImageNet-like JPEGs, 2 cores, 4 alternating
+# rounds, medians; 2026-12-01 23:20 UTC): tf.data's autotuned parallelism 698 images/s (2.5 ms of CPU
+# per image), 4 in flight 790, 8 801, 16 785-857, 32 838, 64 801 (2.2-2.4 ms of CPU per image); the
+# plain tf.data pipeline 712-791.
+_ELEMENTS_IN_FLIGHT_PER_CORE, _MIN_ELEMENTS_IN_FLIGHT = 4, 16
+
+
+def map_parallelism(input_params):
+  """Parallel calls of input_fn's decoding map (int > 0, or -1: tf.data tunes it):
+  `num_parallel_calls`, or for None 4 per CPU core this process may use, at least 16."""
+  if input_params.num_parallel_calls is not None:
+    return input_params.num_parallel_calls
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  return max(_MIN_ELEMENTS_IN_FLIGHT, _ELEMENTS_IN_FLIGHT_PER_CORE * (cores or 1))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -641,10 +661,10 @@ def input_fn(file_pattern, training, params, image_size, batch_size, num_classes
   dataset = _records(files, _file_sizes(files, training, file_pattern), training, p, seed,
                      num_pipelines, pipeline)
   dataset = dataset.scan((tf.constant(0, tf.int64), tf.constant("")), _number)
-  # Transform. Deterministic even in training: the gap count needs the order (elements take about
-  # the same time, so it costs little).
+  # Transform. Deterministic even in training: the gap count needs the order; more elements in
+  # flight than cores keep the threads busy behind a slow one (`map_parallelism`).
   dataset = dataset.map(_decode_fn(training, p, image_size, num_classes, seed),
-                        num_parallel_calls=p.num_parallel_calls, deterministic=True)
+                        num_parallel_calls=map_parallelism(p), deterministic=True)
   dataset = dataset.ignore_errors()  # skips records that cannot be parsed or decoded
   # Load. uint8 batches (4x fewer bytes than float32); checks and skip count once per batch, where
   # the markers leave, and rebatch restores the size.

@@ -295,7 +295,7 @@ def _decode_only_dataset(file_pattern, input_params, batch_size):
   def decode(record):
     image = tf.io.decode_jpeg(_parse_record(record)[0], channels=3, dct_method=p.dct_method)
     return tf.shape(image)  # only the shape leaves the pipeline
-  dataset = dataset.map(decode, num_parallel_calls=p.num_parallel_calls)
+  dataset = dataset.map(decode, num_parallel_calls=dataloader.map_parallelism(p))
   dataset = dataset.batch(batch_size).prefetch(p.prefetch_buffer_size)
   return dataset.with_options(dataloader.dataset_options(p, False))
 

@@ -3,9 +3,11 @@ a real process (exit status, stderr, no traceback) without paying TensorFlow's s
 
   python -m tests.cli_cases MODULE < cases.json > results.json   (from the repository's root)
 
-cases.json: a list of {"argv": [...], "env": {...}, "max_file_bytes": N} (env: variables set for
-that case only, None removes one; max_file_bytes, optional: during that case no file can grow beyond
-N bytes, as on a full disk: RLIMIT_FSIZE with SIGXFSZ ignored, so writes fail with EFBIG).
+cases.json: a list of {"argv": [...], "env": {...}, "max_file_bytes": N, "snapshot": DIR} (env:
+variables set for that case only, None removes one; max_file_bytes, optional: during that case no
+file can grow beyond N bytes, as on a full disk: RLIMIT_FSIZE with SIGXFSZ ignored, so writes fail
+with EFBIG; snapshot, optional: after the case, the outcome's "snapshot" holds {name: SHA-256 hex}
+of the files directly in DIR, for a later case's "nothing was written over" check).
 results.json: {"outcomes": [...], "defaults": {...}}: outcomes, one {"code": int, "stderr": str,
 "stdout": str} per case ("code" is the exit status the program would have had, and "stderr" holds
 "Traceback" when main raised); defaults, TensorFlow's own reports of the process's CPU kernels
@@ -16,6 +18,7 @@ Used by tests/process_utils.run_cases; the cases should fail (or finish) before 
 """
 
 import contextlib
+import hashlib
 import importlib
 import io
 import json
@@ -82,9 +85,23 @@ def main():
   module.define_flags()
   logging.use_absl_handler()  # as absl.app.run does: log lines in absl's format
   cases = json.load(sys.stdin)
-  outcomes = [run_case(module, c["argv"], c.get("env", {}), c.get("max_file_bytes"))
-              for c in cases]
+  outcomes = []
+  for c in cases:
+    outcomes.append(run_case(module, c["argv"], c.get("env", {}), c.get("max_file_bytes")))
+    if c.get("snapshot"):
+      outcomes[-1]["snapshot"] = file_digests(c["snapshot"])
   json.dump({"outcomes": outcomes, "defaults": tensorflow_defaults()}, sys.stdout)
+
+
+def file_digests(folder):
+  """{name: SHA-256 hex} of the files directly in `folder`."""
+  digests = {}
+  for name in sorted(os.listdir(folder)):
+    path = os.path.join(folder, name)
+    if os.path.isfile(path):
+      with open(path, "rb") as f:
+        digests[name] = hashlib.sha256(f.read()).hexdigest()
+  return digests
 
 
 def tensorflow_defaults():

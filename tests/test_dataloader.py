@@ -110,6 +110,14 @@ def test_three_input_pipelines_cover_every_record_exactly_once(one_per_class, tm
   assert sorted(seen) == list(range(1001))
 
 
+def test_the_decoding_map_runs_more_elements_than_cores():
+  """In-order map: 4 elements in flight per core this process may use, at least 16, unless set."""
+  cores = len(os.sched_getaffinity(0))
+  assert dataloader.map_parallelism(dataloader.InputParams()) == max(16, 4 * cores)
+  for value in (1, 3, dataloader.AUTOTUNE):
+    assert dataloader.map_parallelism(dataloader.InputParams(num_parallel_calls=value)) == value
+
+
 def test_training_repeats_with_full_per_replica_batches(records):
   context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1,
                                        num_replicas_in_sync=2)

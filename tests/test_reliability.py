@@ -7,7 +7,6 @@ import json
 import os
 import random
 import signal
-import time
 
 import numpy as np
 import pytest
@@ -109,9 +108,7 @@ def test_killed_and_preempted_runs_end_with_the_uninterrupted_weights(records, t
   assert f"step {preempted + 1}/20" in "".join(log), "".join(log)[-3000:]
   process.send_signal(signal.SIGSTOP)  # alive and holding the lock, but training no further
   try:
-    started = time.time()
-    second = run(args("killed"))
-    assert time.time() - started < 60
+    second = run(args("killed"), timeout=60)  # refused at start-up, not after a wait
     line = one_error_line({"code": second.returncode, "stderr": second.stderr})
     assert f"--model_dir={model_dir} is in use by process {process.pid}" in line
     os.remove(model_dir / "checkpoint")  # the checkpoint state file, lost mid-run
@@ -153,11 +150,9 @@ def test_a_dead_worker_stops_the_other_and_both_resume_in_lock_step(records, tmp
   chief, worker = start(args, env(0)), start(args, env(1))
   wait_for_step(worker, 4, [])  # past the first checkpoint
   worker.send_signal(signal.SIGKILL)
-  killed_at = time.time()
-  output, _ = chief.communicate(timeout=300)
-  elapsed = time.time() - killed_at
+  output, _ = chief.communicate(timeout=120)  # stops by itself, in the heartbeat's time (~18 s)
   worker.wait()
-  assert chief.returncode != 0 and elapsed < 120
+  assert chief.returncode != 0
   assert "error: lost contact with another worker" in output, output[-3000:]
   assert "Traceback" not in output
   last = checkpoint_step(tmp_path)

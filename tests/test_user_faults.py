@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import cli_cases
 import data_utils
 from process_utils import one_error_line
 from process_utils import run_cases
@@ -46,12 +47,6 @@ def args(records, model_dir, *extra):
           "--batch_size=4", "--max_steps=4", "--steps_per_loop=2", "--save_checkpoints_steps=2",
           "--log_every_n_steps=1", "--output_train_images=false", "--precise_bn_examples=0",
           *extra]
-
-
-def file_bytes(folder):
-  """{name: bytes} of every file directly in `folder`."""
-  return {name: open(os.path.join(folder, name), "rb").read() for name in os.listdir(folder)
-          if os.path.isfile(os.path.join(folder, name))}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -126,7 +121,7 @@ def port_in_use_case(records, folder, port):
 def schedule_cases(records, folder):
   base = [a for a in args(records, folder / "run") if not a.startswith("--max_steps")]
   return [
-      base + ["--num_epochs=1"],
+      {"argv": base + ["--num_epochs=1"], "snapshot": str(folder / "run")},
       # Another image size: refused (after the warning about the validation files, at start-up).
       base + ["--num_epochs=2", "--image_size=40",
               f"--validation_file_pattern={records.train_pattern}"],
@@ -224,7 +219,6 @@ def test_schedule_from_the_data_overlap_warning_and_changed_params(records, outc
   # Without --num_examples_per_epoch the schedule counts the records (from the builder's manifest).
   assert f"{records.num_train} training examples (manifest)" in first["stderr"]
   assert f"{-(-records.num_train // 4)} steps in all" in first["stderr"]  # ceil(1 epoch / batch)
-  checkpoints = file_bytes(model_dir)
   line = one_error_line(refused)
   assert "image_size 32 -> 40" in line and "allow_params_change" in line
   warning = refused["stderr"]
@@ -232,9 +226,13 @@ def test_schedule_from_the_data_overlap_warning_and_changed_params(records, outc
   assert changed["code"] == 0, changed["stderr"][-3000:]
   history = json.load(open(model_dir / "params.json"))["history"]
   assert len(history) == 2 and "--allow_params_change" in history[1]["argv"]
-  for name, content in checkpoints.items():  # the first run's checkpoints are untouched
-    if name.startswith("ckpt-"):
-      assert open(model_dir / name, "rb").read() == content, name
+  # The first run's checkpoints (digests taken right after it) are untouched by the two others,
+  # or deleted by the changed run's checkpoint rotation (the run's own files), never written over.
+  first_checkpoints = {k: v for k, v in first["snapshot"].items() if k.startswith("ckpt-")}
+  assert first_checkpoints
+  now = cli_cases.file_digests(model_dir)
+  for name, digest in first_checkpoints.items():
+    assert now.get(name, digest) == digest, name
 
 
 @cases_process
