@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import cli_cases
+from cli_cases import file_digests
 import data_utils
 from process_utils import one_error_line
 from process_utils import run_cases
@@ -230,7 +230,7 @@ def test_schedule_from_the_data_overlap_warning_and_changed_params(records, outc
   # or deleted by the changed run's checkpoint rotation (the run's own files), never written over.
   first_checkpoints = {k: v for k, v in first["snapshot"].items() if k.startswith("ckpt-")}
   assert first_checkpoints
-  now = cli_cases.file_digests(model_dir)
+  now = file_digests(model_dir)
   for name, digest in first_checkpoints.items():
     assert now.get(name, digest) == digest, name
 
