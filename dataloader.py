@@ -96,7 +96,7 @@ class InputParams:
   # Read buffer per open TFRecord file, in bytes.
   read_buffer_size: int = 8 * 1024 * 1024
   # Elements parsed and preprocessed in parallel (see `map_parallelism`). None: 4 per CPU core, at
-  # least 16; -1 lets tf.data tune it to the free cores.
+  # least 16 (tuned by tf.data on tf.data service workers); -1 lets tf.data tune it to the free cores.
   num_parallel_calls: int | None = None
   # Batches prepared ahead of the training step; -1 lets tf.data tune it.
   prefetch_buffer_size: int = AUTOTUNE
@@ -157,11 +157,14 @@ def check_input_params(input_params):
 _ELEMENTS_IN_FLIGHT_PER_CORE, _MIN_ELEMENTS_IN_FLIGHT = 4, 16
 
 
-def map_parallelism(input_params):
+def map_parallelism(input_params, remote=False):
   """Parallel calls of input_fn's decoding map (int > 0, or -1: tf.data tunes it):
-  `num_parallel_calls`, or for None 4 per CPU core this process may use, at least 16."""
+  `num_parallel_calls`, or for None 4 per CPU core this process may use, at least 16. `remote`: the
+  map runs on tf.data service workers, whose cores this process cannot see; None is then -1."""
   if input_params.num_parallel_calls is not None:
     return input_params.num_parallel_calls
+  if remote:
+    return AUTOTUNE
   cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
   return max(_MIN_ELEMENTS_IN_FLIGHT, _ELEMENTS_IN_FLIGHT_PER_CORE * (cores or 1))
 
@@ -664,7 +667,8 @@ def input_fn(file_pattern, training, params, image_size, batch_size, num_classes
   # Transform. Deterministic even in training: the gap count needs the order; more elements in
   # flight than cores keep the threads busy behind a slow one (`map_parallelism`).
   dataset = dataset.map(_decode_fn(training, p, image_size, num_classes, seed),
-                        num_parallel_calls=map_parallelism(p), deterministic=True)
+                        num_parallel_calls=map_parallelism(p, remote=bool(service)),
+                        deterministic=True)
   dataset = dataset.ignore_errors()  # skips records that cannot be parsed or decoded
   # Load. uint8 batches (4x fewer bytes than float32); checks and skip count once per batch, where
   # the markers leave, and rebatch restores the size.

@@ -116,6 +116,8 @@ def test_the_decoding_map_runs_more_elements_than_cores():
   assert dataloader.map_parallelism(dataloader.InputParams()) == max(16, 4 * cores)
   for value in (1, 3, dataloader.AUTOTUNE):
     assert dataloader.map_parallelism(dataloader.InputParams(num_parallel_calls=value)) == value
+  # On tf.data service workers, whose cores the trainer cannot count, tf.data tunes it there.
+  assert dataloader.map_parallelism(dataloader.InputParams(), remote=True) == dataloader.AUTOTUNE
 
 
 def test_training_repeats_with_full_per_replica_batches(records):
