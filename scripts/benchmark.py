@@ -797,6 +797,12 @@ def _pipeline_row(mode, estimator, params, pattern, steps, rounds):
               runner=params.batch_size / float(np.mean(step_seconds)))
 
 
+def nominal_flop(macs, images, training):
+  """Nominal FLOP of a pass over `images` images of a network of `macs` MACs per image: 2 per MAC;
+  training counts the forward pass and twice it backward (3 x forward)."""
+  return 2 * macs * images * (3 if training else 1)
+
+
 def _measure_case(mode, configuration, dtype, pattern, peers):
   """Rows of one network and dtype, the matmul peaks (FLOP/s), the peer rows and notes.
 
@@ -820,8 +826,7 @@ def _measure_case(mode, configuration, dtype, pattern, peers):
                  rounds=[{k: batch / v for k, v in r.items() if k != "matmul"} for r in detail])]
     if pattern:
       rows.append(_pipeline_row(mode, estimator, params, pattern, steps, rounds))
-  # Nominal FLOP per image: 2 per MAC; training counts the forward pass and twice it backward.
-  flop_per_image = (3 if training else 1) * 2 * totals["macs"]
+  flop_per_image = nominal_flop(totals["macs"], 1, training)
   for row in rows:
     row["images/s"] = row.pop("runner")
     row.update({"network": _network_label(configuration), "dtype": dtype,
@@ -1136,14 +1141,14 @@ def _layer_rows(network, shares, params, steps):
     layer = network.get_layer(r.name)
     forward = shares.get((r.name, "forward"), 0) / steps / 1e9
     backward = shares.get((r.name, "backward"), 0) / steps / 1e9
-    flop = 2 * r.macs * batch * (3 if training else 1)
+    flop = nominal_flop(r.macs, batch, training)
     layer_bytes = _layer_bytes(layer, batch, _ITEM_BYTES.get(layer.compute_dtype, 4))
     network_bytes += layer_bytes
     rows.append({"layer": r.name, "type": r.type, "params": r.params, "MACs": r.macs,
                  "forward ms": forward, "backward ms": backward if training else "-",
                  "ms": forward + backward, "% of step": 100 * (forward + backward) / step_ms,
                  "GFLOP/s": flop / (forward + backward) / 1e6 if r.macs and forward else "-",
-                 "FLOP/byte": 2 * r.macs * batch / layer_bytes if r.macs else "-"})
+                 "FLOP/byte": nominal_flop(r.macs, batch, False) / layer_bytes if r.macs else "-"})
   for label, keys in ((_OTHER_OPS, [(None, "forward"), (None, "backward")]), (_IDLE, [None])):
     ms = sum(shares.get(k, 0) for k in keys) / steps / 1e9
     rows.append({"layer": label, "ms": ms, "% of step": 100 * ms / step_ms})
@@ -1160,9 +1165,10 @@ def _kind_rows(rows, step_ms, batch):
     kind["layers"] += 1 if "type" in row else 0
     kind["MACs"] += row.get("MACs", 0)
     kind["ms"] += row["ms"]
-  flop_per_mac = 2 * (3 if FLAGS.mode == "train" else 1) * batch
+  training = FLAGS.mode == "train"
   return [{"kind": name, **kind, "% of step": 100 * kind["ms"] / step_ms,
-           "GFLOP/s": flop_per_mac * kind["MACs"] / kind["ms"] / 1e6 if kind["MACs"] else "-"}
+           "GFLOP/s": (nominal_flop(kind["MACs"], batch, training) / kind["ms"] / 1e6
+                       if kind["MACs"] else "-")}
           for name, kind in sorted(kinds.items(), key=lambda item: -item[1]["ms"])]
 
 
@@ -1201,9 +1207,9 @@ def run_layers():
   # FLOP/byte of the whole forward pass: every layer's bytes, the elementwise ones included.
   rows.append({"layer": "total (measured step)", "params": sum(r.get("params", 0) for r in rows),
                "MACs": macs, "ms": step_ms, "% of step": 100.0,
-               "GFLOP/s": (3 if FLAGS.mode == "train" else 1) * 2 * macs * params.batch_size
+               "GFLOP/s": nominal_flop(macs, params.batch_size, FLAGS.mode == "train")
                           / step_ms / 1e6,
-               "FLOP/byte": 2 * macs * params.batch_size / network_bytes})
+               "FLOP/byte": nominal_flop(macs, params.batch_size, False) / network_bytes})
   kinds = _kind_rows(rows[:-1], step_ms, params.batch_size)
   for row in rows + kinds:
     row["% of step"] = f"{row['% of step']:.1f}"
