@@ -97,7 +97,11 @@ def define_flags():
                        "Write training/validation images to TensorBoard. Default on.")
   flags.DEFINE_integer("image_summary_steps", None, "Interval of training-image summaries. Default 1000.")
   flags.DEFINE_integer("save_summary_steps", None, "Interval of scalar summaries. Default 100.")
-  flags.DEFINE_integer("log_every_n_steps", None, "Interval of progress lines. Default 100.")
+  flags.DEFINE_integer("log_every_n_steps", None,
+                       "Interval of progress lines in steps (0: none). Default 100.")
+  flags.DEFINE_float("log_every_n_secs", None,
+                     "A progress line at least every N seconds (0: by steps only); slow steps get "
+                     "shorter loops. Default 60.")
   flags.DEFINE_integer("save_checkpoints_steps", None, "Checkpoint interval. Default 1000.")
   flags.DEFINE_integer("keep_checkpoint_max", None, "Checkpoints kept in model_dir. Default 5.")
   flags.DEFINE_integer("precise_bn_examples", None,
@@ -146,7 +150,7 @@ PARAM_FLAGS = ("configuration", "batch_size", "num_epochs", "max_steps", "num_ex
                "image_size", "num_classes", "preprocessing", "base_learning_rate",
                "warmup_start_learning_rate", "warmup_steps", "warmup_epochs", "weight_decay",
                "bn_momentum", "bn_synchronized", "eval_every_n_steps", "eval_every_n_secs",
-               "image_summary_steps", "save_summary_steps", "log_every_n_steps",
+               "image_summary_steps", "save_summary_steps", "log_every_n_steps", "log_every_n_secs",
                "save_checkpoints_steps", "keep_checkpoint_max", "steps_per_loop", "seed", "dtype",
                "xla", "output_train_images", "checkpoint_input_pipeline", "precise_bn_examples",
                "grouped_conv", "data_service_address")

@@ -166,6 +166,12 @@ def make_statistics_loop(estimator):
 class TrainProgress:
   """Host side of the training loop: progress lines with the ETA, scalar and image summaries.
 
+  Progress lines come after the first step (its time includes tracing and graph optimisation,
+  which can take a minute), every `log_step_count_steps` steps, at the last step, and at least every
+  `log_step_count_secs` seconds: `max_loop_steps` shortens the compiled loops when steps are slow
+  (a 227-pixel batch of 256 takes several seconds on a CPU). The ETA extrapolates the time per
+  step after the first one, evaluations included. `log_step_count_steps=0` disables the lines.
+
   Args:
     estimator: the Estimator (its config gives the intervals, its scaffold the metrics).
     start_step: int, the global step the loop starts at.
@@ -174,31 +180,62 @@ class TrainProgress:
 
   def __init__(self, estimator, start_step, max_steps):
     self.estimator, self.start_step, self.max_steps = estimator, start_step, max_steps
-    self.start_time = self.window_time = time.time()
+    self.start_time = self.window_time = self.line_time = time.time()
     self.window_step = start_step
+    self.first = None  # (step, time) at the end of the first loop
+
+  def max_loop_steps(self, step):
+    """The most steps the loop starting at `step` may run for the next line to come on time
+    (>= 1), or None when progress lines do not limit it."""
+    cfg = self.estimator.config
+    if cfg.log_step_count_steps <= 0:
+      return None
+    if self.first is None:
+      return 1
+    if cfg.log_step_count_secs <= 0:
+      return None
+    left = self.line_time + cfg.log_step_count_secs - time.time()
+    return max(1, int(left / max(self._seconds_per_step(step, time.time()), 1e-9)))
+
+  def _seconds_per_step(self, step, now):
+    first_step, first_time = self.first
+    if step > first_step:
+      return (now - first_time) / (step - first_step)
+    return (first_time - self.start_time) / max(first_step - self.start_step, 1)
 
   def report(self, step, outputs, images):
     """Logs and writes what is due at `step`; returns `outputs` with the summary values added."""
     cfg = self.estimator.config
-    if itstime(step, cfg.save_summary_steps) or itstime(step, cfg.log_step_count_steps):
-      now = time.time()
+    now = time.time()
+    first = self.first is None
+    if first:
+      self.first = (step, now)
+    log = cfg.log_step_count_steps > 0 and (
+        first or step == self.max_steps or itstime(step, cfg.log_step_count_steps)
+        or 0 < cfg.log_step_count_secs <= now - self.line_time)
+    if itstime(step, cfg.save_summary_steps) or log:
       rate = (step - self.window_step) / max(now - self.window_time, 1e-9)
       outputs = {**outputs, **self._summaries(step, outputs, rate)}
       self.window_step, self.window_time = step, now
-      if itstime(step, cfg.log_step_count_steps):
-        self._log(step, outputs, now)
+    if log:
+      self._log(step, outputs, now, first)
+      self.line_time = now
     if images is not None and itstime(step, cfg.image_summary_steps):
       with self.estimator.writer("").as_default():
         tf.summary.image("train/images", images, step=step, max_outputs=images.shape[0])
     return outputs
 
-  def _log(self, step, outputs, now):
-    eta = (self.max_steps - step) * (now - self.start_time) / max(step - self.start_step, 1)
+  def _log(self, step, outputs, now, first):
+    if first:
+      timing = (f"first step{'s' if step - self.start_step > 1 else ''} "
+                f"{now - self.start_time:.1f} s (tracing included)")
+    else:
+      eta = (self.max_steps - step) * self._seconds_per_step(step, now)
+      timing = f"{outputs['images_per_sec']:.1f} images/s  ETA {format_duration(eta)}"
     extra = "".join(f"  {k} {outputs[k]:.4f}" for k in sorted(outputs)
                     if k not in ("loss", "images_per_sec", "global_step_per_sec", "learning_rate"))
-    logging.info("step %d/%d  loss %.4f%s  lr %.5g  %.1f images/s  ETA %s", step, self.max_steps,
-                 outputs["loss"], extra, outputs["learning_rate"], outputs["images_per_sec"],
-                 format_duration(eta))
+    logging.info("step %d/%d  loss %.4f%s  lr %.5g  %s", step, self.max_steps, outputs["loss"],
+                 extra, outputs["learning_rate"], timing)
 
   def _summaries(self, step, outputs, steps_per_sec):
     estimator = self.estimator

@@ -107,11 +107,12 @@ class Estimator:
   # ----------------------------------------------------------------------------------------------
   # Train.
 
-  def _next_boundary(self, step, max_steps, hooks):
+  def _next_boundary(self, step, max_steps, hooks, progress):
     cfg = self.config
     intervals = [cfg.save_checkpoints_steps, cfg.save_summary_steps, cfg.image_summary_steps,
                  cfg.log_step_count_steps] + [h.every_n_steps for h in hooks]
-    candidates = [max_steps, step + max(cfg.steps_per_loop, 1)]
+    loop_steps = min(max(cfg.steps_per_loop, 1), progress.max_loop_steps(step) or max_steps)
+    candidates = [max_steps, step + loop_steps]
     return int(min(candidates + [_next_multiple(step, n) for n in intervals]))
 
   def _distribute(self, input_fn, checkpointable=False):
@@ -155,7 +156,7 @@ class Estimator:
     progress = loops.TrainProgress(self, step, max_steps)
     outputs = {}
     while step < max_steps:
-      num_steps = self._next_boundary(step, max_steps, hooks) - step
+      num_steps = self._next_boundary(step, max_steps, hooks, progress) - step
       tensors, images = self._loop("train")(iterator, tf.constant(num_steps, tf.int32))
       outputs = {k: float(v) for k, v in tensors.items()}
       step += num_steps

@@ -79,7 +79,9 @@ class RunConfig:
     image_summary_steps: TensorBoard training-image interval.
     summary_images_fn: `fn(features) -> uint8 [N, H, W, 3]`, the images of a per-replica batch as a
       person should see them (e.g. the mean added back); None disables image summaries.
-    log_step_count_steps: progress-line interval.
+    log_step_count_steps: progress-line interval in steps (0: no progress lines).
+    log_step_count_secs: a progress line at least this often, in seconds (0: by steps only); the
+      compiled loops are shortened to keep it.
     steps_per_loop: optimizer steps per tf.function call (keeps the host out of the device's way).
     jit_compile: compile each replica's step with XLA.
     checkpoint_input_pipeline: also checkpoint the input pipeline's position (tf.data iterator state),
@@ -95,6 +97,7 @@ class RunConfig:
   image_summary_steps: int = 0
   summary_images_fn: Any = None
   log_step_count_steps: int = 100
+  log_step_count_secs: float = 60.0
   steps_per_loop: int = 100
   jit_compile: bool = False
   checkpoint_input_pipeline: bool = False

@@ -89,6 +89,25 @@ def test_model_fn_predict_branch(records):
   np.testing.assert_allclose(tf.reduce_sum(predictions["probabilities"], -1), 1.0, rtol=1e-5)
 
 
+def test_progress_lines_come_after_the_first_step_and_on_time(records, tmp_path, caplog):
+  """A first line after step 1 (tracing included), the last step's, and with a time interval
+  shorter than a step, a line after every step although the step interval is 100."""
+  params = make_params(records, max_steps=4, log_every_n_steps=100, steps_per_loop=100,
+                       save_summary_steps=0, image_summary_steps=0, log_every_n_secs=0)
+  est = experiment.build_estimator(params, str(tmp_path))
+  caplog.set_level("INFO", logger="absl")
+  lines = lambda: [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+  progress_steps = lambda: [int(line.split()[1].split("/")[0]) for line in lines()]
+  est.train(train_input_fn(params), 4)
+  assert progress_steps() == [1, 4]
+  assert "first step" in lines()[0] and "(tracing included)" in lines()[0]
+  assert "images/s  ETA 0:00:00" in lines()[1]
+  caplog.clear()
+  est.config = dataclasses.replace(est.config, log_step_count_secs=1e-9)
+  est.train(train_input_fn(params), 7)
+  assert progress_steps() == [5, 6, 7]
+
+
 @pytest.fixture(scope="module")
 def resumed_run(records, tmp_path_factory):
   """A run "stopped" after 20 steps and resumed to step 40 by a new Estimator: a dict of the

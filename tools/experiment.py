@@ -52,7 +52,8 @@ def run_config(params, strategy=None):
       image_summary_steps=run.image_summary_steps if images else 0,
       summary_images_fn=(lambda f: dataloader.add_mean(f["image"][:3], params.input)) if images
       else None,
-      log_step_count_steps=run.log_every_n_steps, steps_per_loop=run.steps_per_loop,
+      log_step_count_steps=run.log_every_n_steps,
+      log_step_count_secs=run.log_every_n_secs, steps_per_loop=run.steps_per_loop,
       jit_compile=run.xla, checkpoint_input_pipeline=run.checkpoint_input_pipeline,
       statistics_batches=statistics_batches,
       statistics_input_fn=make_input_fn(params, run.train_file_pattern, True))

@@ -41,7 +41,7 @@ class RunParams:
     num_epochs: epochs to train (converted to recipe.max_steps once).
     eval_every_n_steps / eval_every_n_secs: evaluation schedule (also at the end).
     save_checkpoints_steps, keep_checkpoint_max, save_summary_steps, image_summary_steps,
-      log_every_n_steps, steps_per_loop: runner intervals (estimator.RunConfig).
+      log_every_n_steps, log_every_n_secs, steps_per_loop: runner intervals (estimator.RunConfig).
     output_train_images: TensorBoard image summaries.
     xla: compile each replica's step with XLA.
     checkpoint_input_pipeline: checkpoint the input pipeline's position too.
@@ -61,6 +61,7 @@ class RunParams:
   save_summary_steps: int = 100
   image_summary_steps: int = 1000
   log_every_n_steps: int = 100
+  log_every_n_secs: float = 60.0
   steps_per_loop: int = 100
   output_train_images: bool = True
   xla: bool = False
@@ -152,7 +153,8 @@ CHECKS = {
     "eval_every_n_steps": _at_least(0), "eval_every_n_secs": _at_least(0),
     "save_checkpoints_steps": _at_least(0), "keep_checkpoint_max": _at_least(1),
     "save_summary_steps": _at_least(0), "image_summary_steps": _at_least(0),
-    "log_every_n_steps": _at_least(0), "steps_per_loop": _at_least(1), "seed": _at_least(0),
+    "log_every_n_steps": _at_least(0), "log_every_n_secs": _at_least(0),
+    "steps_per_loop": _at_least(1), "seed": _at_least(0),
     "precise_bn_examples": _at_least(0), "shuffle_buffer_size": _at_least(1),
 }
 
