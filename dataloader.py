@@ -7,7 +7,8 @@ Inception, Model Garden and seed repositories all use it), and of our own tools/
 `image/channels`, `image/format`, `image/filename`, and `image/object/bbox/{xmin,ymin,xmax,ymax}`
 (float lists in [0, 1], possibly empty) with `image/object/bbox/label`. Shards are named
 `train-00000-of-01024` and `validation-00000-of-00128`. Only `image/encoded`, the label and the boxes
-are read here.
+are read here. Records of other tools name the image and the label otherwise: InputParams.image_key,
+label_key and label_offset (TensorFlow Datasets: `image`, `label`, 0-based; no boxes).
 
 Preprocessing (InputParams.preprocessing):
   caffe      the seed repository and the official Caffe model. Training: resize to 256x256 (aspect
@@ -69,6 +70,11 @@ from tools.common import one_line
 from tools.common import UserError
 
 AUTOTUNE = tf.data.AUTOTUNE  # -1, so it fits the JSON params
+# (image key, label key) of the record schemas known without flags: the ImageNet schema (module
+# docstring) and TensorFlow Datasets' image classification records (`image`, `label` 0-based).
+IMAGENET_KEYS = ("image/encoded", "image/class/label")
+TFDS_KEYS = ("image", "label")
+KNOWN_KEYS = (IMAGENET_KEYS, TFDS_KEYS)
 
 @dataclasses.dataclass(frozen=True)
 class InputParams:
@@ -81,7 +87,10 @@ class InputParams:
   mean_rgb: tuple = (123.0, 117.0, 104.0)
   # Random left-right flip in training: the seed repository flips, Caffe's prototxt did not.
   random_flip: bool = True
-  # class_idx = image/class/label - label_offset (ImageNet labels are 1..1000, 0 unused).
+  # The records' keys of the encoded image (JPEG, or PNG/GIF/BMP decoded whole) and of the int64
+  # label; class_idx = label - label_offset (ImageNet labels are 1..1000, 0 unused).
+  image_key: str = IMAGENET_KEYS[0]
+  label_key: str = IMAGENET_KEYS[1]
   label_offset: int = 1
   # Seeds file and record shuffles and the augmentation (None: different every run).
   seed: int | None = None
@@ -435,14 +444,14 @@ def _parse_and_preprocess(record, end_of_file, training, params, image_size, num
   so that `ignore_errors` cannot hide them. A marker (`end_of_file`) gives zeros and `_OK`.
   """
   features = {
-      "image/encoded": tf.io.FixedLenFeature([], tf.string, default_value=""),
-      "image/class/label": tf.io.FixedLenFeature([], tf.int64, default_value=_MISSING_LABEL),
+      params.image_key: tf.io.FixedLenFeature([], tf.string, default_value=""),
+      params.label_key: tf.io.FixedLenFeature([], tf.int64, default_value=_MISSING_LABEL),
   }
   if with_bboxes:  # dense [N] lists: no sparse-to-dense ops per record
     features.update({f"image/object/bbox/{k}": tf.io.FixedLenSequenceFeature(
         [], tf.float32, allow_missing=True) for k in _BBOX_KEYS})
   parsed = tf.io.parse_single_example(record, features)
-  encoded, label = parsed["image/encoded"], parsed["image/class/label"]
+  encoded, label = parsed[params.image_key], parsed[params.label_key]
   num_classes = num_classes or tf.int64.max - params.label_offset
   class_idx = label - params.label_offset
   # Scalar selects, not tf.case: no control flow for the common case.
@@ -460,14 +469,15 @@ def _parse_and_preprocess(record, end_of_file, training, params, image_size, num
   return image, tf.cast(class_idx, tf.int32), label, check
 
 
-def _check_message(check, label, filename, offset, num_classes):
+def _check_message(check, label, filename, params, num_classes):
   """The error message for a `check` of `_parse_and_preprocess` (string scalar)."""
+  offset = params.label_offset
   valid = f"{offset}..{offset + num_classes - 1}" if num_classes else f">= {offset}"
   in_file = tf.strings.join([" in file ", filename])
   return tf.strings.join([_ERROR_START, tf.gather(tf.stack([
       tf.constant(""),
-      tf.strings.join(["a record has no image/encoded", in_file]),
-      tf.strings.join(["a record has no image/class/label", in_file]),
+      tf.strings.join([f"a record has no {params.image_key}", in_file]),
+      tf.strings.join([f"a record has no {params.label_key}", in_file]),
       tf.strings.join(["label ", tf.strings.as_string(label), f" is outside {valid} (num_classes="
                        f"{num_classes}, label_offset={offset})", in_file])]), check), _ERROR_END])
 
@@ -486,7 +496,7 @@ def _log_gaps(previous_file, gaps, skipped):
     return tf.reduce_sum(gaps)
 
 
-def _report_fn(offset, num_classes, skipped):
+def _report_fn(params, num_classes, skipped):
   """Scan function over batches: counts skipped records, fails on bad data, drops the markers.
 
   State: (int64 the number the next record has if none is skipped, int64 records skipped in a row
@@ -513,7 +523,7 @@ def _report_fn(offset, num_classes, skipped):
         _ERROR_START, "damaged TFRecord file ", first(filename, bad_file),
         " (it ends in a corrupted record)", _ERROR_END]), lambda: tf.constant(""))
     record_message = tf.cond(tf.reduce_any(bad_record), lambda: _check_message(
-        first(check, bad_record), first(label, bad_record), first(filename, bad_record), offset,
+        first(check, bad_record), first(label, bad_record), first(filename, bad_record), params,
         num_classes),
         lambda: tf.constant(""))
     spin_message = tf.cond(spin, lambda: tf.strings.join([
@@ -674,7 +684,7 @@ def input_fn(file_pattern, training, params, image_size, batch_size, num_classes
   # the markers leave, and rebatch restores the size.
   dataset = dataset.batch(replica_batch)
   dataset = dataset.scan((tf.constant(0, tf.int64),) * 2,
-                         _report_fn(p.label_offset, num_classes, skipped))
+                         _report_fn(p, num_classes, skipped))
   dataset = dataset.rebatch(replica_batch, drop_remainder=training)
 
   options = dataset_options(p, training, input_context)

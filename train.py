@@ -76,7 +76,17 @@ def define_flags():
                        "Training examples per epoch. Default: counted from the records (the builder's "
                        "manifest.json, else one counting pass).")
   flags.DEFINE_integer("image_size", None, "Input side in pixels. Default 227 (demo 64).")
-  flags.DEFINE_integer("num_classes", None, "Number of classes. Default 1000 (demo 10).")
+  flags.DEFINE_integer("num_classes", None,
+                       "Number of classes. Default: the lines of labels.txt beside the training "
+                       "records, else the largest label in the records (a pass over them).")
+  flags.DEFINE_string("image_key", None,
+                      "The records' key of the encoded image. Default: image/encoded (ImageNet "
+                      "schema), or image (TensorFlow Datasets) when the first record has that.")
+  flags.DEFINE_string("label_key", None,
+                      "The records' key of the int64 label. Default: image/class/label, or label.")
+  flags.DEFINE_integer("label_offset", None,
+                       "The record label of class 0. Default 1 (ImageNet's labels 1..1000), or 0 "
+                       "when --num_classes is unset and some record has label 0.")
   flags.DEFINE_enum("preprocessing", None, dataloader.PREPROCESSINGS, "Preprocessing. Default caffe.")
   flags.DEFINE_float("base_learning_rate", None,
                      "Learning rate after warm-up. Default: the official 0.4 at batch 1024, scaled linearly.")
@@ -147,8 +157,8 @@ def define_flags():
 
 # Flags that are parameters of tools/params.py (same names), read when the user set them.
 PARAM_FLAGS = ("configuration", "batch_size", "num_epochs", "max_steps", "num_examples_per_epoch",
-               "image_size", "num_classes", "preprocessing", "base_learning_rate",
-               "warmup_start_learning_rate", "warmup_steps", "warmup_epochs", "weight_decay",
+               "image_size", "num_classes", "image_key", "label_key", "label_offset",
+               "preprocessing", "base_learning_rate", "warmup_start_learning_rate", "warmup_steps", "warmup_epochs", "weight_decay",
                "bn_momentum", "bn_synchronized", "eval_every_n_steps", "eval_every_n_secs",
                "image_summary_steps", "save_summary_steps", "log_every_n_steps", "log_every_n_secs",
                "save_checkpoints_steps", "keep_checkpoint_max", "steps_per_loop", "seed", "dtype",
@@ -194,14 +204,22 @@ def check_data_service(values):
 
 
 def data_sources(values):
-  """(data, demo): the run's file patterns, example count and label map; demo is True for the
-  built-in demo data (made on first use and cached)."""
+  """(data, demo): the run's file patterns, example count, classes and label map; demo is True for
+  the built-in demo data (made on first use and cached)."""
   if FLAGS.train_file_pattern:
     data = dict(train_file_pattern=FLAGS.train_file_pattern,
                 validation_file_pattern=FLAGS.validation_file_pattern)
     check_inputs(data)
+    data["image_key"], data["label_key"] = record_keys(data, values)
+    if (data["image_key"], data["label_key"]) == dataloader.TFDS_KEYS:
+      data["label_offset"] = 0  # TensorFlow Datasets' labels are 0-based
+    scan = None
+    if "num_classes" not in values:
+      data.update(classes_from_data(data, values))
+      scan = data.pop("scan", None)
     if "num_examples_per_epoch" not in values:
-      count, source = records.count_examples(FLAGS.train_file_pattern)
+      count, source = ((scan.records[0], "counted") if scan else
+                       records.count_examples(FLAGS.train_file_pattern))
       if not count:
         raise UserError(f"--train_file_pattern={FLAGS.train_file_pattern}: the matching files hold "
                         f"no record; nothing to train on")
@@ -219,6 +237,44 @@ def data_sources(values):
               num_examples_per_epoch=demo.num_train, label_map=demo.label_map)
   check_inputs(data)
   return data, True
+
+
+def record_keys(data, values):
+  """(image key, label key) of the training records, also found in the validation records."""
+  keys = records.record_keys(data["train_file_pattern"], values.get("image_key"),
+                             values.get("label_key"))
+  if data["validation_file_pattern"]:
+    try:
+      records.record_keys(data["validation_file_pattern"], *keys)
+    except UserError as e:
+      raise UserError(f"--validation_file_pattern: {e}") from e
+  if keys != dataloader.IMAGENET_KEYS:
+    logging.info("The records' keys: image %s, label %s.", *keys)
+  return keys
+
+
+def classes_from_data(data, values):
+  """{num_classes, label_offset, label_map or scan}: from labels.txt beside the training records
+  (labels 1..N), else from one pass over the training and validation records' labels (0-based
+  when a label 0 occurs, unless --label_offset says otherwise)."""
+  label_map = os.path.join(os.path.dirname(data["train_file_pattern"]),
+                           dataloader.LABEL_MAP_FILENAME)
+  if tf.io.gfile.exists(label_map):
+    num_classes = len(dataloader.read_label_map(label_map))
+    logging.info("num_classes %d: the classes of %s.", num_classes, label_map)
+    return dict(num_classes=num_classes, label_map=label_map)
+  patterns = [p for p in (data["train_file_pattern"], data["validation_file_pattern"]) if p]
+  scan = records.scan_labels(patterns, data["label_key"])
+  offset = values.get("label_offset", data.get("label_offset", 0 if scan.smallest == 0 else 1))
+  num_classes = scan.largest - offset + 1
+  if scan.smallest < offset or num_classes < 2:
+    raise UserError(f"--train_file_pattern: the records' labels run from {scan.smallest} to "
+                    f"{scan.largest}, which is not 2 or more classes from label_offset {offset}; "
+                    "set --num_classes and --label_offset")
+  logging.info("num_classes %d, label_offset %d: the records' labels run from %d to %d (no %s "
+               "beside them; --num_classes and --label_offset set them).", num_classes, offset,
+               scan.smallest, scan.largest, dataloader.LABEL_MAP_FILENAME)
+  return dict(num_classes=num_classes, label_offset=offset, scan=scan)
 
 
 def check_inputs(data):

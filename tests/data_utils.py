@@ -65,6 +65,20 @@ def write_records(path, examples):
   return path
 
 
+def foreign_records(file_pattern, path, image_key, label_key, label_shift):
+  """Rewrites the records of `file_pattern` (the builder's) as another tool might have written them:
+  one file `path` whose records hold only the image under `image_key` and image/class/label +
+  `label_shift` under `label_key`. Returns `path`."""
+  rewritten = []
+  for source in read_examples(file_pattern):
+    feature = source.features.feature
+    label = feature["image/class/label"].int64_list.value[0] + label_shift
+    rewritten.append(tf.train.Example(features=tf.train.Features(feature={
+        image_key: feature["image/encoded"],
+        label_key: tf.train.Feature(int64_list=tf.train.Int64List(value=[label]))})))
+  return write_records(path, rewritten)
+
+
 def example(encoded=None, label=None):
   """A minimal record: image/encoded bytes and a 1-based image/class/label (either may be left out)."""
   feature = {}

@@ -140,6 +140,22 @@ def model_dir_cases(records, folder):
           {"argv": args(records, run_dir, "--max_steps=6"), "max_file_bytes": FULL_DISK_BYTES}]
 
 
+def other_tools_cases(records, folder):
+  """Records of other tools, no --num_classes: TensorFlow Datasets' keys (0-based labels), keys of
+  no known schema (refused), the same keys given by flags with 0-based labels."""
+  cases = []
+  for name, keys, extra in (("tfds", ("image", "label"), []), ("unknown", ("jpeg", "class"), []),
+                            ("given", ("jpeg", "class"), ["--image_key=jpeg", "--label_key=class"])):
+    patterns = [data_utils.foreign_records(pattern, str(folder / f"{name}-{split}-00000-of-00001"),
+                                           *keys, label_shift=-1)
+                for split, pattern in (("train", records.train_pattern),
+                                       ("validation", records.validation_pattern))]
+    argv = [a for a in args(records, folder / name, *extra) if not a.startswith("--num_classes")]
+    cases.append(argv + ["--max_steps=2", f"--train_file_pattern={patterns[0]}",
+                         f"--validation_file_pattern={patterns[1]}"])
+  return cases
+
+
 def disk_full_at_start_case(records, folder):
   # Writes past 16 bytes fail, as on a full disk (EFBIG instead of ENOSPC).
   return {"argv": args(records, folder / "run"), "max_file_bytes": 16}
@@ -153,14 +169,15 @@ def outcomes(records, tmp_path_factory):
   process runs meanwhile."""
   root = tmp_path_factory.mktemp("cases")
   folders = {name: root / name for name in ("cli", "bad_values", "schedule", "model_dir",
-                                            "disk_full_at_start")}
+                                            "disk_full_at_start", "other_tools")}
   for folder in folders.values():
     folder.mkdir()
   cli = cli_cases(records, folders["cli"])
   cases = {"cli": list(cli.values()), "bad_values": bad_value_cases(records, folders["bad_values"]),
            "schedule": schedule_cases(records, folders["schedule"]),
            "model_dir": model_dir_cases(records, folders["model_dir"]),
-           "disk_full_at_start": [disk_full_at_start_case(records, folders["disk_full_at_start"])]}
+           "disk_full_at_start": [disk_full_at_start_case(records, folders["disk_full_at_start"])],
+           "other_tools": other_tools_cases(records, folders["other_tools"])}
   with socket.socket() as taken, concurrent.futures.ThreadPoolExecutor(1) as pool:
     taken.bind(("127.0.0.1", 0))  # in use by this process until both processes end
     taken.listen()
@@ -233,6 +250,23 @@ def test_schedule_from_the_data_overlap_warning_and_changed_params(records, outc
   now = file_digests(model_dir)
   for name, digest in first_checkpoints.items():
     assert now.get(name, digest) == digest, name
+
+
+@cases_process
+def test_records_of_other_tools_train_with_the_classes_they_hold(records, outcomes):
+  folder = outcomes["folder"]["other_tools"]
+  tfds, unknown, given = outcomes["other_tools"]
+  for outcome, model_dir, keys in ((tfds, "tfds", ("image", "label")),
+                                   (given, "given", ("jpeg", "class"))):
+    assert outcome["code"] == 0, outcome["stderr"][-3000:]
+    assert "num_classes 3, label_offset 0: the records' labels run from 0 to 2" in outcome["stderr"]
+    assert "top-1 " in outcome["stdout"] and f"on {records.num_validation} examples" in outcome[
+        "stdout"]
+    saved = json.load(open(folder / model_dir / "params.json"))["input"]
+    assert (saved["image_key"], saved["label_key"], saved["label_offset"]) == (*keys, 0)
+  line = one_error_line(unknown)
+  assert "has the keys class, jpeg" in line and "image/encoded and image/class/label" in line
+  assert not (folder / "unknown").exists()
 
 
 @cases_process

@@ -89,7 +89,7 @@ DEMO_DEFAULTS = dict(
 # Parameters whose change gives another run: a resume with other values is refused unless asked.
 # (max_steps is not among them, nor the warm-up derived from it: training a finished run further is
 # common; the change is logged.)
-MEANING = ("configuration", "num_classes", "image_size", "preprocessing", "batch_size",
+MEANING = ("configuration", "num_classes", "label_offset", "image_size", "preprocessing", "batch_size",
            "base_learning_rate", "warmup_start_learning_rate", "poly_power", "momentum",
            "weight_decay")
 
@@ -146,7 +146,7 @@ def _at_least(minimum):
 CHECKS = {
     "batch_size": _at_least(1), "num_epochs": ((lambda v: v > 0), "a number of epochs > 0"),
     "max_steps": _at_least(1), "num_examples_per_epoch": _at_least(1), "image_size": _at_least(1),
-    "num_classes": _at_least(2), "base_learning_rate": _at_least(0),
+    "num_classes": _at_least(2), "label_offset": _at_least(0), "base_learning_rate": _at_least(0),
     "warmup_start_learning_rate": _at_least(0), "warmup_steps": _at_least(0),
     "warmup_epochs": _at_least(0), "weight_decay": _at_least(0),
     "bn_momentum": ((lambda v: 0 <= v < 1), "a fraction in [0, 1)"),
