@@ -207,25 +207,7 @@ def data_sources(values):
   """(data, demo): the run's file patterns, example count, classes and label map; demo is True for
   the built-in demo data (made on first use and cached)."""
   if FLAGS.train_file_pattern:
-    data = dict(train_file_pattern=FLAGS.train_file_pattern,
-                validation_file_pattern=FLAGS.validation_file_pattern)
-    check_inputs(data)
-    data["image_key"], data["label_key"] = record_keys(data, values)
-    if (data["image_key"], data["label_key"]) == dataloader.TFDS_KEYS:
-      data["label_offset"] = 0  # TensorFlow Datasets' labels are 0-based
-    scan = None
-    if "num_classes" not in values:
-      data.update(classes_from_data(data, values))
-      scan = data.pop("scan", None)
-    if "num_examples_per_epoch" not in values:
-      count, source = ((scan.records[0], "counted") if scan else
-                       records.count_examples(FLAGS.train_file_pattern))
-      if not count:
-        raise UserError(f"--train_file_pattern={FLAGS.train_file_pattern}: the matching files hold "
-                        f"no record; nothing to train on")
-      logging.info("%d training examples (%s) in %s.", count, source, FLAGS.train_file_pattern)
-      data["num_examples_per_epoch"] = count
-    return data, False
+    return records_data(values), False
   logging.info("No --train_file_pattern: using the built-in demo data (handwritten digits) in %s.",
                FLAGS.demo_data_dir)
   try:
@@ -237,6 +219,51 @@ def data_sources(values):
               num_examples_per_epoch=demo.num_train, label_map=demo.label_map)
   check_inputs(data)
   return data, True
+
+
+def records_data(values):
+  """The facts of --train_file_pattern's records that the run needs and the user did not give:
+  their keys, classes and example count. A restart reuses what its params.json holds for the same
+  files (a count of ImageNet without a manifest reads all of it)."""
+  data = dict(train_file_pattern=FLAGS.train_file_pattern,
+              validation_file_pattern=FLAGS.validation_file_pattern)
+  check_inputs(data)
+  data["image_key"], data["label_key"] = record_keys(data, values)
+  if (data["image_key"], data["label_key"]) == dataloader.TFDS_KEYS:
+    data["label_offset"] = 0  # TensorFlow Datasets' labels are 0-based
+  data.update(earlier_data_facts(data))
+  known, scan = {**data, **values}, None
+  if "num_classes" not in known:
+    data.update(classes_from_data(data, values))
+    scan = data.pop("scan", None)
+  if "num_examples_per_epoch" not in known:
+    count, source = ((scan.records[0], "counted") if scan else
+                     records.count_examples(FLAGS.train_file_pattern))
+    if not count:
+      raise UserError(f"--train_file_pattern={FLAGS.train_file_pattern}: the matching files hold "
+                      f"no record; nothing to train on")
+    logging.info("%d training examples (%s) in %s.", count, source, FLAGS.train_file_pattern)
+    data["num_examples_per_epoch"] = count
+  return data
+
+
+def earlier_data_facts(data):
+  """{num_examples_per_epoch, num_classes, label_offset, label_map} of an earlier start of
+  --model_dir on the same file patterns and keys, or {}."""
+  if not os.path.exists(os.path.join(FLAGS.model_dir, params_lib.PARAMS_FILENAME)):
+    return {}
+  previous = params_lib.load_params(FLAGS.model_dir)
+  run, read = previous.run, previous.input
+  if (run.train_file_pattern, run.validation_file_pattern, read.image_key, read.label_key) != (
+      data["train_file_pattern"], data["validation_file_pattern"], data["image_key"],
+      data["label_key"]) or not run.num_examples_per_epoch:
+    return {}
+  logging.info("%d training examples and %d classes from the earlier start's params.json (same "
+               "files); not counted again (--num_examples_per_epoch, --num_classes override).",
+               run.num_examples_per_epoch, previous.model.num_classes)
+  return dict(num_examples_per_epoch=run.num_examples_per_epoch,
+              num_classes=previous.model.num_classes, label_offset=read.label_offset,
+              label_map=run.label_map)
 
 
 def record_keys(data, values):

@@ -241,6 +241,9 @@ def test_schedule_from_the_data_overlap_warning_and_changed_params(records, outc
   warning = refused["stderr"]
   assert "share" in warning and "evaluation measures training data" in warning
   assert changed["code"] == 0, changed["stderr"][-3000:]
+  # A restart on the same files takes the example count and classes from params.json.
+  assert (f"{records.num_train} training examples and 3 classes from the earlier start's "
+          "params.json") in changed["stderr"]
   history = json.load(open(model_dir / "params.json"))["history"]
   assert len(history) == 2 and "--allow_params_change" in history[1]["argv"]
   # The first run's checkpoints (digests taken right after it) are untouched by the two others,
