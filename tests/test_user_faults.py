@@ -106,6 +106,10 @@ def bad_value_cases(records, folder):
   empty = folder / "empty-00000-of-00001"
   empty.write_bytes(b"")
   cases.append(args(records, model_dir, f"--train_file_pattern={empty}"))
+  compressed = folder / "train-00000-of-00001.gz"  # as TFX and Beam pipelines write them
+  with tf.io.TFRecordWriter(str(compressed), tf.io.TFRecordOptions(compression_type="GZIP")) as w:
+    w.write(data_utils.example(data_utils.jpeg_bytes(), 1).SerializeToString())
+  cases.append(args(records, model_dir, f"--train_file_pattern={compressed}"))
   return cases
 
 
@@ -219,7 +223,7 @@ def test_bad_values_and_tf_config_are_one_line_errors_and_write_nothing(outcomes
   expected = list(BAD_FLAGS.values()) + [
       "warmup_epochs", "no dispatcher answers there",
       "cannot be combined with --checkpoint_input_pipeline", "TF_CONFIG", "TF_CONFIG",
-      "task index 3", "no record", "is the port in use"]
+      "task index 3", "no record", "GZIP-compressed", "is the port in use"]
   assert len(outcomes["bad_values"]) == len(expected)
   for outcome, text in zip(outcomes["bad_values"], expected):
     line = one_error_line(outcome)

@@ -584,6 +584,12 @@ def record_keys(file_pattern, image_key=None, label_key=None):
       (names the file and the keys it has).
   """
   path = _matching_files(file_pattern)[0]
+  with tf.io.gfile.GFile(path, "rb") as f:
+    magic = f.read(2) if not tf.io.gfile.isdir(path) else b""
+  if magic == b"\x1f\x8b":
+    raise UserError(f"TFRecord file {path} is GZIP-compressed; the input pipeline reads "
+                    "uncompressed TFRecords (its damaged-file check needs their sizes): "
+                    "decompress the files first (gunzip)")
   try:
     first = next(iter(tf.data.TFRecordDataset(path).take(1)), None)
   except tf.errors.OpError as e:
