@@ -158,8 +158,8 @@ def define_flags():
 # Flags that are parameters of tools/params.py (same names), read when the user set them.
 PARAM_FLAGS = ("configuration", "batch_size", "num_epochs", "max_steps", "num_examples_per_epoch",
                "image_size", "num_classes", "image_key", "label_key", "label_offset",
-               "preprocessing", "base_learning_rate", "warmup_start_learning_rate", "warmup_steps", "warmup_epochs", "weight_decay",
-               "bn_momentum", "bn_synchronized", "eval_every_n_steps", "eval_every_n_secs",
+               "preprocessing", "base_learning_rate", "warmup_start_learning_rate", "warmup_steps",
+               "warmup_epochs", "weight_decay", "bn_momentum", "bn_synchronized", "eval_every_n_steps", "eval_every_n_secs",
                "image_summary_steps", "save_summary_steps", "log_every_n_steps", "log_every_n_secs",
                "save_checkpoints_steps", "keep_checkpoint_max", "steps_per_loop", "seed", "dtype",
                "xla", "output_train_images", "checkpoint_input_pipeline", "precise_bn_examples",
