@@ -501,8 +501,9 @@ def _report_fn(params, num_classes, skipped):
 
   State: (int64 the number the next record has if none is skipped, int64 records skipped in a row
   since the last usable one). Element: a batch of the decoding map's outputs (markers included).
-  Returns the state after the batch and (images uint8 [b, S, S, 3], class_idx int32 [b]) of the
-  batch's records (b may be 0). Skips are counted by `_log_gaps`; MAX_CONSECUTIVE_SKIPS in a row
+  Returns the state after the batch and (images uint8 [b, S, S, 3], class_idx int32 [b], message
+  string: "" or the batch's error, which `_raise_message` raises) of the batch's records (b may
+  be 0). Skips are counted by `_log_gaps`; MAX_CONSECUTIVE_SKIPS in a row
   fail the pipeline (data that cannot feed a run must not spin).
   """
   def first(values, bad):  # the value at the first True of `bad` (bool [b])
@@ -530,17 +531,23 @@ def _report_fn(params, num_classes, skipped):
         _ERROR_START, tf.strings.as_string(in_a_row), " records in a row cannot be decoded (in ",
         first(previous_file, gaps > 0), "); no usable example to train on", _ERROR_END]),
         lambda: tf.constant(""))
-    checks = [tf.debugging.Assert(~tf.reduce_any(bad_file), [file_message]),
-              tf.debugging.Assert(~tf.reduce_any(bad_record), [record_message]),
-              tf.debugging.Assert(~spin, [spin_message])]
+    message = tf.where(file_message != "", file_message,
+                       tf.where(record_message != "", record_message, spin_message))
     # A marker ends each file: only a batch that holds one is copied without it.
     images, class_idx = tf.cond(
         tf.reduce_any(end_of_file),
         lambda: (tf.boolean_mask(images, ~end_of_file), tf.boolean_mask(class_idx, ~end_of_file)),
         lambda: (images, class_idx))
-    with tf.control_dependencies(checks):
-      return (after[-1], in_a_row), (tf.identity(images), tf.identity(class_idx))
+    return (after[-1], in_a_row), (images, class_idx, message)
   return report
+
+
+@_graph_fn
+def _raise_message(images, class_idx, message):
+  """Map function after `_report_fn`'s scan: fails with the batch's error message, if any. Apart
+  from the scan, so that the scan's count stays right for the batches a prefetch reads after it."""
+  with tf.control_dependencies([tf.debugging.Assert(message == "", [message])]):
+    return tf.identity(images), tf.identity(class_idx)
 
 
 def list_files(file_pattern):
@@ -684,7 +691,7 @@ def input_fn(file_pattern, training, params, image_size, batch_size, num_classes
   # the markers leave, and rebatch restores the size.
   dataset = dataset.batch(replica_batch)
   dataset = dataset.scan((tf.constant(0, tf.int64),) * 2,
-                         _report_fn(p, num_classes, skipped))
+                         _report_fn(p, num_classes, skipped)).map(_raise_message)
   dataset = dataset.rebatch(replica_batch, drop_remainder=training)
 
   options = dataset_options(p, training, input_context)

@@ -69,7 +69,9 @@ def define_flags():
   flags.DEFINE_string("demo_data_dir", os.path.join(os.path.expanduser("~"), ".cache", "squeezenext",
                                                     "demo_data"),
                       "Where the demo data is made on first use and cached.")
-  flags.DEFINE_integer("batch_size", None, "Global batch (summed over replicas). Default 256 (demo 64).")
+  flags.DEFINE_integer("batch_size", None,
+                       "Global batch (summed over replicas). Default 256, halved while an epoch has "
+                       "fewer than 8 steps (at least 8); demo 64.")
   flags.DEFINE_float("num_epochs", None, "Epochs to train; converted to steps once. Default 120.")
   flags.DEFINE_integer("max_steps", None, "Steps to train (overrides --num_epochs).")
   flags.DEFINE_integer("num_examples_per_epoch", None,
@@ -231,14 +233,20 @@ def records_data(values):
   data["image_key"], data["label_key"] = record_keys(data, values)
   if (data["image_key"], data["label_key"]) == dataloader.TFDS_KEYS:
     data["label_offset"] = 0  # TensorFlow Datasets' labels are 0-based
-  data.update(earlier_data_facts(data))
+  data.update(earlier_data_facts(data, values))
   known, scan = {**data, **values}, None
   if "num_classes" not in known:
     data.update(classes_from_data(data, values))
     scan = data.pop("scan", None)
   if "num_examples_per_epoch" not in known:
-    count, source = ((scan.records[0], "counted") if scan else
-                     records.count_examples(FLAGS.train_file_pattern))
+    count, source = (scan.records[0], "counted") if scan else (
+        records.manifest_count(FLAGS.train_file_pattern), "manifest")
+    if count is None:  # a pass over the records anyway: it checks their labels too
+      scan = records.scan_labels(
+          [p for p in (data["train_file_pattern"], data["validation_file_pattern"]) if p],
+          data["label_key"])
+      count, source = scan.records[0], "counted"
+      check_labels(scan, {**data, **values})
     if not count:
       raise UserError(f"--train_file_pattern={FLAGS.train_file_pattern}: the matching files hold "
                       f"no record; nothing to train on")
@@ -247,10 +255,12 @@ def records_data(values):
   return data
 
 
-def earlier_data_facts(data):
-  """{num_examples_per_epoch, num_classes, label_offset, label_map} of an earlier start of
-  --model_dir on the same file patterns and keys, or {}."""
-  if not os.path.exists(os.path.join(FLAGS.model_dir, params_lib.PARAMS_FILENAME)):
+def earlier_data_facts(data, values):
+  """{num_examples_per_epoch, num_classes, label_offset, label_map} that an earlier start of
+  --model_dir which saved a checkpoint found for the same file patterns and keys, less what the
+  user sets now; or {}."""
+  if (not os.path.exists(os.path.join(FLAGS.model_dir, params_lib.PARAMS_FILENAME))
+      or estimator_lib.latest_checkpoint(FLAGS.model_dir) is None):
     return {}
   previous = params_lib.load_params(FLAGS.model_dir)
   run, read = previous.run, previous.input
@@ -258,12 +268,14 @@ def earlier_data_facts(data):
       data["train_file_pattern"], data["validation_file_pattern"], data["image_key"],
       data["label_key"]) or not run.num_examples_per_epoch:
     return {}
-  logging.info("%d training examples and %d classes from the earlier start's params.json (same "
-               "files); not counted again (--num_examples_per_epoch, --num_classes override).",
-               run.num_examples_per_epoch, previous.model.num_classes)
-  return dict(num_examples_per_epoch=run.num_examples_per_epoch,
-              num_classes=previous.model.num_classes, label_offset=read.label_offset,
-              label_map=run.label_map)
+  facts = dict(num_examples_per_epoch=run.num_examples_per_epoch,
+               num_classes=previous.model.num_classes, label_offset=read.label_offset,
+               label_map=run.label_map)
+  facts = {k: v for k, v in facts.items() if k not in values and v is not None}
+  if facts:
+    logging.info("From the earlier start's params.json (same files; not counted again): %s.",
+                 ", ".join(f"{k} {v}" for k, v in facts.items()))
+  return facts
 
 
 def record_keys(data, values):
@@ -278,6 +290,16 @@ def record_keys(data, values):
   if keys != dataloader.IMAGENET_KEYS:
     logging.info("The records' keys: image %s, label %s.", *keys)
   return keys
+
+
+def check_labels(scan, known):
+  """UserError before training when the scanned labels do not fit --num_classes and
+  --label_offset (else the first batch fails after the model is built)."""
+  offset = known.get("label_offset", 1)
+  last = offset + known.get("num_classes", model.ModelParams.num_classes) - 1
+  if scan.smallest < offset or scan.largest > last:
+    raise UserError(f"--num_classes / --label_offset: the records' labels run from "
+                    f"{scan.smallest} to {scan.largest}, outside {offset}..{last}")
 
 
 def classes_from_data(data, values):
@@ -312,6 +334,16 @@ def check_inputs(data):
       files[name] = set(tf.io.gfile.glob(data[name]))
       if not files[name]:
         raise UserError(f"--{name}={data[name]}: no file matches this pattern")
+  if not data.get("validation_file_pattern"):
+    beside = tf.io.gfile.glob(os.path.join(os.path.dirname(data["train_file_pattern"]),
+                                           "validation-*"))
+    logging.warning("No --validation_file_pattern: the run does not evaluate.%s", (
+        f" {len(beside)} validation-* file(s) sit beside the training records: "
+        f"--validation_file_pattern '{os.path.dirname(beside[0])}/validation-*'") if beside else "")
+  empty = sorted(f for f in files.get("train_file_pattern", ()) if not tf.io.gfile.stat(f).length)
+  if empty:
+    logging.warning("%d of the training files are empty (0 bytes, e.g. %s): a failed write?",
+                    len(empty), empty[0])
   shared = files.get("train_file_pattern", set()) & files.get("validation_file_pattern", set())
   if shared:
     logging.warning("The validation files share %d file(s) with the training files (e.g. %s): the "
@@ -455,8 +487,9 @@ def start_run(est, params, held, locked):
     tf.io.gfile.makedirs(FLAGS.model_dir)
     if not locked:
       lock_model_dir(FLAGS.model_dir, est.is_chief, held)
-    if est.is_chief:
-      params_lib.save_params(params, FLAGS.model_dir, sys.argv, FLAGS.allow_params_change)
+    if est.is_chief:  # an earlier start that saved no checkpoint trained nothing to keep apart
+      params_lib.save_params(params, FLAGS.model_dir, sys.argv,
+                             FLAGS.allow_params_change or est.latest_checkpoint() is None)
   except (OSError, tf.errors.OpError) as e:
     raise UserError(f"--model_dir={FLAGS.model_dir}: cannot write there ({one_line(e, 200)})") from e
 
@@ -474,6 +507,9 @@ def report(est, results):
     print(f"Final evaluation at step {results['global_step']}: top-1 {results['top_1_accuracy']:.4f}  "
           f"top-5 {results['top_5_accuracy']:.4f}  loss {results['loss']:.4f}  "
           f"on {results['num_examples']} examples", flush=True)
+  else:
+    print(f"Trained to step {est.global_step}; no evaluation (no --validation_file_pattern).",
+          flush=True)
 
 
 def main(argv):

@@ -40,6 +40,7 @@ them).
 
 from estimator.checkpoints import checkpoint_key
 from estimator.checkpoints import CheckpointKeeper
+from estimator.checkpoints import latest_checkpoint
 from estimator.checkpoints import network_variables
 from estimator.runner import Estimator
 from estimator.runner import is_chief

@@ -59,6 +59,11 @@ def eval_input_fn(params):
   return experiment.make_input_fn(params, params.run.validation_file_pattern, False)
 
 
+def test_the_default_batch_gives_an_epoch_at_least_8_steps():
+  assert [params_lib.default_batch_size(n) for n in (1_281_167, 2048, 2047, 400, 49, 3)] == [
+      256, 256, 128, 32, 8, 8]
+
+
 def test_weight_decay_adds_exactly_wd_times_w_to_the_gradient(records):
   params = make_params(records, weight_decay=1e-4)
   network = model.build_network("tiny_SqNxt", 3, 32)

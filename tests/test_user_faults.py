@@ -157,7 +157,17 @@ def other_tools_cases(records, folder):
     argv = [a for a in args(records, folder / name, *extra) if not a.startswith("--num_classes")]
     cases.append(argv + ["--max_steps=2", f"--train_file_pattern={patterns[0]}",
                          f"--validation_file_pattern={patterns[1]}"])
+  # Too few classes for the labels: found by the pass over the records, before anything is built.
+  cases.append([a for a in cases[0] if not a.startswith("--model_dir")] + [
+      f"--model_dir={folder / 'too_few'}", "--num_classes=2"])
   return cases
+
+
+def retry_cases(records, folder):
+  """A start that fails at its first batch (labels below --label_offset; the count is given, so the
+  records are not read before), then the corrected command in the same model_dir."""
+  failing = args(records, folder / "run", "--label_offset=2", "--num_examples_per_epoch=9")
+  return [failing, args(records, folder / "run")]
 
 
 def disk_full_at_start_case(records, folder):
@@ -173,7 +183,7 @@ def outcomes(records, tmp_path_factory):
   process runs meanwhile."""
   root = tmp_path_factory.mktemp("cases")
   folders = {name: root / name for name in ("cli", "bad_values", "schedule", "model_dir",
-                                            "disk_full_at_start", "other_tools")}
+                                            "disk_full_at_start", "other_tools", "retry")}
   for folder in folders.values():
     folder.mkdir()
   cli = cli_cases(records, folders["cli"])
@@ -181,7 +191,8 @@ def outcomes(records, tmp_path_factory):
            "schedule": schedule_cases(records, folders["schedule"]),
            "model_dir": model_dir_cases(records, folders["model_dir"]),
            "disk_full_at_start": [disk_full_at_start_case(records, folders["disk_full_at_start"])],
-           "other_tools": other_tools_cases(records, folders["other_tools"])}
+           "other_tools": other_tools_cases(records, folders["other_tools"]),
+           "retry": retry_cases(records, folders["retry"])}
   with socket.socket() as taken, concurrent.futures.ThreadPoolExecutor(1) as pool:
     taken.bind(("127.0.0.1", 0))  # in use by this process until both processes end
     taken.listen()
@@ -245,9 +256,9 @@ def test_schedule_from_the_data_overlap_warning_and_changed_params(records, outc
   warning = refused["stderr"]
   assert "share" in warning and "evaluation measures training data" in warning
   assert changed["code"] == 0, changed["stderr"][-3000:]
-  # A restart on the same files takes the example count and classes from params.json.
-  assert (f"{records.num_train} training examples and 3 classes from the earlier start's "
-          "params.json") in changed["stderr"]
+  # A restart on the same files takes the example count from params.json (the classes are given).
+  assert ("From the earlier start's params.json (same files; not counted again): "
+          f"num_examples_per_epoch {records.num_train}, label_offset 1") in changed["stderr"]
   history = json.load(open(model_dir / "params.json"))["history"]
   assert len(history) == 2 and "--allow_params_change" in history[1]["argv"]
   # The first run's checkpoints (digests taken right after it) are untouched by the two others,
@@ -262,7 +273,7 @@ def test_schedule_from_the_data_overlap_warning_and_changed_params(records, outc
 @cases_process
 def test_records_of_other_tools_train_with_the_classes_they_hold(records, outcomes):
   folder = outcomes["folder"]["other_tools"]
-  tfds, unknown, given = outcomes["other_tools"]
+  tfds, unknown, given, too_few_classes = outcomes["other_tools"]
   for outcome, model_dir, keys in ((tfds, "tfds", ("image", "label")),
                                    (given, "given", ("jpeg", "class"))):
     assert outcome["code"] == 0, outcome["stderr"][-3000:]
@@ -274,6 +285,19 @@ def test_records_of_other_tools_train_with_the_classes_they_hold(records, outcom
   line = one_error_line(unknown)
   assert "has the keys class, jpeg" in line and "image/encoded and image/class/label" in line
   assert not (folder / "unknown").exists()
+  line = one_error_line(too_few_classes)
+  assert "--num_classes / --label_offset: the records' labels run from 0 to 2, outside 0..1" in line
+  assert not (folder / "too_few").exists()
+
+
+@cases_process
+def test_a_start_that_failed_before_a_checkpoint_takes_the_corrected_flags(outcomes):
+  failed, corrected = outcomes["retry"]
+  line = one_error_line(failed)
+  assert "label 1 is outside 2..4 (num_classes=3, label_offset=2)" in line
+  assert "Skipped" not in failed["stderr"]  # the records are fine: none is counted as skipped
+  assert (outcomes["folder"]["retry"] / "run" / "params.json").exists()
+  assert corrected["code"] == 0, corrected["stderr"][-3000:]
 
 
 @cases_process

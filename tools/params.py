@@ -71,8 +71,12 @@ class RunParams:
 
 SECTIONS = {"model": model.ModelParams, "input": dataloader.InputParams,
             "recipe": optimizer_lib.Recipe, "run": RunParams}
-# The global batch when the user gives none: the seed repository's single-GPU batch.
+# The global batch when the user gives none: the seed repository's single-GPU batch, halved (down
+# to MIN_DEFAULT_BATCH_SIZE) while an epoch of the data has fewer than MIN_STEPS_PER_EPOCH steps:
+# on 49 photos a batch of 256 repeats every image 5 times in each batch.
 DEFAULT_BATCH_SIZE = 256
+MIN_DEFAULT_BATCH_SIZE = 8
+MIN_STEPS_PER_EPOCH = 8
 # pycls' precise-BN sample (NUM_SAMPLES_PRECISE = 8192), or an epoch of a smaller data set but at
 # least 2,048 examples (several augmented passes): measured on 400 photos at batch 32, 13 batches
 # left evaluation 0.1 below training in one of three seeds, 64 batches did not.
@@ -185,6 +189,20 @@ def _warmup_steps(values, steps_per_epoch):
   return min(steps, math.floor(MAX_WARMUP_SHARE * values["max_steps"]))
 
 
+def default_batch_size(num_examples):
+  """The global batch for `num_examples` training examples when the user gives none (int): 256,
+  halved while an epoch has fewer than 8 steps, at least 8 (constants above); logged when smaller
+  than 256."""
+  batch = DEFAULT_BATCH_SIZE
+  while batch > MIN_DEFAULT_BATCH_SIZE and num_examples < MIN_STEPS_PER_EPOCH * batch:
+    batch //= 2
+  if batch < DEFAULT_BATCH_SIZE:
+    logging.info("Global batch %d: the default %d, halved until an epoch of %d examples has at "
+                 "least %d steps (batch_size sets it).", batch, DEFAULT_BATCH_SIZE, num_examples,
+                 MIN_STEPS_PER_EPOCH)
+  return batch
+
+
 def resolve_params(user, data, demo=False):
   """Assembles the run's Params once (module docstring).
 
@@ -199,14 +217,18 @@ def resolve_params(user, data, demo=False):
     UserError: a value out of range, an unknown configuration or preprocessing, both warm-up forms.
   """
   check_values(user)
-  values = {"batch_size": DEFAULT_BATCH_SIZE, **(DEMO_DEFAULTS if demo else {})}
+  values = {**(DEMO_DEFAULTS if demo else {})}
   values.update({k: v for k, v in data.items() if v is not None})
   values.update(user)
+  values.setdefault("batch_size", default_batch_size(values["num_examples_per_epoch"]))
   model.get_config(values.get("configuration", model.ModelParams.configuration))
   defaults = RunParams()
   steps_per_epoch = values["num_examples_per_epoch"] / values["batch_size"]
   if "max_steps" not in values:
     values["max_steps"] = math.ceil(values.get("num_epochs", defaults.num_epochs) * steps_per_epoch)
+  elif "num_epochs" in user:
+    logging.warning("max_steps=%d is given: num_epochs=%g is not used.", values["max_steps"],
+                    user["num_epochs"])
   check_values({"max_steps": values["max_steps"]})
   scaled = optimizer_lib.scale_recipe(values["batch_size"])  # the official solver at this batch
   for field in ("base_learning_rate", "warmup_start_learning_rate", "momentum", "weight_decay",
@@ -227,12 +249,13 @@ def describe_schedule(params):
   """One line: the resolved warm-up, learning rates and schedule, for the log at start."""
   r, run = params.recipe, params.run
   steps_per_epoch = run.num_examples_per_epoch / r.batch_size
+  warmup = (f"{r.warmup_start_learning_rate:g} -> {r.base_learning_rate:g} over {r.warmup_steps} "
+            f"warm-up steps ({r.warmup_steps / steps_per_epoch:.3f} epochs)" if r.warmup_steps
+            else f"{r.base_learning_rate:g} without warm-up")
   return (f"Schedule: {r.max_steps} steps ({r.max_steps / steps_per_epoch:.2f} epochs of "
           f"{run.num_examples_per_epoch} examples at global batch {r.batch_size}); learning rate "
-          f"{r.warmup_start_learning_rate:g} -> {r.base_learning_rate:g} over {r.warmup_steps} "
-          f"warm-up steps ({r.warmup_steps / steps_per_epoch:.3f} epochs), then poly decay with "
-          f"power {r.poly_power:g} to 0 at step {r.max_steps}; momentum {r.momentum:g}, weight "
-          f"decay {r.weight_decay:g}.")
+          f"{warmup}, then poly decay with power {r.poly_power:g} to 0 at step {r.max_steps}; "
+          f"momentum {r.momentum:g}, weight decay {r.weight_decay:g}.")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -292,9 +315,11 @@ def save_params(params, model_dir, argv, allow_changes=False):
     previous = Params.from_dict(data)
     differences = changes(previous, params)
     old, new = previous.recipe, params.recipe
-    if (old.max_steps, old.warmup_steps) != (new.max_steps, new.warmup_steps):
-      logging.warning("The schedule changed: max_steps %d -> %d, warm-up %d -> %d steps.",
-                      old.max_steps, new.max_steps, old.warmup_steps, new.warmup_steps)
+    changed = [f"{name} {a} -> {b}" for name, a, b in (
+        ("max_steps", old.max_steps, new.max_steps),
+        ("warm-up steps", old.warmup_steps, new.warmup_steps)) if a != b]
+    if changed:
+      logging.warning("The schedule changed: %s.", ", ".join(changed))
     if differences and not allow_changes:
       listed = ", ".join(f"{k} {a} -> {b}" for k, a, b in
                          ((k, *v) for k, v in sorted(differences.items())))

@@ -663,6 +663,14 @@ def _manifest_counts(files):
   return counts
 
 
+def manifest_count(file_pattern):
+  """The number of records in the files matching `file_pattern` (a glob) according to the
+  manifest.json of their folders (count and size of each file listed), or None when a file is not
+  listed. Raises UserError when no file matches."""
+  counts = _manifest_counts(_matching_files(file_pattern))
+  return None if counts is None else sum(counts)
+
+
 def count_examples(file_pattern):
   """The number of records in the TFRecord files matching `file_pattern`, and how it was found.
 
@@ -677,10 +685,10 @@ def count_examples(file_pattern):
   Raises:
     UserError: no file matches the pattern, or a file cannot be read to the end (names it).
   """
-  files = _matching_files(file_pattern)
-  counts = _manifest_counts(files)
+  counts = manifest_count(file_pattern)
   if counts is not None:
-    return sum(counts), "manifest"
+    return counts, "manifest"
+  files = _matching_files(file_pattern)
   progress = Progress(f"Counting the records of {file_pattern}", len(files), unit="files")
   total = 0
   for path in files:
