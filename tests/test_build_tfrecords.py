@@ -256,6 +256,14 @@ def test_rerun_resumes_refuses_other_inputs_and_rebuild_replaces_only_our_files(
   cv2.imwrite(os.path.join(images, "class0", "new.jpg"), np.zeros((8, 8, 3), np.uint8))
   with pytest.raises(records.OutputMismatch, match=r"the input files changed \(8 files then, 9 now"):
     records.build(images, str(out), validation_fraction=0.25, train_shards=2, seed=3)
+  # A file of the user's named like a shard: rebuild refuses and removes nothing.
+  (out / "train-00005-of-00009").write_text("precious")
+  before = sorted(os.listdir(out))
+  with pytest.raises(UserError, match="train-00005-of-00009 is named like this builder's files "
+                     r"but not written by it; move them away \(nothing was removed\)"):
+    records.build(images, str(out), validation_fraction=0.25, train_shards=3, seed=3, rebuild=True)
+  assert sorted(os.listdir(out)) == before
+  os.remove(out / "train-00005-of-00009")
   rebuilt = records.build(images, str(out), validation_fraction=0.25, train_shards=3, seed=3,
                           rebuild=True)
   assert (rebuilt.num_train, rebuilt.num_validation) == (7, 2)
@@ -269,7 +277,7 @@ def test_shards_without_or_with_a_damaged_manifest_need_rebuild(tmp_path):
   out = tmp_path / "out"
   records.build(images, str(out), validation_fraction=0.0)
   os.remove(out / "manifest.json")  # as an older version or another tool leaves the folder
-  with pytest.raises(records.OutputMismatch, match="holds 1 TFRecord shard.s. but no manifest.json"):
+  with pytest.raises(records.OutputMismatch, match=r"holds 1 file\(s\) named like TFRecord shards \(e.g. train-00000-of-00001\) but no manifest.json"):
     records.build(images, str(out), validation_fraction=0.0)
   (out / "manifest.json").write_text('{"format": 1, "inputs": {}, "splits": {"train": 3}}')
   with pytest.raises(records.OutputMismatch, match="manifest.json is damaged: split 'train'"):

@@ -759,6 +759,27 @@ def _own_files(output_dir):
                 os.path.isfile(os.path.join(output_dir, n)))
 
 
+def _written_by_a_build(path):
+  """True when the file at `path`, named like ours, holds what a build writes: a manifest,
+  a label map, or TFRecords whose first record is an Example with an image (an empty shard or
+  leftover counts too)."""
+  name = os.path.basename(path)
+  if ".tmp-" in name:  # a leftover of an atomic write (possibly torn): only a build names them so
+    return True
+  try:
+    if name.startswith(MANIFEST_FILENAME):
+      with open(path) as f:
+        return "splits" in json.load(f)
+    if name.startswith(dataloader.LABEL_MAP_FILENAME):
+      return bool(dataloader.read_label_map(path))
+    if os.path.getsize(path) == 0:
+      return True
+    first = next(iter(tf.data.TFRecordDataset(path).take(1)))
+    return dataloader.IMAGENET_KEYS[0] in tf.train.Example.FromString(first.numpy()).features.feature
+  except Exception:  # pylint: disable=broad-except  (anything unreadable is not ours)
+    return False
+
+
 def _differences(before, now):
   """Descriptions (list of str) of the compared inputs that differ between two manifests."""
   differences = []
@@ -785,8 +806,17 @@ def _prepare_output(output_dir, inputs, rebuild):
                     param="output_dir") from e
   advice = "rebuild=True (--rebuild) replaces them"
   if rebuild:
-    for name in _own_files(output_dir):
+    names = _own_files(output_dir)
+    strangers = [n for n in names if not _written_by_a_build(os.path.join(output_dir, n))]
+    if strangers:
+      raise UserError(f"output_dir={output_dir}: {', '.join(strangers[:3])} "
+                      f"{'is' if len(strangers) == 1 else 'are'} named like this builder's files "
+                      "but not written by it; move them away (nothing was removed)",
+                      param="output_dir")
+    for name in names:
       os.remove(os.path.join(output_dir, name))
+    if names:
+      logging.info("Removed %d file(s) of an earlier build in %s (rebuild).", len(names), output_dir)
     return None
   try:
     previous = read_manifest(output_dir)
@@ -795,7 +825,8 @@ def _prepare_output(output_dir, inputs, rebuild):
   if previous is None:
     shards = [n for n in _own_files(output_dir) if _SHARD_RE.fullmatch(n)]
     if shards:
-      raise OutputMismatch(f"output_dir={output_dir}: holds {len(shards)} TFRecord shard(s) but no "
+      raise OutputMismatch(f"output_dir={output_dir}: holds {len(shards)} file(s) named like "
+                           f"TFRecord shards (e.g. {shards[0]}) but no "
                            f"{MANIFEST_FILENAME} (another tool or an older version wrote them); "
                            f"{advice}", param="output_dir")
     return None
