@@ -64,3 +64,5 @@ def define_flag(kind, name, default, text, **kwargs):
   tests define the flags of several programs in one process (the first definition is kept)."""
   if name not in flags.FLAGS:
     getattr(flags, f"DEFINE_{kind}")(name, default, help=text, **kwargs)
+    # Also a flag of the program's main module (absl names it sys.argv[0]), which --help lists.
+    flags.FLAGS.register_flag_by_module(sys.argv[0], flags.FLAGS[name])
