@@ -16,7 +16,7 @@ from absl import logging
 
 # What a folder of images is searched for (case-insensitive): the formats the input pipeline and the
 # record builder decode (GIF: its first frame).
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 
 
 class UserError(ValueError):

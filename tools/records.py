@@ -159,12 +159,18 @@ def _class_folders(root):
   """{class name: sorted image files} of the sub-folders of `root` that hold images."""
   if not os.path.isdir(root):
     return {}
-  classes = {}
+  classes, others = {}, []
   for name in sorted(os.listdir(root)):
-    if os.path.isdir(os.path.join(root, name)):
-      files = _image_files(os.path.join(root, name))
+    folder = os.path.join(root, name)
+    if os.path.isdir(folder):
+      files = _image_files(folder)
       if files:
         classes[name] = files
+      others += sorted(set(os.path.join(folder, f) for f in os.listdir(folder)) - set(files))
+  if others:
+    logging.warning("Ignored %d file(s) or folder(s) in the class folders of %s that are not images "
+                    "(%s), e.g. %s.", len(others), root, " ".join(IMAGE_EXTENSIONS),
+                    display_path(others[0]))
   return classes
 
 
