@@ -38,6 +38,7 @@ import dataclasses
 import math
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from estimator.spec import EstimatorSpec
@@ -387,14 +388,18 @@ class _Builder:
   bn_synchronized: bool
   dtype: object
   grouped_conv: str = "auto"
+  fold_batch_norm: bool = False
 
   def conv_bn_relu(self, x, filters, kernel, prefix, suffix="", strides=1, groups=1,
                    padding="valid"):
-    """Bias-free conv + BN + ReLU named {prefix}_conv{suffix}, {prefix}_bn{suffix}, ..._relu."""
+    """Bias-free conv + BN + ReLU named {prefix}_conv{suffix}, {prefix}_bn{suffix}, ..._relu
+    (with fold_batch_norm: conv with a bias + ReLU)."""
     x = GroupConv2D(filters, kernel, strides=strides, padding=padding, groups=groups,
                     implementation=self.grouped_conv,
-                    use_bias=False, kernel_initializer=CAFFE_XAVIER, dtype=self.dtype,
-                    name=f"{prefix}_conv{suffix}")(x)
+                    use_bias=self.fold_batch_norm, kernel_initializer=CAFFE_XAVIER,
+                    dtype=self.dtype, name=f"{prefix}_conv{suffix}")(x)
+    if self.fold_batch_norm:
+      return keras.layers.ReLU(dtype=self.dtype, name=f"{prefix}_relu{suffix}")(x)
     x = CaffeBatchNormalization(momentum=self.bn_momentum, epsilon=self.bn_epsilon,
                                 caffe_correction=self.bn_caffe_correction,
                                 synchronized=self.bn_synchronized, dtype=self.dtype,
@@ -457,7 +462,7 @@ class _Builder:
 
 def build_network(configuration, num_classes, image_size, bn_momentum=BN_MOMENTUM,
                   bn_epsilon=BN_EPSILON, bn_caffe_correction=True, bn_synchronized=False,
-                  dtype=None, name=None, grouped_conv="auto"):
+                  dtype=None, name=None, grouped_conv="auto", fold_batch_norm=False):
   """Builds a SqueezeNext network as a functional keras.Model.
 
   Args:
@@ -476,6 +481,8 @@ def build_network(configuration, num_classes, image_size, bn_momentum=BN_MOMENTU
     name: model name; defaults to the configuration's name (or "squeezenext").
     grouped_conv: GroupConv2D's implementation of grouped convolutions: "auto" (block-diagonal
       without a GPU, cuDNN's grouped kernel with one), "block_diagonal" or "native".
+    fold_batch_norm: an inference network whose convolutions have a bias and no BatchNorm after
+      them (see `fold_batch_norm`).
 
   Returns:
     keras.Model mapping float32 [B, S, S, 3] (channels last) to float32 logits [B, num_classes].
@@ -495,10 +502,38 @@ def build_network(configuration, num_classes, image_size, bn_momentum=BN_MOMENTU
   if name is None:
     name = configuration if isinstance(configuration, str) else "squeezenext"
   builder = _Builder(config, bn_momentum, bn_epsilon, bn_caffe_correction, bn_synchronized,
-                     dtype, grouped_conv)
+                     dtype, grouped_conv, fold_batch_norm)
   inputs = keras.Input(shape=(image_size, image_size, 3), dtype="float32", name="image")
   logits = builder.head(builder.stages(builder.stem(inputs)), num_classes)
   return keras.Model(inputs, logits, name=name)
+
+
+def fold_batch_norm(network, configuration, num_classes, image_size):
+  """A float32 inference copy of `network` (a trained build_network model of these arguments)
+  with each BatchNorm folded into the convolution before it, as deployment tools do (TFLite too):
+  kernel * s and bias b, with s = gamma / sqrt(moving_variance + epsilon) and b = beta -
+  moving_mean * s per output channel (float64 arithmetic, stored as float32). The logits equal
+  network(x, training=False) up to float32 rounding.
+
+  Why: TensorFlow fuses an inference BatchNorm into the convolution before it; oneDNN runs that
+  fusion at batch 1 as an im2col GEMM with slow per-channel post-ops: the SavedModel of
+  1.0-SqNxt-23 at 227 took 687 ms for one image and 34 ms for two (TF_ENABLE_ONEDNN_OPTS=1, this
+  2-core CPU, 2026-12-02). A convolution with a bias takes oneDNN's fast path at any batch.
+  """
+  folded = build_network(configuration, num_classes, image_size, name=network.name,
+                         fold_batch_norm=True)
+  for layer in folded.layers:
+    source = network.get_layer(layer.name)
+    if not isinstance(layer, GroupConv2D):
+      layer.set_weights(source.get_weights())
+      continue
+    head, _, tail = layer.name.rpartition("_conv")
+    bn = network.get_layer(f"{head}_bn{tail}")
+    scale = np.asarray(bn.gamma, np.float64) / np.sqrt(
+        np.asarray(bn.moving_variance, np.float64) + bn.epsilon)
+    shift = np.asarray(bn.beta, np.float64) - np.asarray(bn.moving_mean, np.float64) * scale
+    layer.set_weights([np.asarray(source.kernel, np.float64) * scale, shift])
+  return folded
 
 
 class PopulationStatistics:

@@ -210,6 +210,27 @@ def test_both_grouped_convolution_paths_agree_and_share_checkpoints(tmp_path):
     np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-4)
 
 
+def test_folded_batch_norm_gives_the_same_logits():
+  """The G network (grouped convolutions, shortcut convolutions) with moving statistics and
+  BatchNorm weights far from their initial values: folded, it has no BatchNorm and the same
+  logits up to float32 rounding."""
+  network = model.build_network("v_1_0_G_SqNxt_23", 5, 67)
+  rng = np.random.default_rng(0)
+  for layer in network.layers:
+    if isinstance(layer, model.CaffeBatchNormalization):
+      channels = layer.gamma.shape[0]
+      layer.gamma.assign(rng.uniform(0.5, 2.0, channels))
+      layer.beta.assign(rng.normal(0.0, 0.5, channels))
+      layer.moving_mean.assign(rng.normal(0.0, 2.0, channels))
+      layer.moving_variance.assign(rng.uniform(0.5, 4.0, channels))
+  images = tf.random.stateless_normal([2, 67, 67, 3], seed=[3, 4]) * 50.0
+  folded = model.fold_batch_norm(network, "v_1_0_G_SqNxt_23", 5, 67)
+  assert not any(isinstance(l, model.CaffeBatchNormalization) for l in folded.layers)
+  want = network(images, training=False).numpy()
+  got = folded(images, training=False).numpy()
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
 def test_logits_shape_and_dtype():
   images = tf.random.uniform([3, 32, 32, 3], -100.0, 100.0, seed=2)
   for dtype in (None, "mixed_bfloat16"):

@@ -110,7 +110,8 @@ class TrainedModel(Classifier):
 
   Attributes (besides Classifier's):
     model_dir: str.
-    network: the restored keras.Model: float32 [N, S, S, 3] -> logits float32 [N, K].
+    network: the restored keras.Model with its BatchNorms folded (model.fold_batch_norm):
+      float32 [N, S, S, 3] -> logits float32 [N, K].
     predict: tf.function float32 [N, S, S, 3] -> dict of prediction tensors (module docstring).
     checkpoint_path: str, the checkpoint restored; global_step: int, its step.
   """
@@ -181,16 +182,20 @@ def load_trained_model(model_dir, label_map=None, checkpoint_path=None):
   label_map_path = find_label_map(model_dir, params, label_map)
   entries = read_label_map(label_map_path, params.model.num_classes)
   est = estimator_lib.Estimator(model.model_fn, model_dir, params, model.scaffold_fn)
-  fn, path = est.predict_function(checkpoint_path)
-  size = params.model.image_size
-  predict = tf.function(lambda images: fn({"image": images}), autograph=False,
-                        input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
+  _, path = est.predict_function(checkpoint_path)  # restores the network
+  m, size = params.model, params.model.image_size
+  # model_fn's PREDICT branch on the network with its BatchNorms folded (fast at batch 1).
+  scaffold = estimator_lib.Scaffold(model.fold_batch_norm(
+      est.scaffold.network, m.configuration, m.num_classes, size))
+  predict = tf.function(
+      lambda images: model.model_fn({"image": images}, None, estimator_lib.ModeKeys.PREDICT,
+                                    params, scaffold).predictions, autograph=False,
+      input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
   step = checkpoint_step(path)
-  m = params.model
   logging.info("Restored %s (step %s; %s, %d classes, %d x %d input, %s preprocessing).", path,
                step, m.configuration, m.num_classes, size, size, params.input.preprocessing)
   return TrainedModel(params, entries, label_map_path, path, model_dir=model_dir,
-                      network=est.scaffold.network, predict=predict, checkpoint_path=path,
+                      network=scaffold.network, predict=predict, checkpoint_path=path,
                       global_step=step)
 
 
