@@ -493,12 +493,13 @@ def build_network(configuration, num_classes, image_size, bn_momentum=BN_MOMENTU
   """
   config = _resolve(configuration)
   if not isinstance(num_classes, int) or num_classes < 2:
-    raise UserError(f"num_classes={num_classes} is not supported; expected an integer >= 2")
+    raise UserError(f"num_classes={num_classes} is not supported; expected an integer >= 2",
+                    param="num_classes")
   minimum = min_image_size(config)
   if not isinstance(image_size, int) or image_size < minimum:
     network = configuration if isinstance(configuration, str) else "this configuration"
     raise UserError(f"image_size={image_size} is too small for {network}; expected an "
-                    f"integer >= {minimum}")
+                    f"integer >= {minimum}", param="image_size")
   if name is None:
     name = configuration if isinstance(configuration, str) else "squeezenext"
   builder = _Builder(config, bn_momentum, bn_epsilon, bn_caffe_correction, bn_synchronized,

@@ -514,7 +514,11 @@ def report(est, results):
 
 def main(argv):
   if len(argv) > 1:
-    raise UserError(f"unexpected arguments {argv[1:]}; all options are --flags")
+    extra = argv[1:]
+    shown = " ".join(extra[:2]) + (f" ... ({len(extra)} in all)" if len(extra) > 2 else "")
+    raise UserError(f"unexpected arguments {shown}; all options are --flags, and a file pattern "
+                    "is quoted so that the shell does not expand it (--train_file_pattern "
+                    "'data/train-*')")
   if not FLAGS.model_dir:
     raise UserError("--model_dir is required: the folder for checkpoints, logs and params.json")
   values = user_values()

@@ -90,7 +90,7 @@ BAD_FLAGS = {
     "--seed=-1": "--seed=-1", "--num_examples_per_epoch=0": "--num_examples_per_epoch=0",
     "--base_learning_rate=-1": "--base_learning_rate=-1", "--weight_decay=-1": "--weight_decay=-1",
     "--bn_momentum=5": "--bn_momentum=5", "--num_gpus=-1": "--num_gpus=-1",
-    "--image_size=100000": "--image_size=100000",
+    "--image_size=100000": "--image_size=100000", "--image_size=8": "--image_size=8 is too small",
 }
 
 
@@ -110,6 +110,14 @@ def bad_value_cases(records, folder):
   with tf.io.TFRecordWriter(str(compressed), tf.io.TFRecordOptions(compression_type="GZIP")) as w:
     w.write(data_utils.example(data_utils.jpeg_bytes(), 1).SerializeToString())
   cases.append(args(records, model_dir, f"--train_file_pattern={compressed}"))
+  jpeg = folder / "photo.jpg"  # images given where records are expected
+  jpeg.write_bytes(data_utils.jpeg_bytes())
+  cases.append(args(records, model_dir, f"--train_file_pattern={jpeg}"))
+  listed = data_utils.example(data_utils.jpeg_bytes(), 1)
+  listed.features.feature["image/class/label"].int64_list.value.append(2)  # two labels
+  without_classes = [a for a in args(records, model_dir) if not a.startswith("--num_classes")]
+  cases.append(without_classes + ["--train_file_pattern=" + data_utils.write_records(
+      str(folder / "listed-00000-of-00001"), [listed])])
   return cases
 
 
@@ -234,7 +242,10 @@ def test_bad_values_and_tf_config_are_one_line_errors_and_write_nothing(outcomes
   expected = list(BAD_FLAGS.values()) + [
       "warmup_epochs", "no dispatcher answers there",
       "cannot be combined with --checkpoint_input_pipeline", "TF_CONFIG", "TF_CONFIG",
-      "task index 3", "no record", "GZIP-compressed", "is the port in use"]
+      "task index 3", "no record", "GZIP-compressed",
+      "damaged or not a TFRecord file (images become records with python -m "
+      "scripts.build_tfrecords)", "a record's image/class/label is not one int64",
+      "is the port in use"]
   assert len(outcomes["bad_values"]) == len(expected)
   for outcome, text in zip(outcomes["bad_values"], expected):
     line = one_error_line(outcome)

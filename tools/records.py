@@ -574,9 +574,17 @@ def _scan_file(path, label_key):
     zero = tf.constant(0, tf.int64)
     return [int(v) for v in labels.reduce((zero, tf.constant(big, tf.int64),
                                            tf.constant(-big, tf.int64), zero), add)]
+  except tf.errors.InvalidArgumentError as e:
+    raise UserError(f"TFRecord file {path}: a record's {label_key} is not one int64 (a list, "
+                    "or another type)") from e
   except tf.errors.OpError as e:
-    raise UserError(f"TFRecord file {path} cannot be read to the end, or its {label_key} is not "
-                    f"one integer: {one_line(e)}") from e
+    raise UserError(f"TFRecord file {path} cannot be read to the end: {_not_a_tfrecord(e)}") from e
+
+
+def _not_a_tfrecord(error):
+  """The one-line reason of a TFRecord read error, with the way out for files of images."""
+  return (f"{one_line(error, 100)}; it is damaged or not a TFRecord file (images become records "
+          "with python -m scripts.build_tfrecords)")
 
 
 def record_keys(file_pattern, image_key=None, label_key=None):
@@ -589,7 +597,9 @@ def record_keys(file_pattern, image_key=None, label_key=None):
     UserError: no file matches, or the first record is not a tf.train.Example with such keys
       (names the file and the keys it has).
   """
-  path = _matching_files(file_pattern)[0]
+  files = _matching_files(file_pattern)
+  path = next((f for f in files if not tf.io.gfile.isdir(f) and tf.io.gfile.stat(f).length),
+              files[0])  # the first file with records
   with tf.io.gfile.GFile(path, "rb") as f:
     magic = f.read(2) if not tf.io.gfile.isdir(path) else b""
   if magic == b"\x1f\x8b":
@@ -599,7 +609,7 @@ def record_keys(file_pattern, image_key=None, label_key=None):
   try:
     first = next(iter(tf.data.TFRecordDataset(path).take(1)), None)
   except tf.errors.OpError as e:
-    raise UserError(f"TFRecord file {path} cannot be read: {one_line(e)}") from e
+    raise UserError(f"TFRecord file {path} cannot be read: {_not_a_tfrecord(e)}") from e
   if first is None:
     return image_key or dataloader.IMAGENET_KEYS[0], label_key or dataloader.IMAGENET_KEYS[1]
   try:
