@@ -159,7 +159,7 @@ def read_label_map(path, num_classes):
   if len(entries) != num_classes:
     raise UserError(f"label_map={path}: has {len(entries)} classes but the model has "
                     f"{num_classes}; pass the right one", param="label_map")
-  logging.info("Class names from %s.", path)
+  logging.log_first_n(logging.INFO, "Class names from %s.", 1, path)  # once, not per artefact
   return entries
 
 
