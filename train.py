@@ -256,9 +256,10 @@ def records_data(values):
 
 
 def earlier_data_facts(data, values):
-  """{num_examples_per_epoch, num_classes, label_offset, label_map} that an earlier start of
-  --model_dir which saved a checkpoint found for the same file patterns and keys, less what the
-  user sets now; or {}."""
+  """{num_examples_per_epoch, num_classes, label_offset, label_map, batch_size} that an earlier
+  start of --model_dir which saved a checkpoint used with the same file patterns and keys, less
+  what the user sets now; or {}. Files changed under the same patterns are not noticed (the flags
+  override)."""
   if (not os.path.exists(os.path.join(FLAGS.model_dir, params_lib.PARAMS_FILENAME))
       or estimator_lib.latest_checkpoint(FLAGS.model_dir) is None):
     return {}
@@ -270,10 +271,11 @@ def earlier_data_facts(data, values):
     return {}
   facts = dict(num_examples_per_epoch=run.num_examples_per_epoch,
                num_classes=previous.model.num_classes, label_offset=read.label_offset,
-               label_map=run.label_map)
+               label_map=run.label_map, batch_size=previous.recipe.batch_size)
   facts = {k: v for k, v in facts.items() if k not in values and v is not None}
   if facts:
-    logging.info("From the earlier start's params.json (same files; not counted again): %s.",
+    logging.info("From the earlier start's params.json (same file patterns; not counted again): "
+                 "%s.",
                  ", ".join(f"{k} {v}" for k, v in facts.items()))
   return facts
 
@@ -326,6 +328,14 @@ def classes_from_data(data, values):
   return dict(num_classes=num_classes, label_offset=offset, scan=scan)
 
 
+def file_size(path):
+  """Bytes of the file `path`; UserError naming it when it cannot be read (a dangling link)."""
+  try:
+    return tf.io.gfile.stat(path).length
+  except tf.errors.OpError as e:
+    raise UserError(f"{path} cannot be read: {one_line(e, 100)}") from e
+
+
 def check_inputs(data):
   """Fails early on file patterns that match nothing; warns when validation shares training files."""
   files = {}
@@ -340,7 +350,7 @@ def check_inputs(data):
     logging.warning("No --validation_file_pattern: the run does not evaluate.%s", (
         f" {len(beside)} validation-* file(s) sit beside the training records: "
         f"--validation_file_pattern '{os.path.dirname(beside[0])}/validation-*'") if beside else "")
-  empty = sorted(f for f in files.get("train_file_pattern", ()) if not tf.io.gfile.stat(f).length)
+  empty = sorted(f for f in files.get("train_file_pattern", ()) if not file_size(f))
   if empty:
     logging.warning("%d of the training files are empty (0 bytes, e.g. %s): a failed write?",
                     len(empty), empty[0])

@@ -171,6 +171,8 @@ class TrainProgress:
   `log_step_count_secs` seconds: `max_loop_steps` shortens the compiled loops when steps are slow
   (a 227-pixel batch of 256 takes several seconds on a CPU). The ETA extrapolates the time per
   step after the first one, evaluations included. `log_step_count_steps=0` disables the lines.
+  Under MultiWorkerMirroredStrategy lines and loop lengths follow steps only (the same on every
+  worker).
 
   Args:
     estimator: the Estimator (its config gives the intervals, its scaffold the metrics).
@@ -183,6 +185,10 @@ class TrainProgress:
     self.start_time = self.window_time = self.line_time = time.time()
     self.window_step = start_step
     self.first = None  # (step, time) at the end of the first loop
+    # Several workers: no decision on a worker's own clock. A line reads the training metrics (an
+    # all-reduce) and the loop lengths must agree, so lines and loops follow steps only.
+    several_workers = isinstance(estimator.strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    self.secs = 0 if several_workers else estimator.config.log_step_count_secs
 
   def max_loop_steps(self, step):
     """The most steps the loop starting at `step` may run for the next line to come on time
@@ -192,9 +198,9 @@ class TrainProgress:
       return None
     if self.first is None:
       return 1
-    if cfg.log_step_count_secs <= 0:
+    if self.secs <= 0:
       return None
-    left = self.line_time + cfg.log_step_count_secs - time.time()
+    left = self.line_time + self.secs - time.time()
     return max(1, int(left / max(self._seconds_per_step(step, time.time()), 1e-9)))
 
   def _seconds_per_step(self, step, now):
@@ -212,7 +218,7 @@ class TrainProgress:
       self.first = (step, now)
     log = cfg.log_step_count_steps > 0 and (
         first or step == self.max_steps or itstime(step, cfg.log_step_count_steps)
-        or 0 < cfg.log_step_count_secs <= now - self.line_time)
+        or 0 < self.secs <= now - self.line_time)
     if itstime(step, cfg.save_summary_steps) or log:
       rate = (step - self.window_step) / max(now - self.window_time, 1e-9)
       outputs = {**outputs, **self._summaries(step, outputs, rate)}

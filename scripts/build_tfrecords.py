@@ -35,8 +35,9 @@ def define_flags():
   cli.define_flag("integer", "seed", records.DEFAULT_SEED,
                   "Seeds the validation split and the training shuffle (>= 0).")
   cli.define_flag("boolean", "rebuild", False,
-                  "Remove the records of --output_dir (only the files a build wrote) and build them again; needed "
-                  "when they were made from other inputs or have no manifest.json.")
+                  "Remove the records of an earlier build in --output_dir (its manifest.json, "
+                  "shards and labels.txt) and build them again; needed when they were made from "
+                  "other inputs. Files of other tools are never removed.")
   cli.define_flag("integer", "max_short_side", 0,
                   "Store images shrunk so that their shorter side is at most this many pixels (0: as is).")
 

@@ -256,14 +256,6 @@ def test_rerun_resumes_refuses_other_inputs_and_rebuild_replaces_only_our_files(
   cv2.imwrite(os.path.join(images, "class0", "new.jpg"), np.zeros((8, 8, 3), np.uint8))
   with pytest.raises(records.OutputMismatch, match=r"the input files changed \(8 files then, 9 now"):
     records.build(images, str(out), validation_fraction=0.25, train_shards=2, seed=3)
-  # A file of the user's named like a shard: rebuild refuses and removes nothing.
-  (out / "train-00005-of-00009").write_text("precious")
-  before = sorted(os.listdir(out))
-  with pytest.raises(UserError, match="train-00005-of-00009 is named like this builder's files "
-                     r"but not written by it; move them away \(nothing was removed\)"):
-    records.build(images, str(out), validation_fraction=0.25, train_shards=3, seed=3, rebuild=True)
-  assert sorted(os.listdir(out)) == before
-  os.remove(out / "train-00005-of-00009")
   rebuilt = records.build(images, str(out), validation_fraction=0.25, train_shards=3, seed=3,
                           rebuild=True)
   assert (rebuilt.num_train, rebuilt.num_validation) == (7, 2)
@@ -279,6 +271,13 @@ def test_shards_without_or_with_a_damaged_manifest_need_rebuild(tmp_path):
   os.remove(out / "manifest.json")  # as an older version or another tool leaves the folder
   with pytest.raises(records.OutputMismatch, match=r"holds 1 file\(s\) named like TFRecord shards \(e.g. train-00000-of-00001\) but no manifest.json"):
     records.build(images, str(out), validation_fraction=0.0)
+  # Without a manifest of this builder the shards may be another tool's (build_imagenet_data.py
+  # names them alike): rebuild refuses and removes nothing.
+  before = {name: (out / name).read_bytes() for name in os.listdir(out)}
+  with pytest.raises(UserError, match="labels.txt, train-00000-of-00001 are named like this builder's files, "
+                     r"but no manifest.json of a build is there .*\(nothing was removed\)"):
+    records.build(images, str(out), validation_fraction=0.0, rebuild=True)
+  assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
   (out / "manifest.json").write_text('{"format": 1, "inputs": {}, "splits": {"train": 3}}')
   with pytest.raises(records.OutputMismatch, match="manifest.json is damaged: split 'train'"):
     records.build(images, str(out), validation_fraction=0.0)
@@ -406,8 +405,11 @@ def test_make_demo_data_is_stratified_and_idempotent(tmp_path):
     assert demo_data.make_demo_data(str(tmp_path / "demo")) == data
     assert os.path.getmtime(tmp_path / "demo" / "train-00000-of-00004") == stamp
   os.remove(tmp_path / "demo" / "demo_data.json")
-  os.remove(tmp_path / "demo" / "manifest.json")  # records of an older version: replaced
-  assert demo_data.make_demo_data(str(tmp_path / "demo")) == data
+  os.remove(tmp_path / "demo" / "manifest.json")  # shards no build of ours vouches for: kept
+  with pytest.raises(UserError, match=r"no manifest.json of a build is there .*\(nothing was "
+                     r"removed\)"):
+    demo_data.make_demo_data(str(tmp_path / "demo"))
+  assert os.path.getmtime(tmp_path / "demo" / "train-00000-of-00004") == stamp
   with pytest.raises(UserError, match="^output_dir=: missing"):
     demo_data.make_demo_data("")
   (tmp_path / "file").write_text("")

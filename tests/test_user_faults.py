@@ -268,7 +268,7 @@ def test_schedule_from_the_data_overlap_warning_and_changed_params(records, outc
   assert "share" in warning and "evaluation measures training data" in warning
   assert changed["code"] == 0, changed["stderr"][-3000:]
   # A restart on the same files takes the example count from params.json (the classes are given).
-  assert ("From the earlier start's params.json (same files; not counted again): "
+  assert ("From the earlier start's params.json (same file patterns; not counted again): "
           f"num_examples_per_epoch {records.num_train}, label_offset 1") in changed["stderr"]
   history = json.load(open(model_dir / "params.json"))["history"]
   assert len(history) == 2 and "--allow_params_change" in history[1]["argv"]

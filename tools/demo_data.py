@@ -114,7 +114,7 @@ def _build(images_dir, output_dir, num_workers):
                VALIDATION_SHARDS, num_workers, SEED)
   try:
     return records.build(*arguments)
-  except records.OutputMismatch as e:  # this module wrote them: replace them
+  except records.OutputMismatch as e:  # records of other inputs: rebuilt if a build wrote them
     logging.warning("Rebuilding the demo records: %s", e)
     return records.build(*arguments, rebuild=True)
 

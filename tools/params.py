@@ -220,7 +220,8 @@ def resolve_params(user, data, demo=False):
   values = {**(DEMO_DEFAULTS if demo else {})}
   values.update({k: v for k, v in data.items() if v is not None})
   values.update(user)
-  values.setdefault("batch_size", default_batch_size(values["num_examples_per_epoch"]))
+  if "batch_size" not in values:
+    values["batch_size"] = default_batch_size(values["num_examples_per_epoch"])
   model.get_config(values.get("configuration", model.ModelParams.configuration))
   defaults = RunParams()
   steps_per_epoch = values["num_examples_per_epoch"] / values["batch_size"]

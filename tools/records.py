@@ -598,10 +598,13 @@ def record_keys(file_pattern, image_key=None, label_key=None):
       (names the file and the keys it has).
   """
   files = _matching_files(file_pattern)
-  path = next((f for f in files if not tf.io.gfile.isdir(f) and tf.io.gfile.stat(f).length),
-              files[0])  # the first file with records
-  with tf.io.gfile.GFile(path, "rb") as f:
-    magic = f.read(2) if not tf.io.gfile.isdir(path) else b""
+  try:
+    path = next((f for f in files if not tf.io.gfile.isdir(f) and tf.io.gfile.stat(f).length),
+                files[0])  # the first file with records
+    with tf.io.gfile.GFile(path, "rb") as f:
+      magic = f.read(2) if not tf.io.gfile.isdir(path) else b""
+  except tf.errors.OpError as e:  # e.g. a dangling symbolic link
+    raise UserError(f"a file of {file_pattern} cannot be read: {one_line(e, 100)}") from e
   if magic == b"\x1f\x8b":
     raise UserError(f"TFRecord file {path} is GZIP-compressed; the input pipeline reads "
                     "uncompressed TFRecords (its damaged-file check needs their sizes): "
@@ -775,24 +778,14 @@ def _own_files(output_dir):
                 os.path.isfile(os.path.join(output_dir, n)))
 
 
-def _written_by_a_build(path):
-  """True when the file at `path`, named like ours, holds what a build writes: a manifest,
-  a label map, or TFRecords whose first record is an Example with an image (an empty shard or
-  leftover counts too)."""
-  name = os.path.basename(path)
-  if ".tmp-" in name:  # a leftover of an atomic write (possibly torn): only a build names them so
-    return True
+def _built_here(output_dir):
+  """True when output_dir holds a manifest.json of this builder (JSON with "splits", even if its
+  content is damaged): the files named like ours there are a build's. Without it, shards named
+  like ours may be another tool's (build_imagenet_data.py uses the same names)."""
   try:
-    if name.startswith(MANIFEST_FILENAME):
-      with open(path) as f:
-        return "splits" in json.load(f)
-    if name.startswith(dataloader.LABEL_MAP_FILENAME):
-      return bool(dataloader.read_label_map(path))
-    if os.path.getsize(path) == 0:
-      return True
-    first = next(iter(tf.data.TFRecordDataset(path).take(1)))
-    return dataloader.IMAGENET_KEYS[0] in tf.train.Example.FromString(first.numpy()).features.feature
-  except Exception:  # pylint: disable=broad-except  (anything unreadable is not ours)
+    with open(os.path.join(output_dir, MANIFEST_FILENAME)) as f:
+      return "splits" in json.load(f)
+  except (OSError, ValueError, TypeError):
     return False
 
 
@@ -823,12 +816,14 @@ def _prepare_output(output_dir, inputs, rebuild):
   advice = "rebuild=True (--rebuild) replaces them"
   if rebuild:
     names = _own_files(output_dir)
-    strangers = [n for n in names if not _written_by_a_build(os.path.join(output_dir, n))]
+    built_here = _built_here(output_dir)
+    # .tmp- leftovers are named by this builder's atomic writes only.
+    strangers = [n for n in names if ".tmp-" not in n and not built_here]
     if strangers:
       raise UserError(f"output_dir={output_dir}: {', '.join(strangers[:3])} "
-                      f"{'is' if len(strangers) == 1 else 'are'} named like this builder's files "
-                      "but not written by it; move them away (nothing was removed)",
-                      param="output_dir")
+                      f"{'is' if len(strangers) == 1 else 'are'} named like this builder's files, "
+                      f"but no {MANIFEST_FILENAME} of a build is there (another tool's records?); "
+                      "move them away (nothing was removed)", param="output_dir")
     for name in names:
       os.remove(os.path.join(output_dir, name))
     if names:
@@ -844,7 +839,7 @@ def _prepare_output(output_dir, inputs, rebuild):
       raise OutputMismatch(f"output_dir={output_dir}: holds {len(shards)} file(s) named like "
                            f"TFRecord shards (e.g. {shards[0]}) but no "
                            f"{MANIFEST_FILENAME} (another tool or an older version wrote them); "
-                           f"{advice}", param="output_dir")
+                           "move them away or choose another output_dir", param="output_dir")
     return None
   differences = _differences(previous["inputs"], inputs)
   if differences:
