@@ -258,8 +258,8 @@ def records_data(values):
 def earlier_data_facts(data, values):
   """{num_examples_per_epoch, num_classes, label_offset, label_map, batch_size} that an earlier
   start of --model_dir which saved a checkpoint used with the same file patterns and keys, less
-  what the user sets now; or {}. Files changed under the same patterns are not noticed (the flags
-  override)."""
+  what the user sets now; or {}. Files changed under the same patterns are noticed when a
+  builder's manifest.json counts them, not otherwise (the flags override)."""
   if (not os.path.exists(os.path.join(FLAGS.model_dir, params_lib.PARAMS_FILENAME))
       or estimator_lib.latest_checkpoint(FLAGS.model_dir) is None):
     return {}
@@ -268,6 +268,11 @@ def earlier_data_facts(data, values):
   if (run.train_file_pattern, run.validation_file_pattern, read.image_key, read.label_key) != (
       data["train_file_pattern"], data["validation_file_pattern"], data["image_key"],
       data["label_key"]) or not run.num_examples_per_epoch:
+    return {}
+  now = records.manifest_count(data["train_file_pattern"])  # free with a builder's manifest
+  if now is not None and now != run.num_examples_per_epoch:
+    logging.info("The records changed since the earlier start (%d examples then, %d now).",
+                 run.num_examples_per_epoch, now)
     return {}
   facts = dict(num_examples_per_epoch=run.num_examples_per_epoch,
                num_classes=previous.model.num_classes, label_offset=read.label_offset,
