@@ -142,6 +142,12 @@ _BBOX_KEYS = ("ymin", "xmin", "ymax", "xmax")  # the order of tf.image's boxes
 _ERROR_START, _ERROR_END = "<<dataloader: ", ">>"
 
 LABEL_MAP_FILENAME = "labels.txt"
+
+
+def label_map_beside(file_pattern):
+  """The path of the label map beside the records of `file_pattern` (in its folder; it may not
+  exist)."""
+  return os.path.join(os.path.dirname(file_pattern), LABEL_MAP_FILENAME)
 LabelEntry = collections.namedtuple("LabelEntry", ["label", "name", "text"])
 LabelEntry.__doc__ = """One class: 1-based record label (int), synset/class name (str), human text (str)."""
 

@@ -225,8 +225,9 @@ def data_sources(values):
 
 def records_data(values):
   """The facts of --train_file_pattern's records that the run needs and the user did not give:
-  their keys, classes and example count. A restart reuses what its params.json holds for the same
-  files (a count of ImageNet without a manifest reads all of it)."""
+  their keys, classes and example count. One pass over the records at most, which also checks
+  their labels; a restart reuses what its params.json holds for the same files (a count of
+  ImageNet without a manifest reads all of it)."""
   data = dict(train_file_pattern=FLAGS.train_file_pattern,
               validation_file_pattern=FLAGS.validation_file_pattern)
   check_inputs(data)
@@ -234,19 +235,22 @@ def records_data(values):
   if (data["image_key"], data["label_key"]) == dataloader.TFDS_KEYS:
     data["label_offset"] = 0  # TensorFlow Datasets' labels are 0-based
   data.update(earlier_data_facts(data, values))
-  known, scan = {**data, **values}, None
-  if "num_classes" not in known:
-    data.update(classes_from_data(data, values))
-    scan = data.pop("scan", None)
-  if "num_examples_per_epoch" not in known:
-    count, source = (scan.records[0], "counted") if scan else (
-        records.manifest_count(FLAGS.train_file_pattern), "manifest")
-    if count is None:  # a pass over the records anyway: it checks their labels too
-      scan = records.scan_labels(
-          [p for p in (data["train_file_pattern"], data["validation_file_pattern"]) if p],
-          data["label_key"])
-      count, source = scan.records[0], "counted"
+  count_needed = "num_examples_per_epoch" not in {**data, **values}
+  if "num_classes" not in {**data, **values}:
+    data.update(classes_beside(data["train_file_pattern"]))
+  count, source = (records.manifest_count(FLAGS.train_file_pattern), "manifest") if (
+      count_needed) else (None, None)
+  classes_needed = "num_classes" not in {**data, **values}
+  if classes_needed or (count_needed and count is None):
+    scan = records.scan_labels(
+        [p for p in (data["train_file_pattern"], data["validation_file_pattern"]) if p],
+        data["label_key"])
+    if classes_needed:
+      data.update(classes_from_labels(scan, {**data, **values}))
+    else:
       check_labels(scan, {**data, **values})
+    count, source = scan.records[0], "counted"
+  if count_needed:
     if not count:
       raise UserError(f"--train_file_pattern={FLAGS.train_file_pattern}: the matching files hold "
                       f"no record; nothing to train on")
@@ -309,19 +313,20 @@ def check_labels(scan, known):
                     f"{scan.smallest} to {scan.largest}, outside {offset}..{last}")
 
 
-def classes_from_data(data, values):
-  """{num_classes, label_offset, label_map or scan}: from labels.txt beside the training records
-  (labels 1..N), else from one pass over the training and validation records' labels (0-based
-  when a label 0 occurs, unless --label_offset says otherwise)."""
-  label_map = os.path.join(os.path.dirname(data["train_file_pattern"]),
-                           dataloader.LABEL_MAP_FILENAME)
-  if tf.io.gfile.exists(label_map):
-    num_classes = len(dataloader.read_label_map(label_map))
-    logging.info("num_classes %d: the classes of %s.", num_classes, label_map)
-    return dict(num_classes=num_classes, label_map=label_map)
-  patterns = [p for p in (data["train_file_pattern"], data["validation_file_pattern"]) if p]
-  scan = records.scan_labels(patterns, data["label_key"])
-  offset = values.get("label_offset", data.get("label_offset", 0 if scan.smallest == 0 else 1))
+def classes_beside(train_file_pattern):
+  """{num_classes, label_map} from labels.txt beside the training records (labels 1..N), or {}."""
+  label_map = dataloader.label_map_beside(train_file_pattern)
+  if not tf.io.gfile.exists(label_map):
+    return {}
+  num_classes = len(dataloader.read_label_map(label_map))
+  logging.info("num_classes %d: the classes of %s.", num_classes, label_map)
+  return dict(num_classes=num_classes, label_map=label_map)
+
+
+def classes_from_labels(scan, known):
+  """{num_classes, label_offset} from the scanned labels: 0-based when a label 0 occurs, unless
+  --label_offset (or the records' schema, in `known`) says otherwise."""
+  offset = known.get("label_offset", 0 if scan.smallest == 0 else 1)
   num_classes = scan.largest - offset + 1
   if scan.smallest < offset or num_classes < 2:
     raise UserError(f"--train_file_pattern: the records' labels run from {scan.smallest} to "
@@ -330,7 +335,7 @@ def classes_from_data(data, values):
   logging.info("num_classes %d, label_offset %d: the records' labels run from %d to %d (no %s "
                "beside them; --num_classes and --label_offset set them).", num_classes, offset,
                scan.smallest, scan.largest, dataloader.LABEL_MAP_FILENAME)
-  return dict(num_classes=num_classes, label_offset=offset, scan=scan)
+  return dict(num_classes=num_classes, label_offset=offset)
 
 
 def file_size(path):

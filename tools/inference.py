@@ -142,7 +142,7 @@ def find_label_map(model_dir, params, path=None):
   candidates = [params.run.label_map]
   for pattern in (params.run.train_file_pattern, params.run.validation_file_pattern):
     if pattern:
-      candidates.append(os.path.join(os.path.dirname(pattern), dataloader.LABEL_MAP_FILENAME))
+      candidates.append(dataloader.label_map_beside(pattern))
   candidates.append(os.path.join(model_dir, dataloader.LABEL_MAP_FILENAME))
   return next((c for c in candidates if c and tf.io.gfile.exists(c)), None)
 

@@ -197,9 +197,9 @@ def default_batch_size(num_examples):
   while batch > MIN_DEFAULT_BATCH_SIZE and num_examples < MIN_STEPS_PER_EPOCH * batch:
     batch //= 2
   if batch < DEFAULT_BATCH_SIZE:
-    logging.info("Global batch %d: the default %d, halved until an epoch of %d examples has at "
-                 "least %d steps (batch_size sets it).", batch, DEFAULT_BATCH_SIZE, num_examples,
-                 MIN_STEPS_PER_EPOCH)
+    logging.info("Global batch %d: the default %d, halved while an epoch of %d examples has "
+                 "fewer than %d steps, down to %d (batch_size sets it).", batch, DEFAULT_BATCH_SIZE,
+                 num_examples, MIN_STEPS_PER_EPOCH, MIN_DEFAULT_BATCH_SIZE)
   return batch
 
 

@@ -704,10 +704,10 @@ def count_examples(file_pattern):
   Raises:
     UserError: no file matches the pattern, or a file cannot be read to the end (names it).
   """
-  counts = manifest_count(file_pattern)
-  if counts is not None:
-    return counts, "manifest"
   files = _matching_files(file_pattern)
+  counts = _manifest_counts(files)
+  if counts is not None:
+    return sum(counts), "manifest"
   progress = Progress(f"Counting the records of {file_pattern}", len(files), unit="files")
   total = 0
   for path in files:
