@@ -1,5 +1,6 @@
 """Shared pytest set-up. The repository root and tests/ are on the import path through
 pyproject.toml's `pythonpath`, so `import model` and `import data_utils` work from any folder."""
+import gc
 import os
 
 import pytest
@@ -64,3 +65,16 @@ def two_replicas():
   devices = [d.name for d in tf.config.list_logical_devices("CPU")[:2]]
   assert len(devices) == 2
   return tf.distribute.MirroredStrategy(devices)
+
+
+@pytest.fixture(autouse=True)
+def _collect_input_pipelines():
+  """Frees each test's leftover tf.data iterators while its output is still captured.
+
+  A pipeline that raised stays referenced by the exception's traceback (through the iterator's own
+  frame) until the garbage collector breaks the cycle; its prefetching threads keep decoding until
+  then. A test that feeds undecodable JPEGs would otherwise let libjpeg's messages ("Unsupported
+  marker type ...") reach the suite's output after the test, outside pytest's capture.
+  """
+  yield
+  gc.collect()
