@@ -67,6 +67,7 @@ import numpy as np
 import tensorflow as tf
 
 from tools.common import one_line
+from tools.common import param
 from tools.common import UserError
 
 AUTOTUNE = tf.data.AUTOTUNE  # -1, so it fits the JSON params
@@ -76,54 +77,65 @@ IMAGENET_KEYS = ("image/encoded", "image/class/label")
 TFDS_KEYS = ("image", "label")
 KNOWN_KEYS = (IMAGENET_KEYS, TFDS_KEYS)
 
+PREPROCESSINGS = ("caffe", "inception")
+
+
 @dataclasses.dataclass(frozen=True)
 class InputParams:
-  """The input pipeline's parameters (the `input` section of tools/params.Params); every field has
-  its default here. The image side, the global batch and the class count come from the model and
+  """The input pipeline's parameters (the `input` section of tools/params.Params), each declared once
+  (tools/common.param). The image side, the global batch and the class count come from the model and
   recipe sections and are passed to input_fn beside this."""
   # "caffe" (seed repository / official Caffe model) or "inception" (Model Garden); module docstring.
-  preprocessing: str = "caffe"
+  preprocessing: str = param("caffe", "Preprocessing.", choices=PREPROCESSINGS, meaning=True)
   # RGB means subtracted from 0..255 pixels (the ImageNet means of the Caffe models), no scaling.
-  mean_rgb: tuple = (123.0, 117.0, 104.0)
+  mean_rgb: tuple = param((123.0, 117.0, 104.0), "RGB means subtracted.", flag=False)
   # Random left-right flip in training: the seed repository flips, Caffe's prototxt did not.
-  random_flip: bool = True
+  random_flip: bool = param(True, "Random left-right flip in training.", flag=False)
   # The records' keys of the encoded image (JPEG, or PNG/GIF/BMP decoded whole) and of the int64
   # label; class_idx = label - label_offset (ImageNet labels are 1..1000, 0 unused).
-  image_key: str = IMAGENET_KEYS[0]
-  label_key: str = IMAGENET_KEYS[1]
-  label_offset: int = 1
+  image_key: str = param(IMAGENET_KEYS[0], "The records' key of the encoded image.",
+                         default_text="image/encoded (ImageNet schema), or image (TensorFlow "
+                         "Datasets) when the first record has that")
+  label_key: str = param(IMAGENET_KEYS[1], "The records' key of the int64 label.",
+                         default_text="image/class/label, or label")
+  label_offset: int = param(1, "The record label of class 0.", minimum=0, meaning=True,
+                            default_text="1 (ImageNet's labels 1..1000), or 0 when --num_classes is "
+                            "unset and some record has label 0")
   # Seeds file and record shuffles and the augmentation (None: different every run).
-  seed: int | None = None
+  seed: int | None = param(None, "Random seed of the input pipeline and initialisation.", minimum=0,
+                           default_text="none (different every run)")
   # Records in the shuffle buffer: Model Garden's ImageNet value; about 1.1 GB of ImageNet records.
-  shuffle_buffer_size: int = 10_000
+  shuffle_buffer_size: int = param(10_000, "Records in the shuffle buffer.", minimum=1, flag=False)
   # Files read at once in training (Model Garden's ImageNet value); more files mix classes better.
-  interleave_cycle_length: int = 16
+  interleave_cycle_length: int = param(16, "Files read at once in training.", flag=False)
   # Threads reading those files. None: the reading thread itself, in turn (a local disk or the page
   # cache: the autotuned -1 cost 0.2-0.25 ms of CPU per image here, 15% more per training image,
   # in thread hand-offs); -1 lets tf.data tune it, for remote storage with long reads.
-  interleave_num_parallel_calls: int | None = None
+  interleave_num_parallel_calls: int | None = param(None, "Threads reading those files.", flag=False)
   # Read buffer per open TFRecord file, in bytes.
-  read_buffer_size: int = 8 * 1024 * 1024
+  read_buffer_size: int = param(8 * 1024 * 1024, "Read buffer per file, bytes.", flag=False)
   # Elements parsed and preprocessed in parallel (see `map_parallelism`). None: 4 per CPU core, at
   # least 16 (tuned by tf.data on tf.data service workers); -1 lets tf.data tune it to the free cores.
-  num_parallel_calls: int | None = None
+  num_parallel_calls: int | None = param(None, "Elements preprocessed in parallel.", flag=False)
   # Batches prepared ahead of the training step; -1 lets tf.data tune it.
-  prefetch_buffer_size: int = AUTOTUNE
+  prefetch_buffer_size: int = param(AUTOTUNE, "Batches prepared ahead.", flag=False)
   # 0: share TensorFlow's inter-op pool. A value > 0 gives the pipeline its own threads, so that on a
   # GPU host the training step's host ops do not wait behind JPEG decoding.
-  private_threadpool_size: int = 0
+  private_threadpool_size: int = param(0, "Threads of the pipeline's own pool.", flag=False)
   # One thread per element: the parallelism is across elements (Model Garden sets the same).
-  max_intra_op_parallelism: int = 1
+  max_intra_op_parallelism: int = param(1, "Threads per element.", flag=False)
   # libjpeg's IDCT: "" (default, INTEGER_ACCURATE), "INTEGER_FAST" (tf_cnn_benchmarks' choice).
-  dct_method: str = ""
+  dct_method: str = param("", "libjpeg's IDCT.", flag=False)
   # Training order is allowed to vary with thread timing (faster); True makes a seeded run repeatable.
-  deterministic_training: bool = False
+  deterministic_training: bool = param(False, "Repeatable training order (--deterministic).",
+                                       flag=False)
   # Address ("grpc://host:port") of a tf.data service dispatcher whose workers run the TRAINING
   # pipeline (evaluation stays local and exact); None: this process runs it. See input_fn.
-  data_service_address: str | None = None
+  data_service_address: str | None = param(
+      None, "grpc://HOST:PORT of a tf.data service dispatcher (python -m scripts.data_service) "
+      "whose workers run the training input pipeline; evaluation stays local.",
+      default_text="none (this process runs it)")
 
-
-PREPROCESSINGS = ("caffe", "inception")
 
 # Caffe models: resize to 256x256, crop 227 (seed repository / official prototxts).
 _CAFFE_RESIZE, _CAFFE_CROP = 256, 227

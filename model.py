@@ -44,6 +44,7 @@ import tensorflow as tf
 from estimator.spec import EstimatorSpec
 from estimator.spec import ModeKeys
 from estimator.spec import Scaffold
+from tools.common import param
 from tools.common import UserError
 from tools.optimizer import build_optimizer
 
@@ -592,9 +593,13 @@ class PopulationStatistics:
 # ==================================================================================================
 # model_fn: the PREDICT / TRAIN / EVAL branches run by the Estimator (estimator/).
 
+DTYPES = ("float32", "bfloat16", "float16")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelParams:
-  """The network's parameters (the `model` section of tools/params.Params).
+  """The network's parameters (the `model` section of tools/params.Params), each declared once
+  (tools/common.param: its flag, help, range and meaning follow from the declaration).
 
   Attributes:
     configuration: a name in CONFIGURATIONS.
@@ -607,16 +612,20 @@ class ModelParams:
       official run used per-node statistics.
     grouped_conv: how grouped convolutions run (GroupConv2D): "auto", "block_diagonal", "native".
   """
-  configuration: str = "v_1_0_SqNxt_23"
-  num_classes: int = 1000
-  image_size: int = 227
-  dtype: str = "float32"
-  bn_momentum: float = BN_MOMENTUM
-  bn_synchronized: bool = False
-  grouped_conv: str = "auto"
-
-
-DTYPES = ("float32", "bfloat16", "float16")
+  configuration: str = param("v_1_0_SqNxt_23", "Network, one of: " + ", ".join(CONFIGURATIONS) + ".",
+                             meaning=True)
+  num_classes: int = param(1000, "Number of classes.", minimum=2, meaning=True,
+                           default_text="the lines of labels.txt beside the training records, else "
+                           "the largest label in the records (a pass over them)")
+  image_size: int = param(227, "Input side in pixels.", minimum=1, meaning=True)
+  dtype: str = param("float32", "Compute dtype (mixed precision for 16-bit; float16 uses loss "
+                     "scaling).", choices=DTYPES)
+  bn_momentum: float = param(BN_MOMENTUM, "BatchNorm moving-average fraction (prototxt).",
+                             check=((lambda v: 0 <= v < 1), "a fraction in [0, 1)"))
+  bn_synchronized: bool = param(False, "BatchNorm statistics over the global batch (all replicas).")
+  grouped_conv: str = param("auto", "Grouped convolutions (G network): block_diagonal (fast on "
+                            "CPUs), native (cuDNN's grouped kernel), or auto (block_diagonal without "
+                            "a GPU).", choices=GROUPED_CONV_IMPLEMENTATIONS)
 
 
 def _dtype_policy(dtype):

@@ -40,13 +40,12 @@ import tensorflow as tf  # pylint: disable=wrong-import-position
 
 import dataloader  # pylint: disable=wrong-import-position
 import estimator as estimator_lib
-import model
 from tools import cli
+from tools import data_facts
 from tools import demo_data
 from tools import experiment
 from tools import fine_tune
 from tools import params as params_lib
-from tools import records
 from tools.common import acquire_lock
 from tools.common import LockHeld
 from tools.common import one_line
@@ -60,70 +59,16 @@ def define_flags():
   import it next to other programs and call `define_flags()` then `main`)."""
   if "model_dir" in FLAGS:
     return
+  # The parameters' flags, from their declarations (tools/common.param in the params sections).
+  cli.define_param_flags(params_lib.flag_fields(), params_lib.flag_help)
+  # The program's own flags.
   flags.DEFINE_string("model_dir", None, "Folder for checkpoints, TensorBoard logs and params.json.")
-  flags.DEFINE_string("configuration", None,
-                      f"Network, one of: {', '.join(model.CONFIGURATIONS)}. Default v_1_0_SqNxt_23.")
-  flags.DEFINE_string("train_file_pattern", None,
-                      "Glob of training TFRecords (e.g. 'data/train-*'). Unset: the built-in demo data.")
-  flags.DEFINE_string("validation_file_pattern", None, "Glob of validation TFRecords.")
   flags.DEFINE_string("demo_data_dir", os.path.join(os.path.expanduser("~"), ".cache", "squeezenext",
                                                     "demo_data"),
                       "Where the demo data is made on first use and cached.")
-  flags.DEFINE_integer("batch_size", None,
-                       "Global batch (summed over replicas). Default 256, halved while an epoch has "
-                       "fewer than 8 steps (at least 8); demo 64.")
-  flags.DEFINE_float("num_epochs", None, "Epochs to train; converted to steps once. Default 120.")
-  flags.DEFINE_integer("max_steps", None, "Steps to train (overrides --num_epochs).")
-  flags.DEFINE_integer("num_examples_per_epoch", None,
-                       "Training examples per epoch. Default: counted from the records (the builder's "
-                       "manifest.json, else one counting pass).")
-  flags.DEFINE_integer("image_size", None, "Input side in pixels. Default 227 (demo 64).")
-  flags.DEFINE_integer("num_classes", None,
-                       "Number of classes. Default: the lines of labels.txt beside the training "
-                       "records, else the largest label in the records (a pass over them).")
-  flags.DEFINE_string("image_key", None,
-                      "The records' key of the encoded image. Default: image/encoded (ImageNet "
-                      "schema), or image (TensorFlow Datasets) when the first record has that.")
-  flags.DEFINE_string("label_key", None,
-                      "The records' key of the int64 label. Default: image/class/label, or label.")
-  flags.DEFINE_integer("label_offset", None,
-                       "The record label of class 0. Default 1 (ImageNet's labels 1..1000), or 0 "
-                       "when --num_classes is unset and some record has label 0.")
-  flags.DEFINE_enum("preprocessing", None, dataloader.PREPROCESSINGS, "Preprocessing. Default caffe.")
-  flags.DEFINE_float("base_learning_rate", None,
-                     "Learning rate after warm-up. Default: the official 0.4 at batch 1024, scaled linearly.")
-  flags.DEFINE_float("warmup_start_learning_rate", None,
-                     "Learning rate at step 0. Default: the official 0.1 at batch 1024, scaled linearly.")
-  flags.DEFINE_integer("warmup_steps", None,
-                       "Warm-up steps (or --warmup_epochs). Default: --warmup_epochs' default.")
-  flags.DEFINE_float("warmup_epochs", None,
-                     "Warm-up in epochs of the training data. Default: the official 0.623 (780 steps "
-                     "of 1,024 ImageNet images), at most 10% of the run.")
-  flags.DEFINE_float("weight_decay", None, "L2 weight decay (Caffe's sense). Default 1e-4.")
-  flags.DEFINE_float("bn_momentum", None, "BatchNorm moving-average fraction. Default 0.999 (prototxt).")
-  flags.DEFINE_boolean("bn_synchronized", None,
-                       "BatchNorm statistics over the global batch (all replicas). Default off.")
-  flags.DEFINE_integer("eval_every_n_steps", None, "Evaluate every N steps (and at the end).")
-  flags.DEFINE_integer("eval_every_n_secs", None, "Evaluate every N seconds (and at the end).")
-  flags.DEFINE_boolean("output_train_images", None,
-                       "Write training/validation images to TensorBoard. Default on.")
-  flags.DEFINE_integer("image_summary_steps", None, "Interval of training-image summaries. Default 1000.")
-  flags.DEFINE_integer("save_summary_steps", None, "Interval of scalar summaries. Default 100.")
-  flags.DEFINE_integer("log_every_n_steps", None,
-                       "Interval of progress lines in steps (0: none). Default 100.")
-  flags.DEFINE_float("log_every_n_secs", None,
-                     "A progress line at least every N seconds (0: by steps only); slow steps get "
-                     "shorter loops. Default 60.")
-  flags.DEFINE_integer("save_checkpoints_steps", None, "Checkpoint interval. Default 1000.")
-  flags.DEFINE_integer("keep_checkpoint_max", None, "Checkpoints kept in model_dir. Default 5.")
-  flags.DEFINE_integer("precise_bn_examples", None,
-                       "Training examples over which the BatchNorm statistics are recomputed with "
-                       "the current weights before each evaluation and the final checkpoint "
-                       "('precise BN'). Default: an epoch, at least 2,048 and at most 8,192, at most max_steps batches; 0: off.")
   flags.DEFINE_boolean("allow_params_change", False,
                        "Resume a model_dir although network, image size, batch, schedule, classes or "
                        "preprocessing differ from its params.json.")
-  flags.DEFINE_integer("steps_per_loop", None, "Steps per tf.function call. Default 100.")
   flags.DEFINE_string("fine_tune_ckpt", None,
                       "Warm-start from this checkpoint (prefix or directory) when model_dir has none.")
   flags.DEFINE_string("fine_tune_exclude", None,
@@ -133,39 +78,15 @@ def define_flags():
   flags.DEFINE_integer("num_cpu_devices", 0,
                        "Split the CPU into N logical devices for MirroredStrategy (tests the "
                        "multi-device path without GPUs).")
-  flags.DEFINE_enum("dtype", None, list(model.DTYPES),
-                    "Compute dtype (mixed precision for 16-bit; float16 uses loss scaling). "
-                    "Default float32.")
-  flags.DEFINE_boolean("xla", None, "Compile each replica's step with XLA. Default off.")
-  flags.DEFINE_enum("grouped_conv", None, list(model.GROUPED_CONV_IMPLEMENTATIONS),
-                    "Grouped convolutions (G network): block_diagonal (fast on CPUs), native "
-                    "(cuDNN's grouped kernel), or auto (block_diagonal without a GPU). Default auto.")
-  flags.DEFINE_integer("seed", None, "Random seed of the input pipeline and initialisation.")
   flags.DEFINE_boolean("deterministic", False,
                        "Reproducible training: seeds (--seed, default 0), deterministic ops and "
                        "input order. A run killed and restarted with "
                        "--checkpoint_input_pipeline ends with the weights of an uninterrupted one.")
-  flags.DEFINE_boolean("checkpoint_input_pipeline", None,
-                       "Also checkpoint the input pipeline's position, so that a restarted run "
-                       "sees the batches an uninterrupted one would have seen.")
-  flags.DEFINE_string("data_service_address", None,
-                      "grpc://HOST:PORT of a tf.data service dispatcher (python -m "
-                      "scripts.data_service) whose workers run the training input pipeline; "
-                      "evaluation stays local. Unset: this process runs it.")
   flags.DEFINE_integer("collective_timeout_secs", 300,
                        "Multi-worker: a collective operation waiting longer than this for another "
                        "worker fails the run instead of hanging (0: no limit).")
 
 
-# Flags that are parameters of tools/params.py (same names), read when the user set them.
-PARAM_FLAGS = ("configuration", "batch_size", "num_epochs", "max_steps", "num_examples_per_epoch",
-               "image_size", "num_classes", "image_key", "label_key", "label_offset",
-               "preprocessing", "base_learning_rate", "warmup_start_learning_rate", "warmup_steps",
-               "warmup_epochs", "weight_decay", "bn_momentum", "bn_synchronized", "eval_every_n_steps", "eval_every_n_secs",
-               "image_summary_steps", "save_summary_steps", "log_every_n_steps", "log_every_n_secs",
-               "save_checkpoints_steps", "keep_checkpoint_max", "steps_per_loop", "seed", "dtype",
-               "xla", "output_train_images", "checkpoint_input_pipeline", "precise_bn_examples",
-               "grouped_conv", "data_service_address")
 # Other numeric flags and their checks: (test, what is expected).
 PROGRAM_CHECKS = {"num_gpus": (lambda v: v >= 0, "a number >= 0"),
                   "num_cpu_devices": (lambda v: v >= 0, "a number >= 0"),
@@ -178,7 +99,8 @@ TRAIN_BYTES_PER_INPUT_BYTE = 40
 
 def user_values():
   """{param: value} of the parameter flags the user set, checked (UserError names the flag)."""
-  values = {name: FLAGS[name].value for name in PARAM_FLAGS if FLAGS[name].value is not None}
+  values = {f.name: FLAGS[f.name].value for f in params_lib.flag_fields()
+            if FLAGS[f.name].value is not None}
   if FLAGS.deterministic:  # the input pipeline's order too, and a seed for everything
     values.update(deterministic_training=True, seed=values.get("seed", 0))
   for name, (test, expected) in PROGRAM_CHECKS.items():
@@ -206,10 +128,11 @@ def check_data_service(values):
 
 
 def data_sources(values):
-  """(data, demo): the run's file patterns, example count, classes and label map; demo is True for
-  the built-in demo data (made on first use and cached)."""
+  """(data, demo): the run's file patterns, example count, classes and label map
+  (tools/data_facts.py); demo is True for the built-in demo data (made on first use and cached)."""
   if FLAGS.train_file_pattern:
-    return records_data(values), False
+    return data_facts.resolve_data(FLAGS.train_file_pattern, FLAGS.validation_file_pattern, values,
+                                   FLAGS.model_dir), False
   logging.info("No --train_file_pattern: using the built-in demo data (handwritten digits) in %s.",
                FLAGS.demo_data_dir)
   try:
@@ -219,155 +142,8 @@ def data_sources(values):
   data = dict(train_file_pattern=demo.train_pattern,
               validation_file_pattern=FLAGS.validation_file_pattern or demo.validation_pattern,
               num_examples_per_epoch=demo.num_train, label_map=demo.label_map)
-  check_inputs(data)
+  data_facts.check_inputs(data)
   return data, True
-
-
-def records_data(values):
-  """The facts of --train_file_pattern's records that the run needs and the user did not give:
-  their keys, classes and example count. One pass over the records at most, which also checks
-  their labels; a restart reuses what its params.json holds for the same files (a count of
-  ImageNet without a manifest reads all of it)."""
-  data = dict(train_file_pattern=FLAGS.train_file_pattern,
-              validation_file_pattern=FLAGS.validation_file_pattern)
-  check_inputs(data)
-  data["image_key"], data["label_key"] = record_keys(data, values)
-  if (data["image_key"], data["label_key"]) == dataloader.TFDS_KEYS:
-    data["label_offset"] = 0  # TensorFlow Datasets' labels are 0-based
-  data.update(earlier_data_facts(data, values))
-  count_needed = "num_examples_per_epoch" not in {**data, **values}
-  if "num_classes" not in {**data, **values}:
-    data.update(classes_beside(data["train_file_pattern"]))
-  count, source = (records.manifest_count(FLAGS.train_file_pattern), "manifest") if (
-      count_needed) else (None, None)
-  classes_needed = "num_classes" not in {**data, **values}
-  if classes_needed or (count_needed and count is None):
-    scan = records.scan_labels(
-        [p for p in (data["train_file_pattern"], data["validation_file_pattern"]) if p],
-        data["label_key"])
-    if classes_needed:
-      data.update(classes_from_labels(scan, {**data, **values}))
-    else:
-      check_labels(scan, {**data, **values})
-    count, source = scan.records[0], "counted"
-  if count_needed:
-    if not count:
-      raise UserError(f"--train_file_pattern={FLAGS.train_file_pattern}: the matching files hold "
-                      f"no record; nothing to train on")
-    logging.info("%d training examples (%s) in %s.", count, source, FLAGS.train_file_pattern)
-    data["num_examples_per_epoch"] = count
-  return data
-
-
-def earlier_data_facts(data, values):
-  """{num_examples_per_epoch, num_classes, label_offset, label_map, batch_size} that an earlier
-  start of --model_dir which saved a checkpoint used with the same file patterns and keys, less
-  what the user sets now; or {}. Files changed under the same patterns are noticed when a
-  builder's manifest.json counts them, not otherwise (the flags override)."""
-  if (not os.path.exists(os.path.join(FLAGS.model_dir, params_lib.PARAMS_FILENAME))
-      or estimator_lib.latest_checkpoint(FLAGS.model_dir) is None):
-    return {}
-  previous = params_lib.load_params(FLAGS.model_dir)
-  run, read = previous.run, previous.input
-  if (run.train_file_pattern, run.validation_file_pattern, read.image_key, read.label_key) != (
-      data["train_file_pattern"], data["validation_file_pattern"], data["image_key"],
-      data["label_key"]) or not run.num_examples_per_epoch:
-    return {}
-  now = records.manifest_count(data["train_file_pattern"])  # free with a builder's manifest
-  if now is not None and now != run.num_examples_per_epoch:
-    logging.info("The records changed since the earlier start (%d examples then, %d now).",
-                 run.num_examples_per_epoch, now)
-    return {}
-  facts = dict(num_examples_per_epoch=run.num_examples_per_epoch,
-               num_classes=previous.model.num_classes, label_offset=read.label_offset,
-               label_map=run.label_map, batch_size=previous.recipe.batch_size)
-  facts = {k: v for k, v in facts.items() if k not in values and v is not None}
-  if facts:
-    logging.info("From the earlier start's params.json (same file patterns; not counted again): "
-                 "%s.",
-                 ", ".join(f"{k} {v}" for k, v in facts.items()))
-  return facts
-
-
-def record_keys(data, values):
-  """(image key, label key) of the training records, also found in the validation records."""
-  keys = records.record_keys(data["train_file_pattern"], values.get("image_key"),
-                             values.get("label_key"))
-  if data["validation_file_pattern"]:
-    try:
-      records.record_keys(data["validation_file_pattern"], *keys)
-    except UserError as e:
-      raise UserError(f"--validation_file_pattern: {e}") from e
-  if keys != dataloader.IMAGENET_KEYS:
-    logging.info("The records' keys: image %s, label %s.", *keys)
-  return keys
-
-
-def check_labels(scan, known):
-  """UserError before training when the scanned labels do not fit --num_classes and
-  --label_offset (else the first batch fails after the model is built)."""
-  offset = known.get("label_offset", 1)
-  last = offset + known.get("num_classes", model.ModelParams.num_classes) - 1
-  if scan.smallest < offset or scan.largest > last:
-    raise UserError(f"--num_classes / --label_offset: the records' labels run from "
-                    f"{scan.smallest} to {scan.largest}, outside {offset}..{last}")
-
-
-def classes_beside(train_file_pattern):
-  """{num_classes, label_map} from labels.txt beside the training records (labels 1..N), or {}."""
-  label_map = dataloader.label_map_beside(train_file_pattern)
-  if not tf.io.gfile.exists(label_map):
-    return {}
-  num_classes = len(dataloader.read_label_map(label_map))
-  logging.info("num_classes %d: the classes of %s.", num_classes, label_map)
-  return dict(num_classes=num_classes, label_map=label_map)
-
-
-def classes_from_labels(scan, known):
-  """{num_classes, label_offset} from the scanned labels: 0-based when a label 0 occurs, unless
-  --label_offset (or the records' schema, in `known`) says otherwise."""
-  offset = known.get("label_offset", 0 if scan.smallest == 0 else 1)
-  num_classes = scan.largest - offset + 1
-  if scan.smallest < offset or num_classes < 2:
-    raise UserError(f"--train_file_pattern: the records' labels run from {scan.smallest} to "
-                    f"{scan.largest}, which is not 2 or more classes from label_offset {offset}; "
-                    "set --num_classes and --label_offset")
-  logging.info("num_classes %d, label_offset %d: the records' labels run from %d to %d (no %s "
-               "beside them; --num_classes and --label_offset set them).", num_classes, offset,
-               scan.smallest, scan.largest, dataloader.LABEL_MAP_FILENAME)
-  return dict(num_classes=num_classes, label_offset=offset)
-
-
-def file_size(path):
-  """Bytes of the file `path`; UserError naming it when it cannot be read (a dangling link)."""
-  try:
-    return tf.io.gfile.stat(path).length
-  except tf.errors.OpError as e:
-    raise UserError(f"{path} cannot be read: {one_line(e, 100)}") from e
-
-
-def check_inputs(data):
-  """Fails early on file patterns that match nothing; warns when validation shares training files."""
-  files = {}
-  for name in ("train_file_pattern", "validation_file_pattern"):
-    if data.get(name):
-      files[name] = set(tf.io.gfile.glob(data[name]))
-      if not files[name]:
-        raise UserError(f"--{name}={data[name]}: no file matches this pattern")
-  if not data.get("validation_file_pattern"):
-    beside = tf.io.gfile.glob(os.path.join(os.path.dirname(data["train_file_pattern"]),
-                                           "validation-*"))
-    logging.warning("No --validation_file_pattern: the run does not evaluate.%s", (
-        f" {len(beside)} validation-* file(s) sit beside the training records: "
-        f"--validation_file_pattern '{os.path.dirname(beside[0])}/validation-*'") if beside else "")
-  empty = sorted(f for f in files.get("train_file_pattern", ()) if not file_size(f))
-  if empty:
-    logging.warning("%d of the training files are empty (0 bytes, e.g. %s): a failed write?",
-                    len(empty), empty[0])
-  shared = files.get("train_file_pattern", set()) & files.get("validation_file_pattern", set())
-  if shared:
-    logging.warning("The validation files share %d file(s) with the training files (e.g. %s): the "
-                    "evaluation measures training data.", len(shared), sorted(shared)[0])
 
 
 # Gradients are all-reduced in packs of up to this many bytes: one collective launch for SqueezeNext's
@@ -560,7 +336,8 @@ def main(argv):
     logging.info("Params:\n%s", json.dumps(params.to_dict(), indent=2, sort_keys=True))
     logging.info(params_lib.describe_schedule(params))
     est = experiment.build_estimator(params, FLAGS.model_dir, strategy, init_fn)
-    logging.info("Starting at global step %d.", est.global_step)  # restores or warm-starts: may fail
+    est.restore()  # from model_dir's newest checkpoint, or warm-started: may fail
+    logging.info("Starting at global step %d.", est.global_step)
     start_run(est, params, held, locked)  # only now, so that a user error leaves model_dir untouched
     report(est, run_training(est, params))
 

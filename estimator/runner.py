@@ -71,10 +71,13 @@ class Estimator:
     self.keeper = checkpoints_lib.CheckpointKeeper(self.model_dir, objects,
                                                    self.config.keep_checkpoint_max, task_id)
 
-  @property
-  def scaffold(self):
-    """The Scaffold, built on first use and restored from model_dir's newest readable checkpoint
-    (else warm-started by its init_fn)."""
+  def restore(self):
+    """Builds the Scaffold (once) and restores it from model_dir's newest readable checkpoint, else
+    warm-starts it by its init_fn; returns it. train, evaluate and predict call it first.
+
+    Raises:
+      UserError: model_dir's checkpoints do not fit the network (estimator/checkpoints.py).
+    """
     if self._scaffold is None:
       self._build()
       init_fn = self._scaffold.init_fn
@@ -82,8 +85,15 @@ class Estimator:
     return self._scaffold
 
   @property
+  def scaffold(self):
+    """The Scaffold that restore() built and restored."""
+    if self._scaffold is None:
+      raise RuntimeError("Estimator.restore() builds and restores the scaffold; call it first")
+    return self._scaffold
+
+  @property
   def global_step(self):
-    """The global step as a Python int."""
+    """The global step as a Python int (after restore())."""
     return int(self.scaffold.global_step.numpy())
 
   def latest_checkpoint(self):
@@ -136,7 +146,8 @@ class Estimator:
     Raises:
       NonFiniteLossError: a loss was NaN/inf; the newest checkpoint is the last good one.
     """
-    step = self.global_step  # builds and restores the scaffold
+    self.restore()
+    step = self.global_step
     if step >= max_steps:
       logging.info("Global step %d >= max_steps %d: nothing to train.", step, max_steps)
       return {}
@@ -186,7 +197,7 @@ class Estimator:
     """Recomputes the population statistics (precise BatchNorm) with the current weights over
     `config.statistics_batches` training batches; trainable variables are not changed.
     A no-op when the scaffold has no `statistics` or the config asks for 0 batches."""
-    cfg, statistics = self.config, self.scaffold.statistics
+    cfg, statistics = self.config, self.restore().statistics
     if (statistics is None or cfg.statistics_batches <= 0 or cfg.statistics_input_fn is None
         or self._statistics_step == self.global_step):
       return
@@ -219,7 +230,7 @@ class Estimator:
     Returns:
       dict: every eval metric of the scaffold (floats; num_examples int) and global_step (int).
     """
-    metrics = self.scaffold.eval_metrics
+    metrics = self.restore().eval_metrics
     state = loops.metric_zeros(metrics)
     iterator = self._distribute(input_fn)
     start = time.time()

@@ -701,6 +701,7 @@ class _StepTimer(estimator_lib.Hook):
 def _runner_train_seconds(estimator, input_fn, steps):
   """Seconds of each of `steps` training steps through Estimator.train and model_fn (list)."""
   timer = _StepTimer()
+  estimator.restore()
   estimator.train(input_fn, estimator.global_step + steps, hooks=(timer,))
   return list(np.diff(timer.times))
 
@@ -767,7 +768,7 @@ def _project_measures(mode, estimator, params, steps):
   """{"runner": measure, "bare": measure} on one in-memory batch repeated; each measure() returns
   seconds per step (training: each step timed alone; inference: a pass of `steps` batches)."""
   training = mode == "train"
-  network = estimator.scaffold.network
+  network = estimator.restore().network
   images, labels = _synthetic_batch(params)
   # tf.data's autotuning has nothing to tune in a repeated constant; left on, the teardown of an
   # evaluation's iterator waited for its optimisation thread (1.9 s in 2-3 of 6 five-batch passes
@@ -813,7 +814,7 @@ def _measure_case(mode, configuration, dtype, pattern, peers):
   params = benchmark_params(configuration, dtype, 1 if training else steps, pattern)
   with tempfile.TemporaryDirectory() as model_dir:
     estimator = experiment.build_estimator(params, model_dir)
-    _, totals = stats.model_statistics(estimator.scaffold.network)
+    _, totals = stats.model_statistics(estimator.restore().network)
     measures = {"matmul": matmul_seconds(FLAGS.matmul_size),
                 **_project_measures(mode, estimator, params, steps)}
     peer = PeerStep(mode, configuration, dtype, params) if peers else None

@@ -68,6 +68,7 @@ def test_one_and_two_replicas_give_the_same_statistics(tmp_path, two_replicas):
     est = experiment.build_estimator(params, str(tmp_path / str(len(statistics))), strategy)
     est.config = dataclasses.replace(est.config, statistics_batches=6,
                                      statistics_input_fn=statistics_input_fn)
+    est.restore()
     if statistics:
       est.scaffold.network.set_weights(first_weights)
     first_weights = est.scaffold.network.get_weights()

@@ -124,6 +124,7 @@ def resumed_run(records, tmp_path_factory):
   first = experiment.build_estimator(params, str(model_dir))
   first.train(train_input_fn(params), 20)  # "stopped" after 20 steps
   resumed = experiment.build_estimator(params, str(model_dir))
+  resumed.restore()
   restored_step = resumed.global_step
   next_learning_rate = float(resumed.scaffold.optimizer.learning_rate)
   resumed.train(train_input_fn(params), 40)
@@ -181,6 +182,7 @@ def test_fine_tune_restores_everything_but_the_classifier(resumed_run, tmp_path)
   target_params = params.replace_model(num_classes=2)
   init_fn = fine_tune.make_init_fn(str(resumed_run["model_dir"]))
   target = experiment.build_estimator(target_params, str(tmp_path / "target"), init_fn=init_fn)
+  target.restore()  # warm-started by init_fn: model_dir has no checkpoint
   assert target.global_step == 0  # step and optimizer start fresh
   source_weights = {v.path: v.numpy() for v in source.scaffold.network.weights}
   for variable in target.scaffold.network.weights:
@@ -203,8 +205,8 @@ def test_two_replicas_match_one_device(records, tmp_path, two_replicas):
       params.input, shuffle_buffer_size=1, deterministic_training=True)))
   one = experiment.build_estimator(params, str(tmp_path / "one"))
   two = experiment.build_estimator(params, str(tmp_path / "two"), strategy=two_replicas)
-  initial = one.scaffold.network.get_weights()
-  two.scaffold.network.set_weights(initial)
+  initial = one.restore().network.get_weights()
+  two.restore().network.set_weights(initial)
   for estimator in (one, two):
     estimator.train(input_fn, 5)
   trainable = lambda est: [v.numpy() for v in est.scaffold.network.trainable_variables]

@@ -338,6 +338,7 @@ def test_model_dir_not_writable_holding_another_network_or_full_while_saving(rec
   params = params_lib.resolve_params(user, dict(train_file_pattern=records.train_pattern,
                                                 num_examples_per_epoch=records.num_train))
   resumed = experiment.build_estimator(params, str(run_dir))
+  resumed.restore()
   assert resumed.global_step == 4
   resumed.train(experiment.make_input_fn(params, records.train_pattern, True), 6)
   assert tf.train.latest_checkpoint(run_dir).endswith("ckpt-6")

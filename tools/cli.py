@@ -11,7 +11,9 @@ Run the programs as modules from the repository's root: `python train.py ...`,
 `python -m scripts.predict ...`.
 """
 
+import re
 import sys
+import typing
 
 from absl import app
 from absl import flags
@@ -26,10 +28,17 @@ INTERRUPTED_EXIT_CODE = 130
 
 
 def flag_message(error):
-  """The one-line text of a UserError, its parameter shown as the flag of the same name."""
+  """The one-line text of a UserError, its parameter shown as the flag of the same name.
+
+  A single `param` is shown as a flag where the message starts with it (`param=...` or
+  `param: ...`); a tuple of params (an error about several) wherever the message names them.
+  """
   message = " ".join(str(error).split())
   param = getattr(error, "param", None)
-  if param and param in flags.FLAGS and message.startswith(f"{param}="):
+  if isinstance(param, tuple):
+    for name in (p for p in param if p in flags.FLAGS):
+      message = re.sub(rf"(?<![\w-]){re.escape(name)}\b", f"--{name}", message)
+  elif param and param in flags.FLAGS and message.startswith((f"{param}=", f"{param}:")):
     message = "--" + message
   return message
 
@@ -66,3 +75,22 @@ def define_flag(kind, name, default, text, **kwargs):
     getattr(flags, f"DEFINE_{kind}")(name, default, help=text, **kwargs)
     # Also a flag of the program's main module (absl names it sys.argv[0]), which --help lists.
     flags.FLAGS.register_flag_by_module(sys.argv[0], flags.FLAGS[name])
+
+
+# The absl flag kind of a declared parameter's type (tools/common.param), None removed from a union.
+_FLAG_KINDS = {str: "string", int: "integer", float: "float", bool: "boolean"}
+
+
+def define_param_flags(declared, help_fn):
+  """One flag per declared parameter field (tools/params.flag_fields()), of the same name.
+
+  Its kind follows the field's type (an enum when the declaration lists choices); its default is
+  None, so that the program passes on only what the user set (tools/params.resolve_params applies
+  the declared defaults). `help_fn(field)` gives its help (tools/params.flag_help).
+  """
+  for field in declared:
+    choices = field.metadata["choices"]
+    types = [t for t in (typing.get_args(field.type) or (field.type,)) if t is not type(None)]
+    kind = "enum" if choices else _FLAG_KINDS[types[0]]
+    define_flag(kind, field.name, None, help_fn(field),
+                **({"enum_values": list(choices)} if choices else {}))

@@ -1,12 +1,15 @@
-"""Small facilities every part of the library shares: the user-error type, atomic writes, a progress
-reporter, one-line error text and the image file extensions.
+"""Small facilities every part of the library shares: the user-error type, the declaration of a
+hyperparameter (`param`), atomic writes, a progress reporter, one-line error text and the image file
+extensions.
 
 One place for each: the library (model.py, dataloader.py, estimator/, tools/) and the programs
 (train.py, scripts/) import them from here; nothing here reads flags.
 """
 
 import contextlib
+import dataclasses
 import datetime
+import math
 import os
 import re
 import shutil
@@ -35,6 +38,52 @@ class UserError(ValueError):
   def __init__(self, message, param=None):
     super().__init__(message)
     self.param = param
+
+
+def param(default, help_text, *, minimum=None, check=None, choices=None, flag=True, meaning=False,
+          default_text=None):
+  """A hyperparameter, declared once as a field of a params section (a frozen dataclass).
+
+  Everything else follows from this declaration (tools/params.py): the program's flag of the same
+  name (its kind from the field's type, its help ending with the default), the range check of a
+  value, `params.json`, and whether a changed value makes a resumed run another run.
+
+  Args:
+    default: the field's default (immutable: a tuple, not a list).
+    help_text: one sentence for --help, without the default (it is appended).
+    minimum: numbers: the smallest value accepted (inclusive).
+    check: numbers: (test(value) -> bool, "what is expected") instead of `minimum`.
+    choices: strings: the accepted values (an enum flag).
+    flag: False for a parameter that has no flag (set in code, or from the data).
+    meaning: True when a resumed run with another value trains another model (refused unless
+      allow_params_change).
+    default_text: the help's "Default ..." text when the default is computed (None fields).
+  Returns:
+    dataclasses.Field with this metadata.
+  """
+  if minimum is not None:
+    check = (lambda v: v >= minimum), f"a number >= {minimum}"
+  metadata = dict(help=help_text, check=check, choices=choices, flag=flag, meaning=meaning,
+                  default_text=default_text)
+  return dataclasses.field(default=default, metadata=metadata)
+
+
+def check_param(field, value):
+  """Raises UserError `name=value: expected ...` unless `value` fits the declared field (`param`).
+
+  None is accepted (unset); so are values of fields declared without a check or choices.
+  """
+  if value is None:
+    return
+  check, choices = field.metadata.get("check"), field.metadata.get("choices")
+  if choices is not None and value not in choices:
+    raise UserError(f"{field.name}={value}: expected one of {', '.join(map(str, choices))}",
+                    param=field.name)
+  if check is None or isinstance(value, bool):
+    return
+  test, expected = check
+  if not isinstance(value, (int, float)) or not math.isfinite(value) or not test(value):
+    raise UserError(f"{field.name}={value}: expected {expected}", param=field.name)
 
 
 def one_line(error, limit=300):

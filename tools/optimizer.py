@@ -20,6 +20,7 @@ import dataclasses
 import keras
 import tensorflow as tf
 
+from tools.common import param
 from tools.common import UserError
 
 IMAGENET_TRAIN_EXAMPLES = 1281167  # ILSVRC2012 training set size.
@@ -36,19 +37,31 @@ class Recipe:
     base_learning_rate: learning rate at the end of warm-up (`base_lr` of the solver).
     warmup_start_learning_rate: learning rate at step 0.
     warmup_steps: steps of linear warm-up (0 disables it).
+    warmup_epochs: the warm-up as given in epochs (None: as steps, or the default); the run's
+      warmup_steps are derived from it once (tools/params.py).
     max_steps: steps of the whole run (`max_iter`); the learning rate reaches 0 there.
     poly_power: exponent of the poly decay.
     momentum: SGD momentum (heavy ball, not Nesterov).
     weight_decay: L2 factor; the gradient gets `weight_decay * w` added (Caffe's convention).
   """
-  batch_size: int = 1024
-  base_learning_rate: float = 0.4
-  warmup_start_learning_rate: float = 0.1
-  warmup_steps: int = 780
-  max_steps: int = 150136
-  poly_power: float = 2.0
-  momentum: float = 0.9
-  weight_decay: float = 1e-4
+  batch_size: int = param(1024, "Global batch (summed over replicas).", minimum=1, meaning=True,
+                          default_text="256, halved while an epoch has fewer than 8 steps (at least "
+                          "8)")
+  base_learning_rate: float = param(0.4, "Learning rate after warm-up.", minimum=0, meaning=True,
+                                    default_text="the official 0.4 at batch 1024, scaled linearly")
+  warmup_start_learning_rate: float = param(
+      0.1, "Learning rate at step 0.", minimum=0, meaning=True,
+      default_text="the official 0.1 at batch 1024, scaled linearly")
+  warmup_steps: int = param(780, "Warm-up steps (or --warmup_epochs).", minimum=0,
+                            default_text="--warmup_epochs' default")
+  warmup_epochs: float | None = param(
+      None, "Warm-up in epochs of the training data (converted to warmup_steps).", minimum=0,
+      default_text="the official 0.623 (780 steps of 1,024 ImageNet images), at most 10% of the run")
+  max_steps: int = param(150136, "Steps to train (overrides --num_epochs).", minimum=1,
+                         default_text="--num_epochs of the data")
+  poly_power: float = param(2.0, "Exponent of the poly decay.", flag=False, meaning=True)
+  momentum: float = param(0.9, "SGD momentum.", flag=False, meaning=True)
+  weight_decay: float = param(1e-4, "L2 weight decay (Caffe's sense).", minimum=0, meaning=True)
 
 
 # The official Caffe solver: 150,136 steps = 120 epochs at batch 1024.

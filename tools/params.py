@@ -25,6 +25,8 @@ import dataloader
 import model
 from tools import optimizer as optimizer_lib
 from tools.common import atomic_write
+from tools.common import check_param
+from tools.common import param
 from tools.common import UserError
 
 PARAMS_FILENAME = "params.json"
@@ -49,25 +51,35 @@ class RunParams:
       recomputed before each evaluation and the final checkpoint (0: off; None: an epoch, at least
       2,048 and at most 8,192 as pycls, and no more batches than the run has steps).
   """
-  train_file_pattern: str | None = None
-  validation_file_pattern: str | None = None
-  label_map: str | None = None
-  num_examples_per_epoch: int | None = None
-  num_epochs: float = 120.0
-  eval_every_n_steps: int = 10000
-  eval_every_n_secs: int = 0
-  save_checkpoints_steps: int = 1000
-  keep_checkpoint_max: int = 5
-  save_summary_steps: int = 100
-  image_summary_steps: int = 1000
-  log_every_n_steps: int = 100
-  log_every_n_secs: float = 60.0
-  steps_per_loop: int = 100
-  output_train_images: bool = True
-  xla: bool = False
-  checkpoint_input_pipeline: bool = False
-  precise_bn_examples: int | None = None
-
+  train_file_pattern: str | None = param(None, "Glob of training TFRecords (e.g. 'data/train-*').",
+                                         default_text="the built-in demo data")
+  validation_file_pattern: str | None = param(None, "Glob of validation TFRecords.",
+                                              default_text="none (no evaluation)")
+  label_map: str | None = param(None, "labels.txt of the classes.", flag=False)
+  num_examples_per_epoch: int | None = param(
+      None, "Training examples per epoch.", minimum=1,
+      default_text="counted from the records (the builder's manifest.json, else one counting pass)")
+  num_epochs: float = param(120.0, "Epochs to train; converted to steps once.",
+                            check=((lambda v: v > 0), "a number of epochs > 0"))
+  eval_every_n_steps: int = param(10000, "Evaluate every N steps (and at the end).", minimum=0)
+  eval_every_n_secs: int = param(0, "Evaluate every N seconds (and at the end).", minimum=0)
+  save_checkpoints_steps: int = param(1000, "Checkpoint interval.", minimum=0)
+  keep_checkpoint_max: int = param(5, "Checkpoints kept in model_dir.", minimum=1)
+  save_summary_steps: int = param(100, "Interval of scalar summaries.", minimum=0)
+  image_summary_steps: int = param(1000, "Interval of training-image summaries.", minimum=0)
+  log_every_n_steps: int = param(100, "Interval of progress lines in steps (0: none).", minimum=0)
+  log_every_n_secs: float = param(60.0, "A progress line at least every N seconds (0: by steps "
+                                  "only); slow steps get shorter loops.", minimum=0)
+  steps_per_loop: int = param(100, "Steps per tf.function call.", minimum=1)
+  output_train_images: bool = param(True, "Write training/validation images to TensorBoard.")
+  xla: bool = param(False, "Compile each replica's step with XLA.")
+  checkpoint_input_pipeline: bool = param(
+      False, "Also checkpoint the input pipeline's position, so that a restarted run sees the "
+      "batches an uninterrupted one would have seen.")
+  precise_bn_examples: int | None = param(
+      None, "Training examples over which the BatchNorm statistics are recomputed with the current "
+      "weights before each evaluation and the final checkpoint ('precise BN'); 0: off.", minimum=0,
+      default_text="an epoch, at least 2,048 and at most 8,192, at most max_steps batches")
 
 SECTIONS = {"model": model.ModelParams, "input": dataloader.InputParams,
             "recipe": optimizer_lib.Recipe, "run": RunParams}
@@ -90,12 +102,6 @@ DEMO_DEFAULTS = dict(
     batch_size=64, num_epochs=50.0, image_size=64, num_classes=10, base_learning_rate=0.2,
     warmup_start_learning_rate=0.02, seed=0, eval_every_n_steps=200, save_checkpoints_steps=200,
     save_summary_steps=20, log_every_n_steps=50, image_summary_steps=200, steps_per_loop=20)
-# Parameters whose change gives another run: a resume with other values is refused unless asked.
-# (max_steps is not among them, nor the warm-up derived from it: training a finished run further is
-# common; the change is logged.)
-MEANING = ("configuration", "num_classes", "label_offset", "image_size", "preprocessing", "batch_size",
-           "base_learning_rate", "warmup_start_learning_rate", "poly_power", "momentum",
-           "weight_decay")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,36 +147,42 @@ class Params:
 
 
 # ------------------------------------------------------------------------------------------------
-# Checks of user values: (test, what is expected). Every number is finite.
+# The declarations (tools/common.param) of every section's fields, and what follows from them.
 
-def _at_least(minimum):
-  return (lambda v: v >= minimum), f"a number >= {minimum}"
+def fields():
+  """{name: dataclasses.Field} of every parameter of every section (names are unique)."""
+  return {f.name: f for section in SECTIONS.values() for f in dataclasses.fields(section)}
 
 
-CHECKS = {
-    "batch_size": _at_least(1), "num_epochs": ((lambda v: v > 0), "a number of epochs > 0"),
-    "max_steps": _at_least(1), "num_examples_per_epoch": _at_least(1), "image_size": _at_least(1),
-    "num_classes": _at_least(2), "label_offset": _at_least(0), "base_learning_rate": _at_least(0),
-    "warmup_start_learning_rate": _at_least(0), "warmup_steps": _at_least(0),
-    "warmup_epochs": _at_least(0), "weight_decay": _at_least(0),
-    "bn_momentum": ((lambda v: 0 <= v < 1), "a fraction in [0, 1)"),
-    "eval_every_n_steps": _at_least(0), "eval_every_n_secs": _at_least(0),
-    "save_checkpoints_steps": _at_least(0), "keep_checkpoint_max": _at_least(1),
-    "save_summary_steps": _at_least(0), "image_summary_steps": _at_least(0),
-    "log_every_n_steps": _at_least(0), "log_every_n_secs": _at_least(0),
-    "steps_per_loop": _at_least(1), "seed": _at_least(0),
-    "precise_bn_examples": _at_least(0), "shuffle_buffer_size": _at_least(1),
-}
+def flag_fields():
+  """The declared fields that are program flags (metadata flag=True), in section order."""
+  return [f for f in fields().values() if f.metadata["flag"]]
+
+
+def meaning_names():
+  """Names of the parameters whose change gives another run: a resume with other values is refused
+  unless asked (max_steps is not among them, nor the warm-up derived from it: training a finished
+  run further is common; the change is logged)."""
+  return [name for name, f in fields().items() if f.metadata["meaning"]]
+
+
+def flag_help(field):
+  """--help text of a declared field: its help, then its default (computed or the value), and
+  the demo's default when it has one."""
+  default = field.metadata["default_text"] or (
+      "on" if field.default is True else "off" if field.default is False else f"{field.default:g}"
+      if isinstance(field.default, float) else str(field.default))
+  demo = f"; demo {DEMO_DEFAULTS[field.name]:g}" if field.name in DEMO_DEFAULTS else ""
+  return f"{field.metadata['help']} Default: {default}{demo}."
 
 
 def check_values(values):
-  """Raises UserError naming the first value of `values` ({name: value}) out of its range."""
+  """Raises UserError naming the first value of `values` ({name: value}) out of its declared
+  range; names that are not parameters are not checked."""
+  declared = fields()
   for name, value in values.items():
-    if name not in CHECKS or value is None or isinstance(value, bool):
-      continue
-    test, expected = CHECKS[name]
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or not test(value):
-      raise UserError(f"{name}={value}: expected {expected}", param=name)
+    if name in declared:
+      check_param(declared[name], value)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -294,9 +306,9 @@ def load_params(model_dir):
 
 
 def changes(old, new):
-  """{name: (old value, new value)} of the MEANING parameters that differ between two Params."""
+  """{name: (old value, new value)} of the meaning parameters that differ between two Params."""
   a, b = old.flat(), new.flat()
-  return {k: (a.get(k), b.get(k)) for k in MEANING if a.get(k) != b.get(k)}
+  return {k: (a.get(k), b.get(k)) for k in meaning_names() if a.get(k) != b.get(k)}
 
 
 def save_params(params, model_dir, argv, allow_changes=False):
@@ -306,7 +318,7 @@ def save_params(params, model_dir, argv, allow_changes=False):
     params: the Params of this start.
     model_dir: an existing local folder.
     argv: list of str, the command line of this start (kept in the history).
-    allow_changes: accept a resume whose MEANING parameters differ from the saved ones.
+    allow_changes: accept a resume whose meaning parameters differ from the saved ones.
   Raises:
     UserError: the saved params differ in meaning and allow_changes is False (nothing written).
   """
