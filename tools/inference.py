@@ -885,8 +885,8 @@ def load_onnx_model(onnx_path, model_dir=None, label_map=None, num_threads=None)
     UserError (param onnx): onnxruntime is not installed; the file is missing or cannot be loaded;
       no params are found; its input is not `images` [batch, S, S, 3] into K classes of the params.
   """
-  params, params_dir = _artefact_params(onnx_path, "onnx", ".onnx", model_dir)
   ort, = require_packages(("onnxruntime",), f"onnx={onnx_path}: running it", param="onnx")
+  params, params_dir = _artefact_params(onnx_path, "onnx", ".onnx", model_dir)
   options = ort.SessionOptions()
   options.intra_op_num_threads = num_threads or 0  # 0: ONNX Runtime's default
   options.inter_op_num_threads = 1  # the graph is one chain: no parallel branches to run
