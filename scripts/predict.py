@@ -43,7 +43,8 @@ def define_flags():
   cli.define_flag("string", "model_dir", None, "Folder of the trained model (checkpoints, params.json).")
   cli.define_flag("string", "tflite", None, "A .tflite file of an export folder, run with LiteRT.")
   cli.define_flag("string", "onnx", None,
-                  "A model.onnx of an export folder, run with ONNX Runtime (requirements-onnx.txt).")
+                  "A model.onnx of an export folder, run with ONNX Runtime "
+                  "(requirements-onnx.txt).")
   cli.define_flag("string", "label_map", None,
                   "labels.txt giving class names (default: found from params.json).")
   cli.define_flag("integer", "batch_size", 64, "Images per forward pass (>= 1).")

@@ -29,7 +29,8 @@ from tools.common import UserError
 IMAGE_SIZE = 32
 NUM_CLASSES = 6  # > 5, so that top_5 is a real choice
 ONNX_PACKAGES = ("tf2onnx", "onnx", "onnxruntime")
-MISSING_REASON = "tf2onnx, onnx and onnxruntime are not installed (pip install -r requirements-onnx.txt)"
+MISSING_REASON = ("tf2onnx, onnx and onnxruntime are not installed (pip install -r "
+                  "requirements-onnx.txt)")
 # The acceptance bound of issue 27: ONNX logits within 1e-4 of the SavedModel's logit range.
 LOGIT_ERROR = 1e-4
 # Two runtimes may order two classes whose probabilities are this close either way (float32
@@ -244,5 +245,6 @@ def test_without_the_packages_onnx_is_a_one_line_error(monkeypatch, tmp_path):
   path = str(tmp_path / "model.onnx")
   with pytest.raises(UserError) as info:
     inference.load_onnx_model(path)
-  assert str(info.value) == f"onnx={path}: running it needs the optional package onnxruntime, {hint}"
+  assert str(info.value) == (f"onnx={path}: running it needs the optional package onnxruntime, "
+                             f"{hint}")
   assert info.value.param == "onnx"

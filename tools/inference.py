@@ -752,8 +752,9 @@ ONNX_FILENAME = "model.onnx"
 # The optional packages of ONNX export and ONNX Runtime, pinned together.
 ONNX_REQUIREMENTS = "requirements-onnx.txt"
 # Opset 17 (ONNX 1.12, 2022) has every op of this network (Conv, MaxPool, GlobalAveragePool, MatMul,
-# Softmax, TopK, ArgMax, Gather) and is read by the ONNX Runtime, OpenVINO and TensorRT releases of
-# the last years; a newer opset would only narrow that.
+# Softmax, TopK, ArgMax, Gather). Runtimes and converters (OpenVINO, TensorRT, CoreML's) lag behind
+# ONNX's newest opset; an older one keeps the file readable by more of them, and a newer one adds
+# nothing this network uses.
 ONNX_OPSET = 17
 # The symbolic first dimension (the batch) of the ONNX model's input and outputs.
 ONNX_BATCH = "batch"
@@ -835,7 +836,7 @@ def convert_onnx(saved_model_dir):
                                         in app_metadata(classifier).items()})
     # tf2onnx keeps an op it cannot convert as it is (continue_on_error); the checker refuses it.
     onnx.checker.check_model(proto, full_check=True)
-  except Exception as e:  # tf2onnx and onnx raise unrelated types (ValueError, ValidationError, ...)
+  except Exception as e:  # tf2onnx and onnx raise unrelated types (ValueError, ValidationError)
     raise UserError(f"ONNX conversion of {saved_model_dir} failed ({type(e).__name__}: "
                     f"{one_line(e)}); the SavedModel is complete", param="onnx") from e
   return proto
@@ -1126,9 +1127,9 @@ def evaluate_export(export_dir, file_pattern, latency_runs=DEFAULT_LATENCY_RUNS,
   """Accuracy, size and speed of every artefact of an export folder on validation records.
 
   The SavedModel (serving_preprocessed signature), each TFLite file present (LiteRT; int8
-  inputs quantized as for predict) and model.onnx when present (ONNX Runtime) classify the records of file_pattern through the evaluation
-  preprocessing of training (dataloader.input_fn, one pass); then each runs the first image at
-  batch 1, `latency_runs` times.
+  inputs quantized as for predict) and model.onnx when present (ONNX Runtime) classify the records
+  of file_pattern through the evaluation preprocessing of training (dataloader.input_fn, one pass);
+  then each runs the first image at batch 1, `latency_runs` times.
 
   Args:
     export_dir: written by export_saved_model (and write_tflite, write_onnx).
