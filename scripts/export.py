@@ -4,7 +4,7 @@ the export folder: SavedModel signatures, outputs, assets.extra, marker).
   python -m scripts.export --model_dir runs/demo --export_dir exports/demo/1
   python -m scripts.export --model_dir runs/demo --export_base exports/demo   # exports/demo/<N+1>
   python -m scripts.export --model_dir runs/demo --export_base exports/demo --tflite \
-      --quantize float16,dynamic_range,int8 [--representative_examples 100]
+      --quantize float16,dynamic_range,int8 [--representative_examples 100] [--onnx]
 
 --export_dir must not exist; --overwrite replaces it only when it is an earlier export of this
 program (squeezenext_export.json at its top) holding no model_dir, checkpoints, numbered versions or
@@ -18,14 +18,22 @@ integer: int8 input and float outputs; calibrated on --representative_examples t
 through the evaluation preprocessing). A TFLite app preprocesses images itself, as
 `python -m scripts.predict --tflite FILE` does.
 
+--onnx also writes model.onnx (ONNX opset 17, converted by tf2onnx from the same signature): the
+input contract of model.tflite (`images` float32 [batch, S, S, 3], preprocessed; any batch size),
+the SavedModel's outputs, and the preprocessing and class names in its metadata_props. It needs the
+optional packages of requirements-onnx.txt (tf2onnx, onnx, onnxruntime); without them --onnx is a
+one-line error before anything is written. `python -m scripts.predict --onnx FILE` runs it.
+
 After writing, every artefact is evaluated on the validation records (--validation_file_pattern, or
 else the model's params.json validation_file_pattern; without any, one line says the table is
-skipped; --noevaluate skips it): the SavedModel (serving_preprocessed signature), model.tflite and
-each quantized variant, through the evaluation preprocessing of training. The table printed and
-written to EXPORT/accuracy.json gives per artefact: top-1 and top-5 accuracy, agreement of top-1
-with the SavedModel, size in bytes (SavedModel: saved_model.pb, variables/, assets/) and latency in
-milliseconds per image at batch 1 on this CPU (median of --latency_runs; LiteRT with
---latency_threads threads, the SavedModel with TensorFlow's). A variant losing more than
+skipped; --noevaluate skips it): the SavedModel (serving_preprocessed signature), model.tflite,
+each quantized variant and model.onnx (ONNX Runtime, CPU), through the evaluation preprocessing of
+training. The table printed and written to EXPORT/accuracy.json gives per artefact: top-1 and
+top-5 accuracy, agreement of top-1 with the SavedModel, size in bytes (SavedModel: saved_model.pb,
+variables/, assets/), latency in milliseconds per image at batch 1 on this CPU (median of
+--latency_runs; LiteRT and ONNX Runtime with --latency_threads threads, the SavedModel with
+TensorFlow's) and the largest difference of its logits from the SavedModel's, as a fraction of
+their range. A variant losing more than
 --max_top1_drop points of top-1 gets a `warning:` line on stderr.
 
 Exit status 0, or 2 with one line on stderr for a user error.
@@ -58,6 +66,8 @@ def define_flags():
   cli.define_flag("list", "quantize", [],
                   "With --tflite, also write these quantized variants (comma-separated): "
                   f"{', '.join(inference.QUANTIZATIONS)}.")
+  cli.define_flag("boolean", "onnx", False,
+                  "Also write model.onnx into the export (needs requirements-onnx.txt).")
   cli.define_flag("integer", "representative_examples", inference.DEFAULT_REPRESENTATIVE_EXAMPLES,
                   "Training images calibrating the int8 model.")
   cli.define_flag("boolean", "overwrite", False,
@@ -72,7 +82,8 @@ def define_flags():
                   "Warn when a variant loses more top-1 points than this against the SavedModel.")
   cli.define_flag("integer", "latency_runs", inference.DEFAULT_LATENCY_RUNS,
                   "Timed batch-1 runs per artefact (the median is reported).")
-  cli.define_flag("integer", "latency_threads", 1, "Threads of the LiteRT interpreter.")
+  cli.define_flag("integer", "latency_threads", 1,
+                  "Threads of the LiteRT interpreter and of ONNX Runtime.")
 
 
 def _check_flags(argv):
@@ -93,6 +104,8 @@ def _check_flags(argv):
                     f"expected some of {', '.join(inference.QUANTIZATIONS)}")
   if FLAGS.quantize and not FLAGS.tflite:
     raise UserError("--quantize applies to the TFLite files: pass --tflite too")
+  if FLAGS.onnx:  # the packages are optional: say so before the slow restore
+    inference.require_packages(("tf2onnx", "onnx", "onnxruntime"), "--onnx")
   if FLAGS.representative_examples < 1:
     raise UserError(f"--representative_examples={FLAGS.representative_examples}: expected at "
                     f"least 1")
@@ -149,6 +162,8 @@ def main(argv):
   if FLAGS.tflite:
     for quantization in [None, *dict.fromkeys(FLAGS.quantize)]:
       inference.write_tflite(export_dir, quantization, representative)
+  if FLAGS.onnx:
+    inference.write_onnx(export_dir)
   print(f"Exported step {trained.global_step} of {FLAGS.model_dir} to {export_dir}", flush=True)
   if pattern:
     _evaluate(export_dir, pattern)

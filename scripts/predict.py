@@ -3,11 +3,14 @@ r"""Classifies image files with a trained model (the library: tools/inference.py
   python -m scripts.predict --model_dir runs/demo photo.jpg photos/   # a folder: all images in it
   python -m scripts.predict --model_dir runs/demo --json photos/ > predictions.jsonl
   python -m scripts.predict --tflite exports/demo/1/model_int8.tflite photos/   # LiteRT
+  python -m scripts.predict --onnx exports/demo/1/model.onnx photos/   # ONNX Runtime
 
 Restores the newest checkpoint of --model_dir with the params train.py saved there and applies
 exactly the evaluation preprocessing of training. With --tflite, runs that .tflite file of an export
 folder with LiteRT's interpreter instead, with the params and label map of the export folder's
-assets.extra (or of --model_dir when given), the same preprocessing and the same output.
+assets.extra (or of --model_dir when given), the same preprocessing and the same output. --onnx
+runs a model.onnx of an export folder with ONNX Runtime (CPU) in the same way; it needs the
+optional package onnxruntime (requirements-onnx.txt).
 
 Output, in the order of the arguments (folders expanded recursively, file names sorted): the top-5
 classes of each image with their probabilities and, when a label map is found, class names.
@@ -39,6 +42,9 @@ def define_flags():
   """Defines the program's flags once (importing this module defines none)."""
   cli.define_flag("string", "model_dir", None, "Folder of the trained model (checkpoints, params.json).")
   cli.define_flag("string", "tflite", None, "A .tflite file of an export folder, run with LiteRT.")
+  cli.define_flag("string", "onnx", None,
+                  "A model.onnx of an export folder, run with ONNX Runtime "
+                  "(requirements-onnx.txt).")
   cli.define_flag("string", "label_map", None,
                   "labels.txt giving class names (default: found from params.json).")
   cli.define_flag("integer", "batch_size", 64, "Images per forward pass (>= 1).")
@@ -47,8 +53,10 @@ def define_flags():
 
 
 def _check_flags(argv):
-  if not FLAGS.model_dir and not FLAGS.tflite:
-    raise UserError("--model_dir (the folder train.py wrote) or --tflite is required")
+  if FLAGS.tflite and FLAGS.onnx:
+    raise UserError("give one of --tflite and --onnx, not both")
+  if not FLAGS.model_dir and not FLAGS.tflite and not FLAGS.onnx:
+    raise UserError("--model_dir (the folder train.py wrote), --tflite or --onnx is required")
   if len(argv) < 2:
     raise UserError("no image given; usage: python -m scripts.predict --model_dir DIR "
                     "IMAGE_OR_FOLDER [...]")
@@ -64,6 +72,9 @@ def main(argv):
   paths = inference.list_images(argv[1:])
   if FLAGS.tflite:
     classifier = inference.load_lite_model(FLAGS.tflite, FLAGS.model_dir, FLAGS.label_map,
+                                           FLAGS.num_threads or None)
+  elif FLAGS.onnx:
+    classifier = inference.load_onnx_model(FLAGS.onnx, FLAGS.model_dir, FLAGS.label_map,
                                            FLAGS.num_threads or None)
   else:
     classifier = inference.load_trained_model(FLAGS.model_dir, FLAGS.label_map)

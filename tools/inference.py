@@ -1,5 +1,6 @@
-"""Inference with a trained model: restore, preprocess, classify files, export (SavedModel, TFLite),
-and run TFLite files with LiteRT. scripts/predict.py and scripts/export.py are its programs.
+"""Inference with a trained model: restore, preprocess, classify files, export (SavedModel, TFLite,
+ONNX), and run TFLite files with LiteRT and ONNX files with ONNX Runtime. scripts/predict.py and
+scripts/export.py are its programs.
 
 A model_dir written by train.py holds params.json and checkpoints. `load_trained_model` restores the
 network of its newest checkpoint through the one restore path of the project,
@@ -24,18 +25,23 @@ those outputs (with a label map also top_1_name string [N] and top_5_names strin
   serving_preprocessed  images: float32 [N, S, S, 3], already preprocessed.
 
 and assets.extra/params.json, assets.extra/labels.txt (when a label map was found), the TFLite files
-(`TFLITE_FILENAMES`: the serving_preprocessed signature) and the marker EXPORT_MARKER that tells an
-export written here from any other folder: only such a folder is ever replaced (`check_export_dir`).
+(`TFLITE_FILENAMES`: the serving_preprocessed signature), ONNX_FILENAME (the same signature in ONNX,
+`convert_onnx`; tf2onnx, onnx and onnxruntime are optional packages, ONNX_REQUIREMENTS) and the
+marker EXPORT_MARKER that tells an export written here from any other folder: only such a folder is
+ever replaced (`check_export_dir`).
 
 `evaluate_export` measures what each artefact of an export keeps on validation records: top-1,
-top-5, top-1 agreement with the SavedModel, size (bytes) and latency (milliseconds per image,
-batch 1); scripts/export.py prints it and writes it as ACCURACY_FILENAME into the export folder.
+top-5, top-1 agreement and largest logit difference with the SavedModel, size (bytes) and latency
+(milliseconds per image, batch 1); scripts/export.py prints it and writes it as ACCURACY_FILENAME
+into the export folder.
 """
 
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
+import importlib
 import json
 import os
 import re
@@ -586,12 +592,21 @@ def write_tflite(saved_model_dir, quantization=None, representative=None):
   return path
 
 
+def app_metadata(classifier):
+  """What an app needs besides the model file to feed it: preprocessing, image_size (pixels),
+  mean_rgb (subtracted from 0..255 RGB) and labels (class names in class_idx order, or None), of a
+  Classifier. Written beside the .tflite files and into model.onnx's metadata."""
+  return {"preprocessing": classifier.params.input.preprocessing,
+          "image_size": classifier.image_size,
+          "mean_rgb": list(classifier.params.input.mean_rgb),
+          "labels": [e.name for e in classifier.label_map] if classifier.label_map else None}
+
+
 def write_tflite_metadata(tflite_path):
   """Writes `<model>.json` beside a .tflite file of an export folder (atomically): what an app needs
   to feed it. Keys: model, quantization ("float32", "float16", ...), input {dtype, shape, scale,
-  zero_point} (scale 0 and zero point 0 for float inputs: real = scale * (q - zero_point)),
-  preprocessing, image_size (pixels), mean_rgb (subtracted from 0..255 RGB), labels (class names in
-  class_idx order, or null). Returns the JSON file's path."""
+  zero_point} (scale 0 and zero point 0 for float inputs: real = scale * (q - zero_point)), and
+  those of app_metadata. Returns the JSON file's path."""
   lite = load_lite_model(tflite_path)
   details = lite.runner.get_input_details()["images"]
   scale, zero_point = details["quantization"]
@@ -601,9 +616,7 @@ def write_tflite_metadata(tflite_path):
       "quantization": next((q or "float32" for q, f in TFLITE_FILENAMES.items() if f == name), None),
       "input": {"dtype": np.dtype(details["dtype"]).name, "shape": [int(d) for d in details["shape"]],
                 "scale": float(scale), "zero_point": int(zero_point)},
-      "preprocessing": lite.params.input.preprocessing, "image_size": lite.image_size,
-      "mean_rgb": list(lite.params.input.mean_rgb),
-      "labels": [entry.name for entry in lite.label_map] if lite.label_map else None,
+      **app_metadata(lite),
   }
   return atomic_write(os.path.splitext(tflite_path)[0] + ".json", json.dumps(metadata, indent=2))
 
@@ -661,20 +674,7 @@ def load_lite_model(tflite_path, model_dir=None, label_map=None, num_threads=Non
     UserError: the file cannot be loaded, no params are found, or its input or class count differs
       from the params'.
   """
-  if not os.path.isfile(tflite_path) or not os.access(tflite_path, os.R_OK):
-    reason = ("is a folder, not a .tflite file" if os.path.isdir(tflite_path) else
-              "cannot be read (permission denied)" if os.path.exists(tflite_path) else
-              "no such file")
-    raise UserError(f"tflite={tflite_path}: {reason}", param="tflite")
-  export_dir = os.path.dirname(os.path.abspath(tflite_path))
-  params_dir = model_dir or os.path.join(export_dir, ASSETS_EXTRA)
-  try:
-    params = params_lib.load_params(params_dir).replace_model(dtype="float32")
-  except UserError as e:
-    if model_dir:
-      raise
-    raise UserError(f"tflite={tflite_path}: no params.json in {params_dir} (not in an export "
-                    f"folder?); pass model_dir", param="tflite") from e
+  params, params_dir = _artefact_params(tflite_path, "tflite", ".tflite", model_dir)
   try:
     runner = _signature_runner(tflite_path, num_threads)
   except (ValueError, RuntimeError) as e:
@@ -682,14 +682,47 @@ def load_lite_model(tflite_path, model_dir=None, label_map=None, num_threads=Non
                     param="tflite") from e
   shape = list(runner.get_input_details()["images"]["shape"][1:])
   classes = runner.get_output_details()["probabilities"]["shape"][-1]
-  m = params.model
-  if shape != [m.image_size, m.image_size, 3] or classes != m.num_classes:
-    raise UserError(f"tflite={tflite_path}: takes {shape} images into {classes} classes, but the "
-                    f"params of {params_dir} say {m.image_size}x{m.image_size}x3 and "
-                    f"{m.num_classes}", param="tflite")
-  label_map_path = find_label_map(params_dir, params, label_map)
-  entries = read_label_map(label_map_path, m.num_classes)
+  entries, label_map_path = _artefact_label_map(tflite_path, "tflite", params, params_dir,
+                                                (shape, classes), label_map)
   return LiteModel(params, entries, label_map_path, tflite_path, runner=runner)
+
+
+def _artefact_params(path, param, kind, model_dir):
+  """(params, params_dir) for a model file of an export folder (.tflite, .onnx): the params.json of
+  model_dir, else of the export folder's assets.extra, in float32.
+
+  Raises:
+    UserError (param): the file is missing, a folder or unreadable; no params.json is found.
+  """
+  if not os.path.isfile(path) or not os.access(path, os.R_OK):
+    reason = (f"is a folder, not a {kind} file" if os.path.isdir(path) else
+              "cannot be read (permission denied)" if os.path.exists(path) else "no such file")
+    raise UserError(f"{param}={path}: {reason}", param=param)
+  params_dir = model_dir or os.path.join(os.path.dirname(os.path.abspath(path)), ASSETS_EXTRA)
+  try:
+    return params_lib.load_params(params_dir).replace_model(dtype="float32"), params_dir
+  except UserError as e:
+    if model_dir:
+      raise
+    raise UserError(f"{param}={path}: no params.json in {params_dir} (not in an export "
+                    f"folder?); pass model_dir", param=param) from e
+
+
+def _artefact_label_map(path, param, params, params_dir, contract, label_map=None):
+  """(label map entries or None, its path or None) of a model file once its `contract` (image
+  shape [S, S, 3] as a list, number of classes) is checked against the params.
+
+  Raises:
+    UserError (param): the file takes other images or gives other classes; a bad label map.
+  """
+  shape, classes = contract
+  m = params.model
+  if list(shape) != [m.image_size, m.image_size, 3] or classes != m.num_classes:
+    raise UserError(f"{param}={path}: takes {list(shape)} images into {classes} classes, but the "
+                    f"params of {params_dir} say {m.image_size}x{m.image_size}x3 and "
+                    f"{m.num_classes}", param=param)
+  label_map_path = find_label_map(params_dir, params, label_map)
+  return read_label_map(label_map_path, m.num_classes), label_map_path
 
 
 def _signature_runner(tflite_path, num_threads):
@@ -710,6 +743,168 @@ def _signature_runner(tflite_path, num_threads):
         model_path=tflite_path, num_threads=num_threads,
         experimental_op_resolver_type=litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
   return interpreter.get_signature_runner(SERVING_PREPROCESSED)
+
+
+# ------------------------------------------------------------------------------------------------
+# ONNX: conversion with tf2onnx, and running with ONNX Runtime (optional packages).
+
+ONNX_FILENAME = "model.onnx"
+# The optional packages of ONNX export and ONNX Runtime, pinned together.
+ONNX_REQUIREMENTS = "requirements-onnx.txt"
+# Opset 17 (ONNX 1.12, 2022) has every op of this network (Conv, MaxPool, GlobalAveragePool, MatMul,
+# Softmax, TopK, ArgMax, Gather). Runtimes and converters (OpenVINO, TensorRT, CoreML's) lag behind
+# ONNX's newest opset; an older one keeps the file readable by more of them, and a newer one adds
+# nothing this network uses.
+ONNX_OPSET = 17
+# The symbolic first dimension (the batch) of the ONNX model's input and outputs.
+ONNX_BATCH = "batch"
+
+
+def require_packages(names, what, param=None):
+  """Imports optional packages of ONNX_REQUIREMENTS; returns their modules, in order.
+
+  Args:
+    names: module names, e.g. ("tf2onnx", "onnx").
+    what: the start of the message, e.g. "ONNX conversion".
+    param: the UserError's param.
+  Raises:
+    UserError: some are not installed ("<what> needs the optional package(s) ...: pip install -r
+      requirements-onnx.txt").
+  """
+  modules, missing = [], []
+  for name in names:
+    try:
+      modules.append(importlib.import_module(name))
+    except ImportError:
+      missing.append(name)
+  if missing:
+    raise UserError(f"{what} needs the optional package{'s' * (len(missing) > 1)} "
+                    f"{', '.join(missing)}, not installed here: pip install -r "
+                    f"{ONNX_REQUIREMENTS}", param=param)
+  return modules
+
+
+@contextlib.contextmanager
+def _tensorflow_warnings_hidden():
+  """Hides TensorFlow's Python warnings (tf2onnx freezes graphs through TF1 functions that TF marks
+  deprecated, one warning each); restores the level after."""
+  logger = tf.get_logger()
+  level = logger.level
+  logger.setLevel("ERROR")
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
+
+
+def convert_onnx(saved_model_dir):
+  """The serving_preprocessed signature of an export folder's SavedModel as an ONNX model.
+
+  The contract of the TFLite files: input `images` float32 [batch, S, S, 3], preprocessed (RGB
+  minus mean, as scripts.predict does); outputs the signature's (top_1 int32 [batch], top_5 int32
+  [batch, min(5, K)], probabilities and logits float32 [batch, K], with a label map top_1_name and
+  top_5_names strings). `batch` (ONNX_BATCH) is symbolic: any batch size runs. The model's
+  metadata_props hold app_metadata's keys, JSON-encoded.
+
+  tf2onnx reads the SavedModel as `python -m tf2onnx.convert --saved-model` does (tf_loader, which
+  freezes the signature's captured tensors, such as the class names, into constants), not through
+  tf2onnx.convert.from_keras, which fails on Keras 3 models (onnx/tensorflow-onnx#2329, #2348;
+  PR #2398 is unmerged). tf2onnx 1.17.0 is the first release that accepts TensorFlow 2.21's protobuf
+  and numpy 2 (requirements-onnx.txt).
+
+  Args:
+    saved_model_dir: an export folder (export_saved_model).
+  Returns:
+    onnx.ModelProto, checked by onnx.checker (every op defined by ONNX at ONNX_OPSET).
+  Raises:
+    UserError: tf2onnx or onnx is not installed, or the conversion failed (the SavedModel is
+      complete).
+  """
+  tf2onnx, onnx = require_packages(("tf2onnx", "onnx"), "ONNX conversion", param="onnx")
+  classifier = export_classifier(saved_model_dir)
+  try:
+    with _tensorflow_warnings_hidden():
+      graph_def, inputs, outputs, renames = tf2onnx.tf_loader.from_saved_model(
+          saved_model_dir, None, None, tag=["serve"], signatures=[SERVING_PREPROCESSED],
+          return_tensors_to_rename=True)
+      proto, _ = tf2onnx.convert.from_graph_def(
+          graph_def, name=SERVING_PREPROCESSED, input_names=inputs, output_names=outputs,
+          tensors_to_rename=renames, opset=ONNX_OPSET)
+    for value in [*proto.graph.input, *proto.graph.output]:
+      value.type.tensor_type.shape.dim[0].dim_param = ONNX_BATCH  # tf2onnx names it unk__<n>
+    onnx.helper.set_model_props(proto, {key: json.dumps(value) for key, value
+                                        in app_metadata(classifier).items()})
+    # tf2onnx keeps an op it cannot convert as it is (continue_on_error); the checker refuses it.
+    onnx.checker.check_model(proto, full_check=True)
+  except Exception as e:  # tf2onnx and onnx raise unrelated types (ValueError, ValidationError)
+    raise UserError(f"ONNX conversion of {saved_model_dir} failed ({type(e).__name__}: "
+                    f"{one_line(e)}); the SavedModel is complete", param="onnx") from e
+  return proto
+
+
+def write_onnx(saved_model_dir):
+  """Converts (convert_onnx) and writes saved_model_dir/ONNX_FILENAME atomically; returns its
+  path."""
+  content = convert_onnx(saved_model_dir).SerializeToString()
+  path = atomic_write(os.path.join(saved_model_dir, ONNX_FILENAME), content)
+  logging.info("Wrote %s (ONNX opset %d, %.1f KiB).", path, ONNX_OPSET, len(content) / 1024)
+  return path
+
+
+@dataclasses.dataclass
+class OnnxModel(Classifier):
+  """A model.onnx of an export folder run by ONNX Runtime on the CPU (see load_onnx_model).
+
+  Attributes (besides Classifier's):
+    session: the onnxruntime.InferenceSession.
+  """
+  session: object = None
+
+  def model_input(self, images):
+    """float32 numpy [N, S, S, 3] (preprocessed) -> the model's input (the same, float32)."""
+    return np.asarray(images, np.float32)
+
+  def invoke(self, model_input):
+    """Runs the session on a model_input; returns its outputs (dict of numpy; strings as str)."""
+    names = [output.name for output in self.session.get_outputs()]
+    return dict(zip(names, self.session.run(names, {"images": model_input})))
+
+  def predict_batch(self, images):
+    return self.invoke(self.model_input(images))
+
+
+def load_onnx_model(onnx_path, model_dir=None, label_map=None, num_threads=None):
+  """Loads a model.onnx written by export for ONNX Runtime (CPUExecutionProvider).
+
+  Args:
+    onnx_path: the ONNX_FILENAME file of an export folder (or one with its contract).
+    model_dir, label_map: as load_lite_model's.
+    num_threads: intra-op threads (None: ONNX Runtime's default, one per core).
+  Returns:
+    OnnxModel.
+  Raises:
+    UserError (param onnx): onnxruntime is not installed; the file is missing or cannot be loaded;
+      no params are found; its input is not `images` [batch, S, S, 3] into K classes of the params.
+  """
+  ort, = require_packages(("onnxruntime",), f"onnx={onnx_path}: running it", param="onnx")
+  params, params_dir = _artefact_params(onnx_path, "onnx", ".onnx", model_dir)
+  options = ort.SessionOptions()
+  options.intra_op_num_threads = num_threads or 0  # 0: ONNX Runtime's default
+  options.inter_op_num_threads = 1  # the graph is one chain: no parallel branches to run
+  try:
+    session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
+  except Exception as e:  # onnxruntime's errors (InvalidProtobuf, Fail, ...) share no base
+    raise UserError(f"onnx={onnx_path}: cannot be loaded ({one_line(e)})", param="onnx") from e
+  inputs = {i.name: i.shape for i in session.get_inputs()}
+  outputs = {o.name: o.shape for o in session.get_outputs()}
+  if list(inputs) != ["images"] or "probabilities" not in outputs:
+    raise UserError(f"onnx={onnx_path}: has inputs {list(inputs)} and outputs {list(outputs)}, "
+                    f"not those of an export (images -> top_1, top_5, probabilities, logits)",
+                    param="onnx")
+  entries, label_map_path = _artefact_label_map(
+      onnx_path, "onnx", params, params_dir, (inputs["images"][1:], outputs["probabilities"][-1]),
+      label_map)
+  return OnnxModel(params, entries, label_map_path, onnx_path, session=session)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -745,6 +940,24 @@ class SavedModelClassifier(Classifier):
     return {k: v.numpy() for k, v in outputs.items()}
 
 
+def export_classifier(export_dir):
+  """The params and label map of an export folder's assets.extra, without its model: a Classifier
+  (for app_metadata).
+
+  Raises:
+    UserError (param export_dir): no params.json in assets.extra; a bad label map.
+  """
+  extra = os.path.join(export_dir, ASSETS_EXTRA)
+  try:
+    params = params_lib.load_params(extra).replace_model(dtype="float32")
+  except UserError as e:
+    raise UserError(f"export_dir={export_dir}: not an export folder ({one_line(e)})",
+                    param="export_dir") from e
+  label_map_path = find_label_map(extra, params)
+  entries = read_label_map(label_map_path, params.model.num_classes)
+  return Classifier(params, entries, label_map_path, export_dir)
+
+
 def load_saved_model(export_dir):
   """Loads the SavedModel of an export folder (export_saved_model) with its assets.extra params
   and label map; returns a SavedModelClassifier.
@@ -752,16 +965,13 @@ def load_saved_model(export_dir):
   Raises:
     UserError (param export_dir): no params.json in assets.extra, or no SavedModel there.
   """
-  extra = os.path.join(export_dir, ASSETS_EXTRA)
+  info = export_classifier(export_dir)
   try:
-    params = params_lib.load_params(extra).replace_model(dtype="float32")
     loaded = tf.saved_model.load(export_dir)
-  except (UserError, OSError, tf.errors.OpError) as e:
+  except (OSError, tf.errors.OpError) as e:
     raise UserError(f"export_dir={export_dir}: not an export folder ({one_line(e)})",
                     param="export_dir") from e
-  label_map_path = find_label_map(extra, params)
-  entries = read_label_map(label_map_path, params.model.num_classes)
-  return SavedModelClassifier(params, entries, label_map_path, export_dir,
+  return SavedModelClassifier(info.params, info.label_map, info.label_map_path, export_dir,
                               signature=loaded.signatures[SERVING_PREPROCESSED])
 
 
@@ -808,7 +1018,7 @@ class ArtefactRow:
   """One row of the accuracy table of an export (evaluate_export).
 
   Attributes:
-    artefact: str, "SavedModel" or "TFLite <float32|float16|dynamic_range|int8>".
+    artefact: str, "SavedModel", "TFLite <float32|float16|dynamic_range|int8>" or "ONNX".
     file: str, the file(s) measured, relative to the export folder.
     top_1, top_5: float in [0, 1], accuracy on the validation images (top_5: the label among the
       min(5, K) best classes).
@@ -816,8 +1026,12 @@ class ArtefactRow:
       SavedModel's.
     size_bytes: int, the file's size (SavedModel: saved_model_size).
     latency_ms: float, median milliseconds per image at batch 1 on this CPU.
-    runtime: str, "TensorFlow" (SavedModel) or "LiteRT" (interpreter of ai_edge_litert).
+    runtime: str, "TensorFlow" (SavedModel), "LiteRT" (interpreter of ai_edge_litert) or
+      "ONNX Runtime" (onnxruntime, CPU).
     threads: int, the runtime's threads during the latency runs.
+    logit_error: float >= 0, the largest difference of a logit from the SavedModel's over the
+      validation images, as a fraction of the range (max - min) of the SavedModel's logits; None
+      when not measured.
   """
   artefact: str
   file: str
@@ -828,6 +1042,7 @@ class ArtefactRow:
   latency_ms: float
   runtime: str
   threads: int
+  logit_error: float | None = None
 
 
 @dataclasses.dataclass
@@ -863,8 +1078,8 @@ class ExportEvaluation:
 
 
 def _artefacts(export_dir, num_threads):
-  """[(name, file, classifier, size_bytes, runtime, threads)] of the export's SavedModel and
-  every TFLite file present, in TFLITE_FILENAMES order."""
+  """[(name, file, classifier, size_bytes, runtime, threads)] of the export's SavedModel,
+  every TFLite file present (in TFLITE_FILENAMES order) and model.onnx when present."""
   tf_threads = (tf.config.threading.get_intra_op_parallelism_threads()
                 or len(os.sched_getaffinity(0)))
   artefacts = [(SAVED_MODEL_ROW, "saved_model.pb + variables/", load_saved_model(export_dir),
@@ -875,53 +1090,60 @@ def _artefacts(export_dir, num_threads):
       lite = load_lite_model(path, num_threads=num_threads)
       artefacts.append((f"TFLite {quantization or 'float32'}", filename, lite,
                         os.path.getsize(path), "LiteRT", num_threads))
+  path = os.path.join(export_dir, ONNX_FILENAME)
+  if os.path.exists(path):
+    artefacts.append(("ONNX", ONNX_FILENAME, load_onnx_model(path, num_threads=num_threads),
+                      os.path.getsize(path), "ONNX Runtime", num_threads))
   return artefacts
 
 
 def _validation_predictions(classifiers, params, file_pattern, batch_size):
   """One pass over the validation records through the evaluation preprocessing (input_fn), every
-  classifier on every batch. Returns (labels int [n], [top_1 int [n]], [top_5 int [n, k]], first
-  image float32 [1, S, S, 3])."""
+  classifier on every batch. Returns (labels int [n], one dict per classifier of top_1 int [n],
+  top_5 int [n, k] and logits float32 [n, K], first image float32 [1, S, S, 3])."""
   m = params.model
   dataset = dataloader.input_fn(file_pattern, False, params.input, m.image_size, batch_size,
                                 m.num_classes)
-  labels, top_1, top_5, first = [], [[] for _ in classifiers], [[] for _ in classifiers], None
+  keys = ("top_1", "top_5", "logits")
+  labels, outputs, first = [], [{k: [] for k in keys} for _ in classifiers], None
   with dataloader.user_errors_from_data():
     for features, targets in dataset:
       images = features["image"].numpy()
       first = images[:1] if first is None else first
       labels.append(targets["class_idx"].numpy())
-      for i, classifier in enumerate(classifiers):
+      for classifier, output in zip(classifiers, outputs):
         predictions = classifier.predict_batch(images)
-        top_1[i].append(predictions["top_1"])
-        top_5[i].append(predictions["top_5"])
+        for k in keys:
+          output[k].append(predictions[k])
   if first is None:
     raise UserError(f"validation_file_pattern={file_pattern}: no readable record",
                     param="validation_file_pattern")
-  return (np.concatenate(labels), [np.concatenate(t) for t in top_1],
-          [np.concatenate(t) for t in top_5], first)
+  return (np.concatenate(labels),
+          [{k: np.concatenate(v) for k, v in output.items()} for output in outputs], first)
 
 
 def evaluate_export(export_dir, file_pattern, latency_runs=DEFAULT_LATENCY_RUNS, num_threads=1,
                     max_top1_drop=DEFAULT_MAX_TOP1_DROP, batch_size=32):
   """Accuracy, size and speed of every artefact of an export folder on validation records.
 
-  The SavedModel (serving_preprocessed signature) and each TFLite file present (LiteRT; int8
-  inputs quantized as for predict) classify the records of file_pattern through the evaluation
-  preprocessing of training (dataloader.input_fn, one pass); then each runs the first image at
-  batch 1, `latency_runs` times.
+  The SavedModel (serving_preprocessed signature), each TFLite file present (LiteRT; int8
+  inputs quantized as for predict) and model.onnx when present (ONNX Runtime) classify the records
+  of file_pattern through the evaluation preprocessing of training (dataloader.input_fn, one pass);
+  then each runs the first image at batch 1, `latency_runs` times.
 
   Args:
-    export_dir: written by export_saved_model (and write_tflite).
+    export_dir: written by export_saved_model (and write_tflite, write_onnx).
     file_pattern: glob of validation TFRecords.
     latency_runs: int >= 1, timed runs per artefact (median reported, milliseconds).
-    num_threads: int >= 1, LiteRT interpreter threads (the SavedModel uses TensorFlow's).
+    num_threads: int >= 1, threads of LiteRT's interpreter and ONNX Runtime (the SavedModel uses
+      TensorFlow's).
     max_top1_drop: float >= 0, percentage points of top-1 a variant may lose without a warning.
     batch_size: int, images per batch of the accuracy pass.
   Returns:
     ExportEvaluation.
   Raises:
-    UserError: a bad argument, a pattern matching no file or no readable record, bad records.
+    UserError: a bad argument, a pattern matching no file or no readable record, bad records;
+      model.onnx without onnxruntime installed.
   """
   for name, value, least in (("latency_runs", latency_runs, 1), ("num_threads", num_threads, 1),
                              ("max_top1_drop", max_top1_drop, 0)):
@@ -930,32 +1152,39 @@ def evaluate_export(export_dir, file_pattern, latency_runs=DEFAULT_LATENCY_RUNS,
   check_validation_pattern(file_pattern)
   artefacts = _artefacts(export_dir, num_threads)
   classifiers = [a[2] for a in artefacts]
-  labels, top_1, top_5, first = _validation_predictions(classifiers, classifiers[0].params,
-                                                        file_pattern, batch_size)
+  labels, outputs, first = _validation_predictions(classifiers, classifiers[0].params,
+                                                   file_pattern, batch_size)
+  base = outputs[0]
+  logit_range = float(np.ptp(base["logits"])) or 1.0  # 1: all logits equal (an untrained model)
   rows = []
-  for (name, filename, classifier, size, runtime, threads), t1, t5 in zip(artefacts, top_1, top_5):
+  for (name, filename, classifier, size, runtime, threads), output in zip(artefacts, outputs):
     call = functools.partial(classifier.invoke, classifier.model_input(first))
-    rows.append(ArtefactRow(name, filename, float(np.mean(t1 == labels)),
-                            float(np.mean((t5 == labels[:, np.newaxis]).any(axis=1))),
-                            float(np.mean(t1 == top_1[0])), int(size),
-                            median_latency_ms(call, latency_runs), runtime, int(threads)))
+    logit_error = float(np.max(np.abs(output["logits"] - base["logits"]))) / logit_range
+    rows.append(ArtefactRow(name, filename, float(np.mean(output["top_1"] == labels)),
+                            float(np.mean((output["top_5"] == labels[:, np.newaxis]).any(axis=1))),
+                            float(np.mean(output["top_1"] == base["top_1"])), int(size),
+                            median_latency_ms(call, latency_runs), runtime, int(threads),
+                            logit_error))
   return ExportEvaluation(export_dir, file_pattern, len(labels), latency_runs, max_top1_drop, rows)
 
 
 def format_accuracy_table(evaluation):
   """The table of an ExportEvaluation as markdown lines (a heading line, then the table)."""
   header = ("artefact", "file", "top-1", "top-5", "top-1 agreement", "size (bytes)",
-            "latency (ms/image)", "runtime (threads)")
+            "latency (ms/image)", "runtime (threads)", "logit error")
   cells = [header] + [(r.artefact, r.file, f"{100 * r.top_1:.2f}%", f"{100 * r.top_5:.2f}%",
                        f"{100 * r.top_1_agreement:.2f}%", str(r.size_bytes),
-                       f"{r.latency_ms:.3f}", f"{r.runtime} ({r.threads})")
+                       f"{r.latency_ms:.3f}", f"{r.runtime} ({r.threads})",
+                       "-" if r.logit_error is None else f"{r.logit_error:.1e}")
                       for r in evaluation.rows]
   widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
   line = lambda row: "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |"
   rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
   title = (f"Accuracy on {evaluation.num_images} validation images "
            f"({evaluation.validation_file_pattern}); latency: median of {evaluation.latency_runs} "
-           f"runs at batch 1 on this CPU; agreement: top-1 equal to the SavedModel's.")
+           f"runs at batch 1 on this CPU; agreement: top-1 equal to the SavedModel's; logit "
+           f"error: largest difference from the SavedModel's logits, as a fraction of their "
+           f"range.")
   return "\n".join([title, "", line(cells[0]), rule, *map(line, cells[1:])])
 
 
