@@ -25,8 +25,7 @@ def test_a_short_run_from_scratch_on_photos_evaluates_as_it_trains(photos, tmp_p
   # of an epoch), trained without population statistics so that the same weights are evaluated
   # before and after recomputing them. The README's run (150 steps of 32) at 32x32 instead of
   # 64x64: the same gap at a third of the cost (64x64, unseeded: 0.89-0.99 after and 0.58-0.85
-  # before the recomputation). Seeded initialisation and input order (as --deterministic): at
-  # 32x32, seeds 0-3 gave 0.89-0.99 after and 0.44-0.79 before it, training 0.94-0.97.
+  # before the recomputation). Seeded initialisation and input order (as --deterministic).
   keras.utils.set_random_seed(0)
   user = dict(configuration="v_1_0_SqNxt_23", image_size=32, batch_size=32, max_steps=150,
               num_classes=2, seed=0, precise_bn_examples=0, save_summary_steps=25,
@@ -39,17 +38,23 @@ def test_a_short_run_from_scratch_on_photos_evaluates_as_it_trains(photos, tmp_p
   est.train(experiment.make_input_fn(params, photos.train_pattern, True), 150)
   train_top_1 = est.last_train_summary["top_1_accuracy"]  # steps 126-150
   eval_input_fn = experiment.make_input_fn(params, photos.validation_pattern, False)
-  stale = est.evaluate(eval_input_fn)["top_1_accuracy"]
-  assert stale < train_top_1 - 0.15  # moving statistics of weights that no longer exist
+  stale = est.evaluate(eval_input_fn)  # moving statistics of weights that no longer exist
 
   trainable = [v.numpy() for v in est.scaffold.network.trainable_variables]
   est.config.statistics_batches = params_lib.MIN_PRECISE_BN_EXAMPLES // 32  # the default here
   est.recompute_statistics()
   for before, variable in zip(trainable, est.scaffold.network.trainable_variables):
     np.testing.assert_array_equal(variable.numpy(), before, err_msg=variable.path)  # bitwise
-  precise = est.evaluate(eval_input_fn)["top_1_accuracy"]
-  # Evaluation as good as training (this seeded run: training 0.94, stale 0.44, precise 0.99).
-  assert precise >= 0.9 and precise >= train_top_1 - 0.05, (precise, train_top_1, stale)
+  precise = est.evaluate(eval_input_fn)
+  # The kernels (oneDNN or Eigen, AVX2 or AVX-512) change the trajectory as a seed does, so the
+  # verdict rests on margins seen over seeds and kernels (seeds 0-2 with oneDNN, seed 0 without,
+  # on an AVX-512 CPU): training top-1 0.96-0.98; stale top-1 0.50-0.76, loss 1.0-82; precise
+  # top-1 0.94-0.99, loss 0.12-0.14 (oneDNN). Stale statistics cost a loss several times the precise one ...
+  assert stale["loss"] > 3 * precise["loss"], (stale, precise)
+  assert stale["top_1_accuracy"] < precise["top_1_accuracy"], (stale, precise)
+  # ... and with the recomputed ones evaluation is as good as training.
+  assert precise["top_1_accuracy"] >= train_top_1 - 0.1 and precise["loss"] < 0.5, (
+      precise, train_top_1)
 
 
 def test_one_and_two_replicas_give_the_same_statistics(tmp_path, two_replicas):
