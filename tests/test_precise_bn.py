@@ -49,7 +49,8 @@ def test_a_short_run_from_scratch_on_photos_evaluates_as_it_trains(photos, tmp_p
   # The kernels (oneDNN or Eigen, AVX2 or AVX-512) change the trajectory as a seed does, so the
   # verdict rests on margins seen over seeds and kernels (seeds 0-2 with oneDNN, seed 0 without,
   # on an AVX-512 CPU): training top-1 0.96-0.98; stale top-1 0.50-0.76, loss 1.0-82; precise
-  # top-1 0.94-0.99, loss 0.12-0.14 (oneDNN). Stale statistics cost a loss several times the precise one ...
+  # top-1 0.94-0.99, loss 0.12-0.14 (oneDNN). Stale statistics cost a loss several times the
+  # precise one ...
   assert stale["loss"] > 3 * precise["loss"], (stale, precise)
   assert stale["top_1_accuracy"] < precise["top_1_accuracy"], (stale, precise)
   # ... and with the recomputed ones evaluation is as good as training.
