@@ -330,12 +330,11 @@ class CaffeBatchNormalization(keras.layers.BatchNormalization):
 class GroupConv2D(keras.layers.Conv2D):
   """keras.layers.Conv2D computing a grouped convolution as one dense block-diagonal convolution.
 
-  TensorFlow's CPU kernel for a grouped convolution is very slow: forward+backward of a
-  [64, 28, 28, 64] 1x1 (3x1) convolution with groups=2 took 143 ms (271 ms) against 8.7 ms
-  (9.3 ms) as one convolution per group (TF 2.21, 2 CPU cores). One dense convolution whose kernel
-  is zero off the diagonal blocks was faster still in a whole training step of 1.0-G-SqNxt-23
-  (52 against 32 images/s, batch 32 at 227): it does `groups` times the multiply-accumulates of
-  the grouped convolution, a good trade for the G network's 2 groups, not for many groups. The
+  TensorFlow's CPU kernel for a grouped convolution is very slow, many times slower than one
+  convolution per group; one dense convolution whose kernel is zero off the diagonal blocks was
+  faster still in a whole training step of 1.0-G-SqNxt-23 (docs/BENCHMARKS.md, "Measurements
+  behind the code"): it does `groups` times the multiply-accumulates of the grouped convolution,
+  a good trade for the G network's 2 groups, not for many groups. The
   result and the gradients are those of the grouped convolution (the zero blocks are constants);
   the weights are Conv2D's (kernel [kh, kw, in / groups, out], output channels group-major), so
   checkpoints interchange with keras.layers.Conv2D(groups=...). With groups=1 this is Conv2D.
@@ -518,9 +517,9 @@ def fold_batch_norm(network, configuration, num_classes, image_size):
   network(x, training=False) up to float32 rounding.
 
   Why: TensorFlow fuses an inference BatchNorm into the convolution before it; oneDNN runs that
-  fusion at batch 1 as an im2col GEMM with slow per-channel post-ops: the SavedModel of
-  1.0-SqNxt-23 at 227 took 687 ms for one image and 34 ms for two (TF_ENABLE_ONEDNN_OPTS=1, this
-  2-core CPU, 2026-12-02). A convolution with a bias takes oneDNN's fast path at any batch.
+  fusion at batch 1 as an im2col GEMM with slow per-channel post-ops, tens of times slower for one
+  image than for two (docs/BENCHMARKS.md, "Measurements behind the code"). A convolution with a
+  bias takes oneDNN's fast path at any batch.
   """
   folded = build_network(configuration, num_classes, image_size, name=network.name,
                          fold_batch_norm=True)

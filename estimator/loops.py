@@ -100,8 +100,8 @@ def make_eval_loop(estimator):
   state (a list in `metric_variables` order) of these batches, summed over batches and replicas.
   model_fn runs in a `keras.StatelessScope` that starts each batch's metric state at zero: its
   `update_state` calls become values carried by the loop instead of variable updates, which would
-  order the batches one after the other (the bare forward loop overlaps consecutive batches: 190
-  vs 140 images/s on 2 cores, `benchmark inference`, 2026-12-01). Hence a metric's state must add
+  order the batches one after the other (the bare forward loop overlaps consecutive batches and is
+  faster: docs/BENCHMARKS.md, "Measurements behind the code"). Hence a metric's state must add
   over batches, as the state of Keras's Mean, Sum and accuracy metrics does.
   Partial last batches leave some replicas an empty batch.
   """
@@ -124,7 +124,7 @@ def make_eval_loop(estimator):
     # Several replicas: the partial last batch leaves some of them an empty batch, on which the
     # model is skipped (TF 2.21's CPU convolution returns its input unchanged for an empty batch,
     # which breaks the network). One replica always gets at least one example, and runs without
-    # the tf.cond, whose branch cost 7% of a bfloat16 evaluation (benchmark inference, 2026-12-01).
+    # the tf.cond, whose branch costs a measurable share of an evaluation (docs/BENCHMARKS.md).
     if strategy.num_replicas_in_sync == 1:
       return batch_state(features, labels)
     batch_size = tf.shape(tf.nest.flatten(features)[0])[0]
