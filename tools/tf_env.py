@@ -2,26 +2,23 @@
 
 oneDNN CPU kernels on by default: TensorFlow turns them on only on CPUs with AVX-512 VNNI/BF16 or
 AMX; elsewhere, e.g. AVX2 CPUs such as the AMD EPYC this project is tested on, its plain Eigen
-kernels run. There the oneDNN kernels trained and evaluated 1.0-SqNxt-23 (227 px, batch 64, float32)
-1.9x and 1.6x as fast (17 -> 32 and 101 -> 166 images/s, bare loops, 2026-12-01; the README's speed
-tables are measured with them). Their float32 results differ from Eigen's in the last bits (other
+kernels run. There the oneDNN kernels trained and evaluated 1.0-SqNxt-23 much faster (figures in
+docs/BENCHMARKS.md, "Measurements behind the code"; the speed tables are measured with them). Their float32 results differ from Eigen's in the last bits (other
 summation orders); a run is still bitwise reproducible on one machine. `TF_ENABLE_ONEDNN_OPTS=0` in
 the environment keeps TensorFlow's own choice.
 
 TensorFlow's BFC allocator for CPU memory (`TF_CPU_ALLOCATOR_USE_BFC`): it keeps freed memory for
 the next tensor. TensorFlow's default for the Eigen kernels returns large blocks to the system (glibc
 unmaps blocks over 32 MB), so every batch of 64 float32 images at 224 px (38 MB) page-faults and
-zeroes its pages again: the cast of a uint8 batch to float32 took 32 ms of CPU, 4 ms with BFC.
-oneDNN's allocator pools the operations' memory, but tf.data's still gained: the input pipelines of
-`benchmark input` (inception, 224 px) spent 2.7-2.8 ms of CPU per image without it, 2.0-2.3 with it
-(two runs each, 2026-12-01, a test suite running beside). The pool grows to the process's peak use
+zeroes its pages again (the cast of a uint8 batch to float32 costs several times the CPU).
+oneDNN's allocator pools the operations' memory, but tf.data's still gains: the input pipelines
+spend less CPU per image with it (docs/BENCHMARKS.md). The pool grows to the process's peak use
 and is not given back (limit `TF_CPU_BFC_MEM_LIMIT_IN_MB`, default 64 GB);
 `TF_CPU_ALLOCATOR_USE_BFC=false` keeps TensorFlow's default.
 
 TensorFlow is imported here, after these settings and with scikit-learn hidden: TensorFlow's import
 loads Keras's tf.keras API, whose scikit-learn wrappers import scikit-learn when it is installed (it
-is: the demo data's digits come from it), about 0.9 s of CPU in every program's start (`import
-tensorflow, keras`: 4.9-5.3 s of CPU with it, 4.1-4.4 s without, three runs each, 2026-12-01). The
+is: the demo data's digits come from it), nearly a second of CPU in every program's start (docs/BENCHMARKS.md). The
 programs never use those wrappers (`keras.wrappers.SKLearnClassifier` and its kind then say
 scikit-learn is missing); scikit-learn itself imports as usual afterwards.
 """
