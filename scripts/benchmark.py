@@ -117,8 +117,9 @@ def define_flags():
   cli.define_flag("integer", "max_short_side", 0,
                   "input with --synthetic_jpegs: also store the images with their shorter side at most "
                   "this many pixels (build_tfrecords --max_short_side) and time input_fn on them.")
+  # The preprocessings with a plain reference pipeline (_reference_preprocess, pillow_transform).
   cli.define_flag("enum", "preprocessing", "caffe", "Preprocessing of the pipelines.",
-                  enum_values=list(dataloader.PREPROCESSINGS))
+                  enum_values=["caffe", "inception"])
   cli.define_flag("integer", "image_size", 227, "Image side in pixels.")
   cli.define_flag("integer", "batch_size", 64, "Batch size.")
   cli.define_flag("integer", "rounds", 3, "Timed rounds of each measurement; the best is reported "
@@ -332,7 +333,7 @@ def _reference_preprocess(record, input_params, image_size, training):
     image = tf.image.resize(tf.io.decode_jpeg(encoded, channels=3), [resize, resize])
     image = tf.image.random_crop(image, [image_size, image_size, 3])
     image = tf.image.random_flip_left_right(image)
-  return image - tf.constant(input_params.mean_rgb, tf.float32), label
+  return image - tf.constant(dataloader.normalization(input_params)[0], tf.float32), label
 
 
 def _reference_dataset(file_pattern, input_params, image_size, batch_size, training=True):
@@ -439,7 +440,7 @@ def _torch_loader(file_pattern, input_params, image_size, batch_size):
   full batches; pids: this process and its workers (for the CPU time)."""
   torch = importlib.import_module("torch")
   dataset = RecordImages(file_pattern, input_params.preprocessing, image_size,
-                         input_params.mean_rgb)
+                         dataloader.normalization(input_params)[0])
   sampler = torch.utils.data.RandomSampler(dataset, num_samples=2 ** 31 - 1)  # new order each pass
   loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler,
                                        num_workers=os.cpu_count(), drop_last=True)

@@ -64,7 +64,7 @@ def one_per_class(tmp_path_factory):
                                validation_fraction=0.0, train_shards=3)
 
 
-@pytest.mark.parametrize("preprocessing", ["caffe", "inception"])
+@pytest.mark.parametrize("preprocessing", dataloader.PREPROCESSINGS)
 @pytest.mark.parametrize("training", [True, False])
 def test_batches_have_the_contract_shapes_dtypes_and_ranges(records, preprocessing, training):
   params = _params(preprocessing=preprocessing)
@@ -73,7 +73,8 @@ def test_batches_have_the_contract_shapes_dtypes_and_ranges(records, preprocessi
   for features, labels in batches:
     assert features["image"].shape[1:] == (SIZE, SIZE, 3) and features["image"].dtype == tf.float32
     assert labels["class_idx"].dtype == tf.int32
-    pixels = features["image"].numpy() + np.float32(dataloader.InputParams().mean_rgb)
+    mean, std = dataloader.normalization(_split(params)[0])
+    pixels = features["image"].numpy() * np.float32(std) + np.float32(mean)
     assert pixels.min() >= -1e-3 and pixels.max() <= 255 + 1e-3 and pixels.std() > 5
   class_idx = np.concatenate([labels["class_idx"].numpy() for _, labels in batches])
   assert class_idx.min() >= 0 and class_idx.max() <= 2  # 0-based: labels 1..3 - 1
@@ -130,7 +131,7 @@ def test_training_repeats_with_full_per_replica_batches(records):
     input_fn(records.train_pattern, True, _params(batch_size=7), context)
 
 
-@pytest.mark.parametrize("preprocessing", ["caffe", "inception"])
+@pytest.mark.parametrize("preprocessing", dataloader.PREPROCESSINGS)
 @pytest.mark.parametrize("training", [True, False])
 def test_preprocessing_is_the_same_eagerly_and_in_dataset_map(preprocessing, training):
   params = _params(preprocessing=preprocessing)

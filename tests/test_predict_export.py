@@ -321,7 +321,7 @@ def test_the_crop_is_central(trained):
   _, png = cv2.imencode(".png", rgb[..., ::-1])  # lossless: only the geometry is tested
   params = trained.params
   got = (inference.preprocess_fn(params)(tf.constant(png.tobytes())).numpy()
-         + np.float32(params.input.mean_rgb))
+         + np.float32(dataloader.normalization(params.input)[0]))
   size = IMAGE_SIZE
   resize = round(size * 256 / 227)
   resized = cv2.resize(rgb.astype(np.float32), (resize, resize), interpolation=cv2.INTER_LINEAR)

@@ -9,7 +9,8 @@ beside the training or validation records; labels.txt in model_dir.
 
 Images go through exactly the evaluation preprocessing of training,
 `dataloader.preprocess_image(..., training=False)` (caffe: resize to round(S * 256 / 227) square,
-central S x S crop, RGB mean subtracted; inception: short side to S / 0.875, central crop).
+central S x S crop, RGB mean subtracted; inception: short side to S / 0.875, central crop;
+torchvision: Pillow's resize of the short side to ceil(S / 0.875), central crop, ImageNet mean/std).
 
 Predictions (`Classifier.predict_batch`, the PREDICT branch of model.model_fn) for N images and K
 classes: top_1 int32 [N]; top_5 int32 [N, min(5, K)] (best first); probabilities float32 [N, K];
@@ -590,8 +591,9 @@ def write_tflite_metadata(tflite_path):
   """Writes `<model>.json` beside a .tflite file of an export folder (atomically): what an app needs
   to feed it. Keys: model, quantization ("float32", "float16", ...), input {dtype, shape, scale,
   zero_point} (scale 0 and zero point 0 for float inputs: real = scale * (q - zero_point)),
-  preprocessing, image_size (pixels), mean_rgb (subtracted from 0..255 RGB), labels (class names in
-  class_idx order, or null). Returns the JSON file's path."""
+  preprocessing, image_size (pixels), mean_rgb and std_rgb (the input is (0..255 RGB - mean_rgb) /
+  std_rgb per channel), labels (class names in class_idx order, or null). Returns the JSON file's
+  path."""
   lite = load_lite_model(tflite_path)
   details = lite.runner.get_input_details()["images"]
   scale, zero_point = details["quantization"]
@@ -602,7 +604,8 @@ def write_tflite_metadata(tflite_path):
       "input": {"dtype": np.dtype(details["dtype"]).name, "shape": [int(d) for d in details["shape"]],
                 "scale": float(scale), "zero_point": int(zero_point)},
       "preprocessing": lite.params.input.preprocessing, "image_size": lite.image_size,
-      "mean_rgb": list(lite.params.input.mean_rgb),
+      "mean_rgb": list(dataloader.normalization(lite.params.input)[0]),
+      "std_rgb": list(dataloader.normalization(lite.params.input)[1]),
       "labels": [entry.name for entry in lite.label_map] if lite.label_map else None,
   }
   return atomic_write(os.path.splitext(tflite_path)[0] + ".json", json.dumps(metadata, indent=2))
