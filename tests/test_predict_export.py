@@ -147,7 +147,7 @@ def _export_bad_input(workspace, root):
   cases = [
       ([f"--model_dir={no_train}", "--tflite", "--quantize=int8"],
        f"--quantize=int8: its calibration reads the training records, and the model's "
-       f"train_file_pattern={nothing} matches no file"),
+       f"train_file_pattern={nothing} matches no file; pass representative_file_pattern"),
       ([f"--model_dir={model_dir}", f"--validation_file_pattern={nothing}"],
        f"--validation_file_pattern={nothing}: matches no file; expected the TFRecords of the "
        f"validation images"),

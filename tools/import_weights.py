@@ -80,6 +80,14 @@ def to_keras_layout(key, array):
   return array
 
 
+def _pytorchcv_shape(key, shape):
+  """The shape (list) of pytorchcv's tensor `key` for a variable of model.py's `shape`: the inverse
+  of to_keras_layout's transposition."""
+  if key.endswith(".conv.weight"):
+    return [shape[3], shape[2], shape[0], shape[1]]  # HWIO -> OIHW
+  return list(shape[::-1]) if key == "output.weight" else list(shape)
+
+
 def _fits(configuration, tensors):
   """True when the file's stem width and blocks per stage are those of `configuration`."""
   config = model.get_config(configuration)
@@ -124,21 +132,22 @@ def assignments(network, configuration, tensors, path):
   for key, variable in wanted.items():
     array = to_keras_layout(key, tensors[key])
     if tuple(array.shape) != tuple(variable.shape):
-      raise _mismatch(path, configuration, tensors,
-                      f"{key} has shape {list(tensors[key].shape)}, expected that of "
-                      f"{variable.path} {list(variable.shape)} in pytorchcv's layout")
+      raise _mismatch(path, configuration, tensors, f"{key} has shape "
+                      f"{list(tensors[key].shape)}, {configuration} "
+                      f"{_pytorchcv_shape(key, variable.shape)}")
     if not np.all(np.isfinite(array)):
       raise UserError(f"weights={path}: {key} holds values that are not finite", param="weights")
     result.append((variable, array))
   return result
 
 
-def import_params(configuration, num_classes, label_map):
-  """The Params of an imported model: the network at model.PYTORCHCV_IMAGE_SIZE, the torchvision
-  preprocessing, the label map's path; the other sections at their defaults."""
+def import_params(configuration, num_classes, label_map, image_size=model.PYTORCHCV_IMAGE_SIZE):
+  """The Params of an imported model: the network at `image_size` (the weights' 224 by default),
+  the torchvision preprocessing, the label map's path, the default batch of train.py
+  (params.DEFAULT_BATCH_SIZE, also the batch of --mode evaluate); the rest at their defaults."""
   return params_lib.Params.from_flat(dict(
-      configuration=configuration, num_classes=num_classes,
-      image_size=model.PYTORCHCV_IMAGE_SIZE, preprocessing="torchvision", label_map=label_map))
+      configuration=configuration, num_classes=num_classes, image_size=image_size,
+      preprocessing="torchvision", label_map=label_map, batch_size=params_lib.DEFAULT_BATCH_SIZE))
 
 
 def _label_entries(label_map, num_classes):
@@ -160,7 +169,8 @@ def _check_new(model_dir):
                     f"writes a new model_dir", param="model_dir")
 
 
-def import_pytorchcv(weights, model_dir, configuration=None, label_map=None, argv=()):
+def import_pytorchcv(weights, model_dir, configuration=None, label_map=None, argv=(),
+                     image_size=model.PYTORCHCV_IMAGE_SIZE):
   """Writes model_dir (new, or an empty folder) from pytorchcv's `.pth` file `weights`.
 
   Args:
@@ -170,6 +180,8 @@ def import_pytorchcv(weights, model_dir, configuration=None, label_map=None, arg
     label_map: optional labels.txt (dataloader format) with the file's class count; default
       IMAGENET_LABEL_MAP for 1,000 classes (none otherwise).
     argv: the command line, kept in params.json's history.
+    image_size: the model's input side (params.json); the weights were trained and published at
+      224 pixels, the network (global average pooling) is defined from 9.
   Returns:
     (Params, checkpoint path): the params written and model_dir/ckpt-0.
   Raises:
@@ -191,7 +203,7 @@ def import_pytorchcv(weights, model_dir, configuration=None, label_map=None, arg
   entries = _label_entries(label_map, num_classes)
   final = os.path.abspath(model_dir)
   params = import_params(name, num_classes, os.path.join(final, dataloader.LABEL_MAP_FILENAME)
-                         if entries else None)
+                         if entries else None, image_size)
   with atomic_path(final) as folder:
     os.makedirs(folder)
     path = _write_checkpoint(folder, params, tensors, weights)

@@ -517,20 +517,29 @@ def export_saved_model(trained, export_dir, overwrite=False):
 # TFLite: conversion, and running with LiteRT.
 
 
-def representative_images(params, num_examples=DEFAULT_REPRESENTATIVE_EXAMPLES):
-  """The first `num_examples` training images through the evaluation preprocessing (the input of
-  an int8 model's calibration): float32 numpy [n, S, S, 3], n <= num_examples.
+def representative_images(params, num_examples=DEFAULT_REPRESENTATIVE_EXAMPLES, file_pattern=None):
+  """The first `num_examples` images of `file_pattern` (default: the training records) through
+  the evaluation preprocessing (the input of an int8 model's calibration): float32 numpy
+  [n, S, S, 3], n <= num_examples.
 
   Raises:
-    UserError: params.run.train_file_pattern is unset or matches no file, or num_examples < 1.
+    UserError: no records (file_pattern, else params.run.train_file_pattern, unset or matching no
+      file: an imported model has none), or num_examples < 1.
   """
   if num_examples < 1:
     raise UserError(f"representative_examples={num_examples}: expected at least 1",
                     param="representative_examples")
-  pattern = params.run.train_file_pattern
-  if not pattern or not tf.io.gfile.glob(pattern):
-    raise UserError(f"quantize=int8: its calibration reads the training records, and the "
-                    f"model's train_file_pattern={pattern} matches no file", param="quantize")
+  if file_pattern:
+    if not tf.io.gfile.glob(file_pattern):
+      raise UserError(f"representative_file_pattern={file_pattern}: matches no file",
+                      param="representative_file_pattern")
+    pattern = file_pattern
+  else:
+    pattern = params.run.train_file_pattern
+    if not pattern or not tf.io.gfile.glob(pattern):
+      raise UserError(f"quantize=int8: its calibration reads the training records, and the "
+                      f"model's train_file_pattern={pattern} matches no file; pass "
+                      f"representative_file_pattern", param="quantize")
   m = params.model
   dataset = dataloader.input_fn(pattern, False, params.input, m.image_size, 1, m.num_classes)
   with dataloader.user_errors_from_data():
