@@ -144,10 +144,13 @@ def assignments(network, configuration, tensors, path):
 def import_params(configuration, num_classes, label_map, image_size=model.PYTORCHCV_IMAGE_SIZE):
   """The Params of an imported model: the network at `image_size` (the weights' 224 by default),
   the torchvision preprocessing, the label map's path, the default batch of train.py
-  (params.DEFAULT_BATCH_SIZE, also the batch of --mode evaluate); the rest at their defaults."""
+  (params.DEFAULT_BATCH_SIZE, also the batch of --mode evaluate), no population statistics to
+  recompute (there are no training records: the imported ones are the population's); the rest at
+  their defaults."""
   return params_lib.Params.from_flat(dict(
       configuration=configuration, num_classes=num_classes, image_size=image_size,
-      preprocessing="torchvision", label_map=label_map, batch_size=params_lib.DEFAULT_BATCH_SIZE))
+      preprocessing="torchvision", label_map=label_map, batch_size=params_lib.DEFAULT_BATCH_SIZE,
+      precise_bn_examples=0))
 
 
 def _label_entries(label_map, num_classes):
