@@ -289,3 +289,36 @@ def test_data_that_cannot_feed_training_fails_instead_of_spinning(tmp_path):
   empty.write_bytes(b"")
   with pytest.raises(UserError, match="every matching file is empty"):
     input_fn(str(empty), True, _params())
+
+
+def test_pil_bilinear_resize_is_pillows_bit_for_bit():
+  """From 1/8x to 2x, both orientations, sizes that do not divide: equal to Pillow's
+  Image.resize(BILINEAR), the resize of torchvision's evaluation (osmr's)."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  from sklearn.datasets import load_sample_images  # pylint: disable=import-outside-toplevel
+  photo = load_sample_images().images[1][40:340, 100:540]  # uint8 [300, 440, 3]
+  resize = tf.function(dataloader.pil_bilinear_resize)
+  for height, width in [(38, 55), (256, 375), (300, 440), (301, 97), (600, 880), (123, 440)]:
+    expected = np.asarray(Image.fromarray(photo).resize((width, height), Image.BILINEAR))
+    np.testing.assert_array_equal(resize(tf.constant(photo), [height, width]).numpy(), expected,
+                                  err_msg=f"{height}x{width}")
+
+
+def test_torchvision_evaluation_resizes_the_short_side_and_crops_the_centre():
+  # 48x64 (landscape): short side to ceil(24 / 0.875) = 28, long side int(28 * 64 / 48) = 37,
+  # the central 24x24 at (round(2.0), round(6.5)) = (2, 6): Python rounds half to even.
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  image = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+  png = cv2.imencode(".png", image[..., ::-1])[1].tobytes()
+  params = dataloader.InputParams(preprocessing="torchvision")
+  got = dataloader.preprocess_image_uint8(tf.constant(png), False, params, SIZE).numpy()
+  resized = np.asarray(Image.fromarray(image).resize((37, 28), Image.BILINEAR))
+  np.testing.assert_array_equal(got, resized[2:26, 6:30])
+  mean, std = dataloader.normalization(params)
+  np.testing.assert_allclose(mean, [123.675, 116.28, 103.53])
+  np.testing.assert_allclose(std, [58.395, 57.12, 57.375])
+  normalised = dataloader.preprocess_image(tf.constant(png), False, params, SIZE).numpy()
+  np.testing.assert_allclose(normalised, (got / 255.0 - [0.485, 0.456, 0.406])
+                             / [0.229, 0.224, 0.225], atol=1e-5)
+  restored = dataloader.add_mean(tf.constant(normalised), params).numpy()
+  np.testing.assert_array_equal(restored, got)
