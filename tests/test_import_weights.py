@@ -34,8 +34,9 @@ TOLERANCE = 1e-4
 # The weights' configuration and classes, as the fixture script made them.
 CONFIGURATION, NUM_CLASSES = fixture_lib.FIXTURE_CONFIGURATION, fixture_lib.NUM_CLASSES
 
-# One worker imports the fixture once (module fixtures) for the tests of the imported model.
-pytestmark = pytest.mark.xdist_group("imported_weights")
+# One worker imports the fixture once (module fixtures) for the tests of the imported model; the
+# fine-tune, the longest, runs on the other one.
+IMPORTED = pytest.mark.xdist_group("imported_weights")
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +94,7 @@ def test_the_torchvision_preprocessing_is_pillows_on_the_fixture_photos(photos, 
   np.testing.assert_allclose(normalised, torchvision, atol=2e-6)
 
 
+@IMPORTED
 def test_the_imported_fixture_gives_pytorchcvs_logits(imported, photos, reference):
   params, model_dir = imported
   assert (params.model.configuration, params.model.num_classes, params.model.image_size,
@@ -208,6 +210,7 @@ def _events(folder):
   return found
 
 
+@IMPORTED
 def test_evaluate_mode_is_one_exact_pass_that_writes_no_checkpoint(imported, photo_records,
                                                                   reference):
   _, model_dir = imported
@@ -235,6 +238,7 @@ def test_evaluate_mode_is_one_exact_pass_that_writes_no_checkpoint(imported, pho
   assert "torchvision preprocessing" in events["eval/setup"][0][1]
 
 
+@IMPORTED
 def test_predict_and_int8_export_of_the_imported_model(imported, photos, photo_records, reference,
                                                       tmp_path):
   _, model_dir = imported
@@ -265,6 +269,34 @@ def test_predict_and_int8_export_of_the_imported_model(imported, photos, photo_r
   np.testing.assert_allclose(metadata["std_rgb"], [58.395, 57.12, 57.375])
 
 
+@IMPORTED
+def test_evaluate_mode_without_what_it_needs_is_a_one_line_error(imported, photo_records, tmp_path):
+  _, model_dir = imported
+  pattern, _ = photo_records
+  untrained = tmp_path / "untrained"
+  untrained.mkdir()
+  (untrained / params_lib.PARAMS_FILENAME).write_text(
+      (open(os.path.join(model_dir, params_lib.PARAMS_FILENAME)).read()))
+  cases = [
+      ([f"--model_dir={tmp_path / 'none'}", f"--validation_file_pattern={pattern}"],
+       f"error: --model_dir={tmp_path / 'none'}: no such folder"),
+      ([f"--model_dir={untrained}", f"--validation_file_pattern={pattern}"],
+       f"error: --model_dir={untrained}: no checkpoint (ckpt-*) to evaluate"),
+      ([f"--model_dir={model_dir}"],
+       f"error: --mode evaluate needs --validation_file_pattern ({model_dir}'s params.json names "
+       f"no validation records)"),
+      ([f"--model_dir={model_dir}", f"--validation_file_pattern={pattern}",
+        f"--fine_tune_ckpt={model_dir}"],
+       "error: --fine_tune_ckpt warm-starts a training; --mode evaluate reads --model_dir's own "
+       "checkpoint"),
+  ]
+  outcomes = process_utils.run_cases("train", [["--mode=evaluate", *argv] for argv, _ in cases])
+  for (_, message), outcome in zip(cases, outcomes, strict=True):
+    assert process_utils.one_error_line(outcome) == message
+  assert sorted(os.listdir(untrained)) == [params_lib.PARAMS_FILENAME]
+
+
+@pytest.mark.xdist_group("imported_fine_tune")
 def test_fine_tuning_an_imported_model_to_two_classes(imported, tmp_path):
   """train.py --fine_tune_ckpt on the imported model_dir, on the demo photos (2 classes): the
   network and its input come from the source, the classifier is new, the run evaluates."""
