@@ -195,6 +195,22 @@ def test_another_network_or_a_broken_file_is_a_one_line_error(tmp_path):
                                      "params.json"]
 
 
+def test_keys_the_network_has_not_are_left_out_and_a_missing_key_is_named():
+  network = model.build_network(CONFIGURATION, NUM_CLASSES, 224)
+  tensors = torch_file.read_state_dict(WEIGHTS)
+  extra = {**tensors, "features.stage9.unit1.conv1.conv.weight": np.zeros([1, 1, 1, 1])}
+  assigned = import_weights.assignments(network, CONFIGURATION, extra, "w.pth")
+X
+  kernel = dict((v.path, a) for v, a in assigned)["stage2_block1_conv3/kernel"]
+  np.testing.assert_array_equal(  # OIHW -> HWIO, pytorchcv's conv3 is the 1x3
+      kernel, tensors["features.stage2.unit1.conv3.conv.weight"].transpose(2, 3, 1, 0))
+  assert kernel.shape == (1, 3, 16, 32)
+  del tensors["features.final_block.bn.running_var"]
+  with pytest.raises(UserError, match=r"w\.pth: not the weights of sqnxt23_w1: it lacks "
+                                      r"features\.final_block\.bn\.running_var; it fits none"):
+    import_weights.assignments(network, CONFIGURATION, tensors, "w.pth")
+
+
 def _events(folder):
   """{tag: [(step, value)]} of the scalars (floats) and texts (str) of the TensorBoard event files
   in `folder`."""

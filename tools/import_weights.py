@@ -29,6 +29,7 @@ order of the record labels 1..1000 of build_imagenet_data.py; IMAGENET_LABEL_MAP
 import os
 import re
 
+from absl import logging
 import numpy as np
 
 import dataloader
@@ -117,17 +118,23 @@ def assignments(network, configuration, tensors, path):
   its value from the pytorchcv state_dict `tensors` ({key: array} of the file at `path`), except
   the BatchNorm running counts.
 
+  Keys the network has not are left out with a warning, as pytorchcv's own loader ignores them
+  (model_store.load_model, ignore_extra=True); a file of another of the six networks still lacks
+  keys (other blocks per stage) or has other shapes (other widths).
+
   Raises:
-    UserError naming the file and the first key that does not match: missing or unexpected keys,
-      another shape, or values that are not finite.
+    UserError naming the file and the first key that does not match: a missing key, another
+      shape, or values that are not finite.
   """
   wanted = {pytorchcv_key(v.path): v for v in network.weights if pytorchcv_key(v.path)}
   present = {k for k in tensors if not k.endswith(".num_batches_tracked")}
   missing, unexpected = sorted(set(wanted) - present), sorted(present - set(wanted))
-  for keys, what in ((missing, "lacks"), (unexpected, "has an unexpected")):
-    if keys:
-      more = f" (and {len(keys) - 1} more)" if len(keys) > 1 else ""
-      raise _mismatch(path, configuration, tensors, f"it {what} {keys[0]}{more}")
+  if missing:
+    more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+    raise _mismatch(path, configuration, tensors, f"it lacks {missing[0]}{more}")
+  if unexpected:
+    logging.warning("%s: left out %d tensor(s) that %s has not, as pytorchcv's loader does: %s",
+                    path, len(unexpected), configuration, ", ".join(unexpected[:5]))
   result = []
   for key, variable in wanted.items():
     array = to_keras_layout(key, tensors[key])
