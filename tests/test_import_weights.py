@@ -200,7 +200,8 @@ def test_keys_the_network_has_not_are_left_out_and_a_missing_key_is_named():
   tensors = torch_file.read_state_dict(WEIGHTS)
   extra = {**tensors, "features.stage9.unit1.conv1.conv.weight": np.zeros([1, 1, 1, 1])}
   assigned = import_weights.assignments(network, CONFIGURATION, extra, "w.pth")
-X
+  # All but num_batches_tracked of the 111 BatchNorms (stem, 21 blocks x 5, 4 shortcuts, head).
+  assert len(assigned) == len(tensors) - (1 + 21 * 5 + 4 + 1)
   kernel = dict((v.path, a) for v, a in assigned)["stage2_block1_conv3/kernel"]
   np.testing.assert_array_equal(  # OIHW -> HWIO, pytorchcv's conv3 is the 1x3
       kernel, tensors["features.stage2.unit1.conv3.conv.weight"].transpose(2, 3, 1, 0))
