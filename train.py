@@ -8,6 +8,12 @@ size, class count and schedule; any flag overrides them. With ImageNet records:
       --train_file_pattern 'data/imagenet/train-*' --validation_file_pattern 'data/imagenet/validation-*' \
       --batch_size 1024 --num_gpus 8
 
+Evaluation only (one exact pass through the newest checkpoint, with its params.json; nothing is
+trained or checkpointed), e.g. of weights imported with scripts/import_weights.py:
+
+  python train.py --model_dir runs/sqnxt23_w1 --mode evaluate \
+      --validation_file_pattern 'data/imagenet/validation-*'
+
 This is the program: it reads the flags, resolves the params once (tools/params.py; logged and saved
 in model_dir/params.json), and hands them to the library (tools/experiment.py, estimator/, model.py,
 dataloader.py). Flag names are the params' names.
