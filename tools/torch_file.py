@@ -184,9 +184,7 @@ def _read_legacy(path):
       raise _Refused("neither torch.save's zip archive nor its legacy format") from e
     if (magic, protocol) != (_LEGACY_MAGIC, _LEGACY_PROTOCOL):
       raise _Refused("neither torch.save's zip archive nor its legacy format (no magic number)")
-    system = _Unpickler(f).load()
-    byteorder = "little" if not isinstance(system, dict) or system.get("little_endian", True) \
-        else "big"
+    _Unpickler(f).load()  # the saving system's information: the data are little-endian anyway
     tensors = _state_dict(_Unpickler(f).load())
     keys = _Unpickler(f).load()
     dtypes = {t.storage.key: t.storage.dtype for t in tensors.values()}
