@@ -19,6 +19,19 @@ Preprocessing (InputParams.preprocessing):
   inception  Model Garden. Training: `sample_distorted_bounding_box` (the record's boxes, else the
              whole image; min_object_covered 0.1, aspect ratio 3/4..4/3, area 0.05..1), flip, resize
              to S. Evaluation: the central crop of 87.5% of the short side resized to S.
+  torchvision  how osmr evaluated the ImageNet weights of pytorchcv (imgclsmob's
+             `pytorch/datasets/imagenet1k_cls_dataset.py`: torchvision's Resize, CenterCrop, ToTensor,
+             Normalize on Pillow images). Evaluation, exactly: the whole image decoded as Pillow
+             decodes it (libjpeg's ISLOW IDCT), the short side resized to ceil(S / 0.875) (256 at
+             224) and the long side to int(ceil(S / 0.875) * long / short) with Pillow's bilinear
+             filter (`pil_bilinear_resize`, bit-exact), the central S x S crop (offsets rounded half
+             to even, as Python's round), RGB / 255 normalised with ImageNet's mean (0.485, 0.456,
+             0.406) and standard deviation (0.229, 0.224, 0.225). Training: the inception training
+             crop of the whole image (as torchvision's RandomResizedCrop: a random area and aspect
+             ratio), flip, an antialiased bilinear resize to S (Pillow's filter), the same
+             normalisation.
+Normalisation (`normalization`): images become (pixel - mean_rgb) / std_rgb, per channel of 0..255
+RGB; caffe and inception subtract the Caffe models' means and do not scale.
 Evaluation is one exact pass: no shuffle, no repeat, the last partial batch kept.
 
 `input_fn` turns the records into `({"image": float32 [B, H, W, 3]}, {"class_idx": int32 [B]})`
@@ -56,6 +69,7 @@ the synset or class-folder name (`image/class/synset`), the human-readable text 
 import collections
 import contextlib
 import dataclasses
+import math
 import os
 import random
 import re
@@ -77,7 +91,7 @@ IMAGENET_KEYS = ("image/encoded", "image/class/label")
 TFDS_KEYS = ("image", "label")
 KNOWN_KEYS = (IMAGENET_KEYS, TFDS_KEYS)
 
-PREPROCESSINGS = ("caffe", "inception")
+PREPROCESSINGS = ("caffe", "inception", "torchvision")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,10 +99,13 @@ class InputParams:
   """The input pipeline's parameters (the `input` section of tools/params.Params), each declared once
   (tools/common.param). The image side, the global batch and the class count come from the model and
   recipe sections and are passed to input_fn beside this."""
-  # "caffe" (seed repository / official Caffe model) or "inception" (Model Garden); module docstring.
+  # "caffe" (seed repository / official Caffe model), "inception" (Model Garden) or "torchvision"
+  # (osmr's evaluation of pytorchcv's ImageNet weights); module docstring.
   preprocessing: str = param("caffe", "Preprocessing.", choices=PREPROCESSINGS, meaning=True)
-  # RGB means subtracted from 0..255 pixels (the ImageNet means of the Caffe models), no scaling.
-  mean_rgb: tuple = param((123.0, 117.0, 104.0), "RGB means subtracted.", flag=False)
+  # Per-channel mean and standard deviation of 0..255 RGB pixels: images become (pixel - mean) /
+  # std. None: the preprocessing's (NORMALIZATIONS).
+  mean_rgb: tuple | None = param(None, "RGB means subtracted.", flag=False)
+  std_rgb: tuple | None = param(None, "RGB standard deviations divided by.", flag=False)
   # Random left-right flip in training: the seed repository flips, Caffe's prototxt did not.
   random_flip: bool = param(True, "Random left-right flip in training.", flag=False)
   # The records' keys of the encoded image (JPEG, or PNG/GIF/BMP decoded whole) and of the int64
@@ -124,7 +141,9 @@ class InputParams:
   private_threadpool_size: int = param(0, "Threads of the pipeline's own pool.", flag=False)
   # One thread per element: the parallelism is across elements (Model Garden sets the same).
   max_intra_op_parallelism: int = param(1, "Threads per element.", flag=False)
-  # libjpeg's IDCT: "" (default, INTEGER_ACCURATE), "INTEGER_FAST" (tf_cnn_benchmarks' choice).
+  # libjpeg's IDCT: "" (TensorFlow's default, which decodes as "INTEGER_FAST" does on TF 2.21),
+  # "INTEGER_FAST" (tf_cnn_benchmarks' choice), "INTEGER_ACCURATE" (Pillow's: libjpeg's ISLOW;
+  # torchvision's preprocessing uses it when this is "", so that it decodes as Pillow does).
   dct_method: str = param("", "libjpeg's IDCT.", flag=False)
   # Training order is allowed to vary with thread timing (faster); True makes a seeded run repeatable.
   deterministic_training: bool = param(False, "Repeatable training order (--deterministic).",
@@ -137,6 +156,18 @@ class InputParams:
       default_text="none (this process runs it)")
 
 
+# (mean, std) per channel of 0..255 RGB of each preprocessing. caffe, inception: the RGB means of
+# the Caffe models, no scaling. torchvision: ToTensor's x / 255, then Normalize with ImageNet's mean
+# (0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225) (imgclsmob's ImageNet1KMetaInfo), i.e.
+# (x - 255 mean) / (255 std).
+_CAFFE_MEAN_RGB = (123.0, 117.0, 104.0)
+NORMALIZATIONS = {
+    "caffe": (_CAFFE_MEAN_RGB, (1.0, 1.0, 1.0)),
+    "inception": (_CAFFE_MEAN_RGB, (1.0, 1.0, 1.0)),
+    "torchvision": (tuple(255.0 * m for m in (0.485, 0.456, 0.406)),
+                    tuple(255.0 * s for s in (0.229, 0.224, 0.225))),
+}
+
 # Caffe models: resize to 256x256, crop 227 (seed repository / official prototxts).
 _CAFFE_RESIZE, _CAFFE_CROP = 256, 227
 # Inception / Model Garden evaluation: the central crop keeps 87.5% of the short side (224 of 256).
@@ -146,6 +177,12 @@ _INCEPTION_MIN_OBJECT_COVERED = 0.1
 _INCEPTION_ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)
 _INCEPTION_AREA_RANGE = (0.05, 1.0)
 _INCEPTION_MAX_ATTEMPTS = 100
+# torchvision (osmr's evaluation): the resize side is ceil(S / 0.875) (imgclsmob's
+# calc_val_resize_value with resize_inv_factor 0.875: 256 at 224).
+_TORCHVISION_CROP_FRACTION = 0.875
+# Pillow's fixed-point resampling (libImaging/Resample.c): coefficients with 32 - 8 - 2 = 22
+# fractional bits, each pass rounded to uint8.
+_PIL_PRECISION_BITS = 22
 
 # Defaults that mark a missing feature, so that the error can name it instead of failing in parsing.
 _MISSING_LABEL = -(2**62)
@@ -165,13 +202,25 @@ LabelEntry.__doc__ = """One class: 1-based record label (int), synset/class name
 
 
 def check_input_params(input_params):
-  """Raises UserError for an unknown `preprocessing` or a `mean_rgb` that is not 3 numbers."""
+  """Raises UserError for an unknown `preprocessing`, or a `mean_rgb` or `std_rgb` that is not 3
+  numbers (std_rgb: positive ones)."""
   if input_params.preprocessing not in PREPROCESSINGS:
     raise UserError(f"preprocessing={input_params.preprocessing}: expected one of "
                     f"{', '.join(PREPROCESSINGS)}", param="preprocessing")
-  if len(input_params.mean_rgb) != 3:
-    raise UserError(f"mean_rgb={input_params.mean_rgb}: expected 3 values (R, G, B)",
-                    param="mean_rgb")
+  for name in ("mean_rgb", "std_rgb"):
+    values = getattr(input_params, name)
+    if values is not None and (len(values) != 3 or (name == "std_rgb" and min(values) <= 0)):
+      raise UserError(f"{name}={values}: expected 3 values (R, G, B)"
+                      f"{', each > 0' if name == 'std_rgb' else ''}", param=name)
+
+
+def normalization(input_params):
+  """(mean, std): 3-tuples of floats per RGB channel of 0..255 pixels, images become (pixel - mean)
+  / std; `mean_rgb` / `std_rgb` of InputParams `input_params`, where None, its preprocessing's
+  NORMALIZATIONS."""
+  mean, std = NORMALIZATIONS[input_params.preprocessing]
+  return (tuple(float(v) for v in input_params.mean_rgb or mean),
+          tuple(float(v) for v in input_params.std_rgb or std))
 
 
 # The decoding map keeps the records' order (the skip count needs it), so a slow image (a large
@@ -218,7 +267,8 @@ def preprocess_image(image_bytes, training, params, image_size, bboxes=None, see
     seed: optional int32/int64 [2] tensor for the stateless random ops of training; None draws one.
 
   Returns:
-    float32 [image_size, image_size, 3], RGB in 0..255 minus `mean_rgb` (about -123..152).
+    float32 [image_size, image_size, 3], RGB (0..255 - mean) / std of `normalization(params)`
+    (caffe, inception: about -123..152; torchvision: about -2.1..2.7).
 
   Raises:
     tf.errors.InvalidArgumentError (when run): undecodable image bytes.
@@ -231,19 +281,25 @@ def preprocess_image_uint8(image_bytes, training, params, image_size, bboxes=Non
   """`preprocess_image` before the mean subtraction: uint8 [image_size, image_size, 3], RGB 0..255.
 
   Arguments and errors as `preprocess_image`. The resized image is rounded to uint8, as Caffe's
-  pipeline stored its resized images (its crop and mean subtraction then worked on uint8 pixels);
-  input_fn batches these 4x smaller images and subtracts the mean once per batch.
+  pipeline stored its resized images (its crop and mean subtraction then worked on uint8 pixels)
+  and as Pillow's resize returns them (torchvision); input_fn batches these 4x smaller images and
+  normalises them once per batch.
   """
   p, size = params, int(image_size)
+  torchvision = p.preprocessing == "torchvision"
+  dct_method = p.dct_method or ("INTEGER_ACCURATE" if torchvision else "")
+  if torchvision and not training:
+    return _torchvision_central_crop(image_bytes, size, dct_method)
   if seed is None:
     seed = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32)
   crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
   if p.preprocessing == "caffe":
     window_fn = _caffe_window_fn(size, training, crop_seed)
-  else:
+  else:  # torchvision's training crop is the inception one of the whole image
     window_fn = _inception_window_fn(training, bboxes, crop_seed)
-  image = _decode_window(image_bytes, window_fn, p.dct_method)  # uint8 [h, w, 3]
-  image = tf.image.resize(image, [size, size], method="bilinear")  # float32 [size, size, 3]
+  image = _decode_window(image_bytes, window_fn, dct_method)  # uint8 [h, w, 3]
+  # float32 [size, size, 3]; torchvision: Pillow's bilinear filter widens with the downscale factor.
+  image = tf.image.resize(image, [size, size], method="bilinear", antialias=torchvision)
   # Bilinear weights are convex, so the values stay in 0..255: round, no clipping needed.
   image = tf.cast(tf.round(image), tf.uint8)
   if training and p.random_flip:  # on the uint8 resize: the fewest bytes to move (4x < float32)
@@ -252,14 +308,19 @@ def preprocess_image_uint8(image_bytes, training, params, image_size, bboxes=Non
 
 
 def subtract_mean(images, params):
-  """uint8 [..., S, S, 3] RGB 0..255 -> float32 minus `params.mean_rgb` (about -123..152).
+  """uint8 [..., S, S, 3] RGB 0..255 -> float32 (pixel - mean) / std of `normalization(params)`
+  (caffe: minus (123, 117, 104), about -123..152; torchvision: about -2.1..2.7).
 
   The last three dimensions must be static. The mean is subtracted as a whole [S, S, 3] image:
   a same-shape subtraction is vectorised, a [3] broadcast (or bias_add) is about 3x slower here.
+  Division by std (as torchvision's Normalize divides) only when some std is not 1.
   """
-  mean = tf.constant(params.mean_rgb, tf.float32)
-  mean_image = tf.broadcast_to(mean, images.shape[-3:])  # [S, S, 3], folded to a constant
-  return tf.cast(images, tf.float32) - mean_image
+  mean, std = normalization(params)
+  mean_image = tf.broadcast_to(tf.constant(mean, tf.float32), images.shape[-3:])  # [S, S, 3]
+  centred = tf.cast(images, tf.float32) - mean_image
+  if std == (1.0, 1.0, 1.0):
+    return centred
+  return centred / tf.broadcast_to(tf.constant(std, tf.float32), images.shape[-3:])
 
 
 def add_mean(images, params):
@@ -267,13 +328,14 @@ def add_mean(images, params):
 
   Args:
     images: float32 [..., 3], preprocessed images.
-    params: InputParams (`mean_rgb` is read).
+    params: InputParams (`normalization(params)` is read).
 
   Returns:
     uint8 [..., 3], RGB in 0..255 (rounded, values outside clipped).
   """
-  mean = tf.constant(params.mean_rgb, tf.float32)
-  return tf.cast(tf.clip_by_value(tf.round(images + mean), 0.0, 255.0), tf.uint8)
+  mean, std = normalization(params)
+  pixels = images * tf.constant(std, tf.float32) + tf.constant(mean, tf.float32)
+  return tf.cast(tf.clip_by_value(tf.round(pixels), 0.0, 255.0), tf.uint8)
 
 
 def _caffe_window_fn(size, training, seed):
@@ -314,6 +376,75 @@ def _inception_window_fn(training, bboxes, seed):
     side = tf.maximum(side, 1)
     return tf.concat([(shape - side + 1) // 2, [side, side]], 0)
   return central_window_fn
+
+
+def _torchvision_central_crop(image_bytes, size, dct_method):
+  """torchvision's evaluation (module docstring) up to Normalize: uint8 [size, size, 3] RGB.
+
+  Resize(ceil(size / 0.875)) keeps the aspect ratio: short side -> R, long side -> int(R * long /
+  short) (torchvision's _compute_resized_output_size; integer arithmetic gives the same); then
+  CenterCrop(size) at int(round((resized - size) / 2)), Python's round is half to even as
+  tf.round. The whole image is decoded: the resize filter reads beyond any crop window.
+  """
+  whole = lambda shape: tf.concat([tf.zeros([2], tf.int32), shape], 0)
+  image = _decode_window(image_bytes, whole, dct_method)  # uint8 [h, w, 3]
+  shape = tf.shape(image)[:2]
+  resized = math.ceil(size / _TORCHVISION_CROP_FRACTION) * shape // tf.reduce_min(shape)  # [2]
+  image = pil_bilinear_resize(image, resized)
+  offset = tf.cast(tf.round(tf.cast(resized - size, tf.float64) / 2.0), tf.int32)  # [2] (y, x)
+  return tf.slice(image, tf.concat([offset, [0]], 0), [size, size, 3])
+
+
+def _pil_bilinear_coefficients(in_size, out_size):
+  """Pillow's bilinear resampling weights along one axis (Resample.c: precompute_coeffs with the
+  triangle filter of support 1 widened by the downscale factor, then normalize_coeffs_8bpc), in the
+  same float64 operations: (first int32 [out_size], weights int32 [out_size, taps]); output pixel
+  o reads input pixels first[o] .. first[o] + taps - 1 (zero weights past the edge)."""
+  scale = tf.cast(in_size, tf.float64) / tf.cast(out_size, tf.float64)
+  support = tf.maximum(scale, 1.0)  # the filter's support 1.0 times max(scale, 1)
+  taps = tf.cast(tf.math.ceil(support), tf.int32) * 2 + 1
+  center = (tf.cast(tf.range(out_size), tf.float64) + 0.5) * scale  # [out]
+  first = tf.maximum(tf.cast(center - support + 0.5, tf.int32), 0)  # C's (int): toward zero
+  count = tf.minimum(tf.cast(center + support + 0.5, tf.int32), in_size) - first
+  x = tf.range(taps)
+  distance = (tf.cast(first[:, None] + x, tf.float64) - center[:, None] + 0.5) * (1.0 / support)
+  weights = tf.where(x < count[:, None], tf.maximum(1.0 - tf.abs(distance), 0.0), 0.0)
+  weights = tf.math.divide_no_nan(weights, tf.reduce_sum(weights, 1, keepdims=True))
+  fixed = tf.cast(tf.floor(weights * 2.0**_PIL_PRECISION_BITS + 0.5), tf.int32)  # weights >= 0
+  return first, fixed
+
+
+def _pil_resample_rows(image, out_size):
+  """One pass of Pillow's resampling of uint8 [h, w, 3] along its rows (axis 0) to out_size (int32
+  scalar): sum of pixel * weight from 2^21, shifted right by 22 bits and clipped to 0..255. One tap
+  at a time (tf.while_loop): a large photo needs no [out, taps, w, 3] temporary; gathering whole
+  rows is 2x faster than gathering columns."""
+  in_size = tf.shape(image)[0]
+  first, weights = _pil_bilinear_coefficients(in_size, out_size)
+
+  def add_tap(tap, total):
+    pixels = tf.gather(image, tf.minimum(first + tap, in_size - 1))  # [out, w, 3]
+    return tap + 1, total + tf.cast(pixels, tf.int32) * weights[:, tap, tf.newaxis, tf.newaxis]
+
+  start = tf.fill(tf.concat([[out_size], tf.shape(image)[1:]], 0),
+                  2**(_PIL_PRECISION_BITS - 1))  # rounding, as Pillow starts its sums
+  _, total = tf.while_loop(lambda tap, _: tap < tf.shape(weights)[1], add_tap, (0, start))
+  return tf.cast(tf.clip_by_value(total // 2**_PIL_PRECISION_BITS, 0, 255), tf.uint8)
+
+
+def pil_bilinear_resize(image, size):
+  """Pillow's `Image.resize(..., Image.BILINEAR)` of an RGB image, bit for bit (Pillow 13 checked
+  on photos and sizes from 1/8x to 2x in tests/test_dataloader.py): uint8 [h, w, 3] -> uint8
+  [size[0], size[1], 3]. Horizontal pass first, rounded to uint8, then vertical, as Pillow; a pass
+  to the same size is the identity. Works eagerly and in tf.data.
+
+  Args:
+    image: uint8 [h, w, 3] tensor.
+    size: int32 [2] (height, width), each >= 1.
+  """
+  size = tf.convert_to_tensor(size, tf.int32)
+  columns = tf.transpose(_pil_resample_rows(tf.transpose(image, [1, 0, 2]), size[1]), [1, 0, 2])
+  return _pil_resample_rows(columns, size[0])
 
 
 def _window(shape, start, extent):

@@ -3,7 +3,10 @@
 Source of every architectural fact: the Caffe prototxts of the official release
 (github.com/amirgholami/SqueezeNext); the parameter and MAC counts they imply are in
 scripts/benchmark.py's OFFICIAL table and tests/test_model.py. Five official networks are built by name from one table,
-`CONFIGURATIONS`, which also holds a tiny network for fast tests; a fork adds a variant in one line.
+`CONFIGURATIONS`, which also holds a tiny network for fast tests and the six networks of the
+ImageNet weights osmr published through pytorchcv (`_pytorchcv`: a few switches of the same
+builder, `use_bias`, `stem_padding`, `separable_order`; scripts/import_weights.py reads their
+files); a fork adds a variant in one line.
 
 Network (channels-last, input float32 [B, S, S, 3], output float32 logits [B, num_classes]):
 
@@ -25,7 +28,8 @@ moving-average fraction 0.999 and epsilon 1e-5, with Caffe's count correction of
 statistics) and a learned scale and shift (Caffe's separate `Scale` layer, here BN's gamma/beta).
 Weights start from Caffe's "xavier" filler.
 
-Layer names (Keras 3 forbids '/', so '_'): `stem_conv`, `stem_bn`, `stem_relu`, `stem_pool`;
+Layer names (Keras 3 forbids '/', so '_'): `stem_pad` (with stem_padding), `stem_conv`, `stem_bn`,
+`stem_relu`, `stem_pool`;
 `stage{s}_block{b}_{conv,bn,relu}{1..5}` (b counts within the stage, from 1);
 `stage{s}_block1_shortcut_{conv,bn,relu}`; `stage{s}_block{b}_add`, `stage{s}_block{b}_relu`
 (the block's output); `head_conv`, `head_bn`, `head_relu`, `head_pool`; `classifier`.
@@ -56,6 +60,9 @@ STEM_STRIDE = 2
 POOL_SIZE = 3
 POOL_STRIDE = 2
 VERSIONS = ("v1", "v5")
+# The order of a block's 3x1 and 1x3 convolutions: "alternating" (the prototxts: odd blocks 3x1
+# then 1x3, even blocks 1x3 then 3x1) or "1x3_first" (pytorchcv: every block 1x3 then 3x1).
+SEPARABLE_ORDERS = ("alternating", "1x3_first")
 
 # Caffe's "xavier" filler with its default variance_norm FAN_IN: uniform in +-sqrt(3 / fan_in),
 # fan_in = kernel height * width * input channels / groups (Keras calls it LeCun uniform). Keras'
@@ -77,6 +84,11 @@ class SqueezeNextConfig:
     stem_channels: stem convolution output channels (64 in all five official networks).
     head_channels: channels of the 1x1 convolution before pooling (128 in all five).
     stage_strides: stride of each stage's first block (official: 1, 2, 2, 2).
+    use_bias: every convolution and the classifier have a bias (official: none; pytorchcv: all,
+      each convolution's before its BatchNorm).
+    stem_padding: zero rows and columns around the input of the stem convolution (official 0;
+      pytorchcv 1).
+    separable_order: one of SEPARABLE_ORDERS (official "alternating"; pytorchcv "1x3_first").
   Lists are accepted and stored as tuples. Raises UserError for an inconsistent configuration.
   """
   stage_widths: tuple
@@ -87,6 +99,9 @@ class SqueezeNextConfig:
   stem_channels: int = 64
   head_channels: int = 128
   stage_strides: tuple = (1, 2, 2, 2)
+  use_bias: bool = False
+  stem_padding: int = 0
+  separable_order: str = "alternating"
 
   def __post_init__(self):
     for field in ("stage_widths", "blocks_per_stage", "stage_strides"):
@@ -102,12 +117,34 @@ class SqueezeNextConfig:
     if min(self.blocks_per_stage) < 1 or self.stem_kernel < 1:
       raise UserError(f"blocks_per_stage {self.blocks_per_stage} and stem_kernel "
                       f"{self.stem_kernel} must be positive")
+    if self.separable_order not in SEPARABLE_ORDERS or self.stem_padding < 0:
+      raise UserError(f"separable_order '{self.separable_order}' must be one of "
+                      f"{', '.join(SEPARABLE_ORDERS)} and stem_padding {self.stem_padding} >= 0")
 
 
 _WIDTHS_1_0 = (32, 64, 128, 256)
 _WIDTHS_2_0 = (64, 128, 256, 512)
 _BLOCKS_23 = (6, 6, 8, 1)
 _BLOCKS_23_V5 = (2, 4, 14, 1)
+
+
+def _pytorchcv(blocks_per_stage, width_scale):
+  """The SqueezeNext of pytorchcv 0.0.74 (osmr/imgclsmob, `pytorchcv/models/squeezenext.py`,
+  `get_squeezenext`), whose ImageNet weights osmr published, as a configuration of this table.
+
+  What differs from the prototxts there: every convolution and the classifier have a bias; the
+  stem convolution (7x7 in all six networks, the 23v5 ones too) has padding 1; every block applies
+  its 1x3 before its 3x1; the 23v5 networks keep the v1 wiring (the branch reads the block input);
+  the stem, stage and head widths are all scaled, `int(width * width_scale)` of 64, (32, 64, 128,
+  256) and 128; the final pooling is a 7x7 average pool, which is the global average pool here at
+  224 pixels (the last map is 7x7 from 199 to 230 pixels; pytorchcv fails at other sizes). pytorchcv's
+  block widths (in // reduction, reduction 1, 2 or 4 by the block's input and output) are C / 2
+  and C / 4 of this module's blocks for every block of the six networks.
+  """
+  scaled = lambda width: int(width * width_scale)
+  return SqueezeNextConfig(tuple(scaled(c) for c in _WIDTHS_1_0), blocks_per_stage, stem_kernel=7,
+                           stem_channels=scaled(64), head_channels=scaled(128), use_bias=True,
+                           stem_padding=1, separable_order="1x3_first")
 
 # The official networks under the seed repository's configuration names.
 CONFIGURATIONS = {
@@ -119,7 +156,19 @@ CONFIGURATIONS = {
     # Not official: the smallest network with every feature of v1, for fast tests and demos.
     "tiny_SqNxt": SqueezeNextConfig((8, 16, 32, 64), (1, 1, 1, 1), stem_kernel=7,
                                     stem_channels=16, head_channels=32),
+    # Not official: the networks of osmr's published ImageNet weights (pytorchcv, `_pytorchcv`),
+    # under pytorchcv's names; scripts/import_weights.py reads their files.
+    "sqnxt23_w1": _pytorchcv(_BLOCKS_23, 1.0),
+    "sqnxt23_w3d2": _pytorchcv(_BLOCKS_23, 1.5),
+    "sqnxt23_w2": _pytorchcv(_BLOCKS_23, 2.0),
+    "sqnxt23v5_w1": _pytorchcv(_BLOCKS_23_V5, 1.0),
+    "sqnxt23v5_w3d2": _pytorchcv(_BLOCKS_23_V5, 1.5),
+    "sqnxt23v5_w2": _pytorchcv(_BLOCKS_23_V5, 2.0),
 }
+# The configurations of pytorchcv's published weights, and the input side they were trained at.
+PYTORCHCV_CONFIGURATIONS = ("sqnxt23_w1", "sqnxt23_w3d2", "sqnxt23_w2", "sqnxt23v5_w1",
+                            "sqnxt23v5_w3d2", "sqnxt23v5_w2")
+PYTORCHCV_IMAGE_SIZE = 224
 
 
 def get_config(name):
@@ -139,14 +188,15 @@ def _resolve(configuration):
 def min_image_size(config):
   """Smallest input side (pixels) for which the network is defined.
 
-  The max-pool needs at least POOL_SIZE rows from the valid stem convolution:
-  floor((S - k) / 2) + 1 >= 3, i.e. S >= k + 2 * STEM_STRIDE (11 for v1, 9 for v5). Everything
-  after the pool is defined for any map of at least 1x1.
+  The max-pool needs at least POOL_SIZE rows from the stem convolution (padding p):
+  floor((S + 2p - k) / 2) + 1 >= 3, i.e. S >= k + 2 * STEM_STRIDE - 2p (11 for v1, 9 for v5 and
+  the pytorchcv networks). Everything after the pool is defined for any map of at least 1x1.
 
   Args:
     config: a SqueezeNextConfig or a name in CONFIGURATIONS.
   """
-  return _resolve(config).stem_kernel + (POOL_SIZE - 1) * STEM_STRIDE
+  c = _resolve(config)
+  return c.stem_kernel + (POOL_SIZE - 1) * STEM_STRIDE - 2 * c.stem_padding
 
 
 def _caffe_pool_padding(size):
@@ -392,11 +442,12 @@ class _Builder:
 
   def conv_bn_relu(self, x, filters, kernel, prefix, suffix="", strides=1, groups=1,
                    padding="valid"):
-    """Bias-free conv + BN + ReLU named {prefix}_conv{suffix}, {prefix}_bn{suffix}, ..._relu
-    (with fold_batch_norm: conv with a bias + ReLU)."""
+    """Conv + BN + ReLU named {prefix}_conv{suffix}, {prefix}_bn{suffix}, ..._relu; the conv has
+    a bias with config.use_bias (with fold_batch_norm: conv with a bias + ReLU)."""
     x = GroupConv2D(filters, kernel, strides=strides, padding=padding, groups=groups,
                     implementation=self.grouped_conv,
-                    use_bias=self.fold_batch_norm, kernel_initializer=CAFFE_XAVIER,
+                    use_bias=self.fold_batch_norm or self.config.use_bias,
+                    kernel_initializer=CAFFE_XAVIER,
                     dtype=self.dtype, name=f"{prefix}_conv{suffix}")(x)
     if self.fold_batch_norm:
       return keras.layers.ReLU(dtype=self.dtype, name=f"{prefix}_relu{suffix}")(x)
@@ -407,8 +458,11 @@ class _Builder:
     return keras.layers.ReLU(dtype=self.dtype, name=f"{prefix}_relu{suffix}")(x)
 
   def stem(self, x):
-    """[B, S, S, 3] -> [B, P, P, stem_channels]; P = ceil((floor((S - k) / 2) + 1 - 3) / 2) + 1."""
+    """[B, S, S, 3] -> [B, P, P, stem_channels]; P = ceil((floor((S + 2p - k) / 2) + 1 - 3) / 2) + 1
+    (p = stem_padding)."""
     c = self.config
+    if c.stem_padding:
+      x = keras.layers.ZeroPadding2D(c.stem_padding, dtype=self.dtype, name="stem_pad")(x)
     x = self.conv_bn_relu(x, c.stem_channels, c.stem_kernel, "stem", strides=STEM_STRIDE)
     pad = _caffe_pool_padding(x.shape[1])
     if pad:
@@ -427,7 +481,8 @@ class _Builder:
       shortcut = self.conv_bn_relu(x, width, 1, f"{prefix}_shortcut", strides=stride)
       if c.version == "v5":
         branch, branch_stride = shortcut, 1
-    separable = [(3, 1), (1, 3)] if number % 2 else [(1, 3), (3, 1)]
+    three_first = number % 2 and c.separable_order == "alternating"
+    separable = [(3, 1), (1, 3)] if three_first else [(1, 3), (3, 1)]
     y = self.conv_bn_relu(branch, width // 2, 1, prefix, "1", strides=branch_stride,
                           groups=c.groups)
     y = self.conv_bn_relu(y, width // 4, 1, prefix, "2")
@@ -456,7 +511,8 @@ class _Builder:
     x = keras.layers.GlobalAveragePooling2D(dtype=self.dtype, name="head_pool")(x)
     # float32 classifier so that the logits (and the softmax on them) are float32 under a
     # mixed-precision policy (Keras mixed-precision guide); it is 0.1% of the MACs.
-    return keras.layers.Dense(num_classes, use_bias=False, kernel_initializer=CAFFE_XAVIER,
+    return keras.layers.Dense(num_classes, use_bias=self.config.use_bias,
+                              kernel_initializer=CAFFE_XAVIER,
                               dtype="float32", name="classifier")(x)
 
 
@@ -512,8 +568,9 @@ def build_network(configuration, num_classes, image_size, bn_momentum=BN_MOMENTU
 def fold_batch_norm(network, configuration, num_classes, image_size):
   """A float32 inference copy of `network` (a trained build_network model of these arguments)
   with each BatchNorm folded into the convolution before it, as deployment tools do (TFLite too):
-  kernel * s and bias b, with s = gamma / sqrt(moving_variance + epsilon) and b = beta -
-  moving_mean * s per output channel (float64 arithmetic, stored as float32). The logits equal
+  kernel * s and bias b, with s = gamma / sqrt(moving_variance + epsilon) and b = beta +
+  (conv bias - moving_mean) * s per output channel (conv bias 0 without config.use_bias; float64
+  arithmetic, stored as float32). The logits equal
   network(x, training=False) up to float32 rounding.
 
   Why: TensorFlow fuses an inference BatchNorm into the convolution before it; oneDNN runs that
@@ -532,7 +589,8 @@ def fold_batch_norm(network, configuration, num_classes, image_size):
     bn = network.get_layer(f"{head}_bn{tail}")
     scale = np.asarray(bn.gamma, np.float64) / np.sqrt(
         np.asarray(bn.moving_variance, np.float64) + bn.epsilon)
-    shift = np.asarray(bn.beta, np.float64) - np.asarray(bn.moving_mean, np.float64) * scale
+    bias = np.asarray(source.bias, np.float64) if source.use_bias else 0.0
+    shift = np.asarray(bn.beta, np.float64) + (bias - np.asarray(bn.moving_mean, np.float64)) * scale
     layer.set_weights([np.asarray(source.kernel, np.float64) * scale, shift])
   return folded
 

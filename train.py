@@ -8,6 +8,12 @@ size, class count and schedule; any flag overrides them. With ImageNet records:
       --train_file_pattern 'data/imagenet/train-*' --validation_file_pattern 'data/imagenet/validation-*' \
       --batch_size 1024 --num_gpus 8
 
+Evaluation only (one exact pass through the newest checkpoint, with its params.json; nothing is
+trained or checkpointed), e.g. of weights imported with scripts/import_weights.py:
+
+  python train.py --model_dir runs/sqnxt23_w1 --mode evaluate \
+      --validation_file_pattern 'data/imagenet/validation-*'
+
 This is the program: it reads the flags, resolves the params once (tools/params.py; logged and saved
 in model_dir/params.json), and hands them to the library (tools/experiment.py, estimator/, model.py,
 dataloader.py). Flag names are the params' names.
@@ -69,8 +75,13 @@ def define_flags():
   flags.DEFINE_boolean("allow_params_change", False,
                        "Resume a model_dir although network, image size, batch, schedule, classes or "
                        "preprocessing differ from its params.json.")
+  flags.DEFINE_enum("mode", "train", ["train", "evaluate"],
+                    "train: train, evaluating on the way (resumes from --model_dir). evaluate: one "
+                    "exact pass of --validation_file_pattern (default: params.json's) through "
+                    "--model_dir's newest checkpoint with its params.json; writes no checkpoint.")
   flags.DEFINE_string("fine_tune_ckpt", None,
-                      "Warm-start from this checkpoint (prefix or directory) when model_dir has none.")
+                      "Warm-start from this checkpoint (prefix or directory) when model_dir has none; "
+                      "--configuration, --image_size and --preprocessing default to its params.json's.")
   flags.DEFINE_string("fine_tune_exclude", None,
                       "Regex of variable names not to warm-start (the classifier is skipped anyway "
                       "when the class count differs).")
@@ -308,6 +319,40 @@ def report(est, results):
           flush=True)
 
 
+def evaluation_params(values):
+  """--mode evaluate: --model_dir's params.json, the validation records and their keys, and the
+  values the user set (e.g. --batch_size, --image_size, --preprocessing)."""
+  saved = params_lib.load_params(FLAGS.model_dir)
+  pattern = FLAGS.validation_file_pattern or saved.run.validation_file_pattern
+  if not pattern:
+    raise UserError(f"--mode evaluate needs --validation_file_pattern ({FLAGS.model_dir}'s "
+                    f"params.json names no validation records)")
+  check_inputs({"validation_file_pattern": pattern})
+  keys = records.record_keys(pattern, values.get("image_key"), values.get("label_key"))
+  flat = {**saved.flat(), "validation_file_pattern": pattern, "image_key": keys[0],
+          "label_key": keys[1], **({"label_offset": 0} if keys == dataloader.TFDS_KEYS else {})}
+  params = params_lib.Params.from_flat({**flat, **values})
+  model.get_config(params.model.configuration)
+  dataloader.check_input_params(params.input)
+  return params
+
+
+def evaluate_only(values):
+  """--mode evaluate: evaluates --model_dir's newest checkpoint and prints the result line."""
+  if FLAGS.fine_tune_ckpt:
+    raise UserError("--fine_tune_ckpt warm-starts a training; --mode evaluate reads --model_dir's "
+                    "own checkpoint")
+  params = evaluation_params(values)
+  strategy = make_strategy(FLAGS.num_gpus, FLAGS.num_cpu_devices, FLAGS.collective_timeout_secs)
+  est = experiment.build_estimator(params, FLAGS.model_dir, strategy)
+  with dataloader.user_errors_from_data():  # a bad record: one line naming the file
+    results = experiment.evaluate(est, params)
+  print(f"Evaluation at step {results['global_step']} ({params.input.preprocessing} "
+        f"preprocessing, {params.model.image_size} px): top-1 {results['top_1_accuracy']:.4f}  "
+        f"top-5 {results['top_5_accuracy']:.4f}  loss {results['loss']:.4f}  on "
+        f"{results['num_examples']} examples", flush=True)
+
+
 def main(argv):
   if len(argv) > 1:
     extra = argv[1:]
@@ -318,6 +363,10 @@ def main(argv):
   if not FLAGS.model_dir:
     raise UserError("--model_dir is required: the folder for checkpoints, logs and params.json")
   values = user_values()
+  if FLAGS.mode == "evaluate":
+    return evaluate_only(values)
+  if FLAGS.fine_tune_ckpt:  # the source's network and input unless set
+    values = {**fine_tune.source_values(FLAGS.fine_tune_ckpt, values), **values}
   check_model_dir(FLAGS.model_dir)
   strategy = make_strategy(FLAGS.num_gpus, FLAGS.num_cpu_devices, FLAGS.collective_timeout_secs)
   with contextlib.ExitStack() as held:  # the model_dir lock, let go at the end

@@ -14,7 +14,9 @@ Run from the repository's root:
 
 `complexity`: params and MACs at 227 of the five official networks measured from the built model
 (tools/stats.py) next to the official figures (`PUBLISHED`: params and MACs from the official Caffe
-prototxts, top-1/top-5 from the paper, arXiv 1803.10615).
+prototxts, top-1/top-5 from the paper, arXiv 1803.10615); then pytorchcv's six networks of osmr's
+ImageNet weights at 224 next to pytorchcv's parameter counts and osmr's accuracy
+(`PYTORCHCV_PUBLISHED`).
 
 `input`: images/second over the same files, with the same parallelism, in alternating rounds (the
 best round of each is reported) of: decode-only (parse + `tf.io.decode_jpeg` of every record: the
@@ -117,8 +119,9 @@ def define_flags():
   cli.define_flag("integer", "max_short_side", 0,
                   "input with --synthetic_jpegs: also store the images with their shorter side at most "
                   "this many pixels (build_tfrecords --max_short_side) and time input_fn on them.")
+  # The preprocessings with a plain reference pipeline (_reference_preprocess, pillow_transform).
   cli.define_flag("enum", "preprocessing", "caffe", "Preprocessing of the pipelines.",
-                  enum_values=list(dataloader.PREPROCESSINGS))
+                  enum_values=["caffe", "inception"])
   cli.define_flag("integer", "image_size", 227, "Image side in pixels.")
   cli.define_flag("integer", "batch_size", 64, "Batch size.")
   cli.define_flag("integer", "rounds", 3, "Timed rounds of each measurement; the best is reported "
@@ -332,7 +335,7 @@ def _reference_preprocess(record, input_params, image_size, training):
     image = tf.image.resize(tf.io.decode_jpeg(encoded, channels=3), [resize, resize])
     image = tf.image.random_crop(image, [image_size, image_size, 3])
     image = tf.image.random_flip_left_right(image)
-  return image - tf.constant(input_params.mean_rgb, tf.float32), label
+  return image - tf.constant(dataloader.normalization(input_params)[0], tf.float32), label
 
 
 def _reference_dataset(file_pattern, input_params, image_size, batch_size, training=True):
@@ -439,7 +442,7 @@ def _torch_loader(file_pattern, input_params, image_size, batch_size):
   full batches; pids: this process and its workers (for the CPU time)."""
   torch = importlib.import_module("torch")
   dataset = RecordImages(file_pattern, input_params.preprocessing, image_size,
-                         input_params.mean_rgb)
+                         dataloader.normalization(input_params)[0])
   sampler = torch.utils.data.RandomSampler(dataset, num_samples=2 ** 31 - 1)  # new order each pass
   loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler,
                                        num_workers=os.cpu_count(), drop_last=True)
@@ -590,13 +593,13 @@ class Published:
   Attributes:
     name: the paper's name (e.g. "1.0-SqNxt-23").
     params: trainable parameters (convolution and FC kernels, BN scale and shift).
-    macs: multiply-accumulates per 227x227 image, convolutions and FC.
+    macs: multiply-accumulates per 227x227 image, convolutions and FC; None where none is given.
     top_1, top_5: published ImageNet accuracy in %, single 227 crop; None where the paper gives
       none.
   """
   name: str
   params: int
-  macs: float
+  macs: float | None
   top_1: float = None
   top_5: float = None
 
@@ -611,6 +614,20 @@ PUBLISHED = {
     "v_2_0_SqNxt_23_v5": Published("2.0-SqNxt-23v5", 3_222_912, 702.6e6, 67.44, 88.20),
 }
 _PUBLISHED_SIZE = 227  # the input side of the published MACs and accuracies
+# pytorchcv's networks of osmr's published ImageNet weights (model.PYTORCHCV_CONFIGURATIONS):
+# params = pytorchcv 0.0.74's model_metainfos.csv net_weights (its squeezenext.py asserts them),
+# accuracy = 100 - the top-1 / top-5 error % osmr reports for the pytorchcv files (imgclsmob's
+# README; the top-5 error is also in the file names, e.g. sqnxt23_w1-1906-97b74e0c.pth), at 224
+# pixels with the torchvision preprocessing. No MAC count is published with them.
+PYTORCHCV_PUBLISHED = {
+    "sqnxt23_w1": Published("1.0-SqNxt-23", 724_056, None, 57.49, 80.94),
+    "sqnxt23_w3d2": Published("1.5-SqNxt-23", 1_511_824, None, 65.11, 86.50),
+    "sqnxt23_w2": Published("2.0-SqNxt-23", 2_583_752, None, 69.38, 89.00),
+    "sqnxt23v5_w1": Published("1.0-SqNxt-23v5", 921_816, None, 59.23, 82.15),
+    "sqnxt23v5_w3d2": Published("1.5-SqNxt-23v5", 1_953_616, None, 66.19, 86.99),
+    "sqnxt23v5_w2": Published("2.0-SqNxt-23v5", 3_366_344, None, 70.37, 89.34),
+}
+_PYTORCHCV_SIZE = model.PYTORCHCV_IMAGE_SIZE
 
 
 def _network_label(configuration):
@@ -618,29 +635,46 @@ def _network_label(configuration):
   return published.name if published else configuration
 
 
+def _complexity_row(configuration, published, image_size):
+  """One row: params and MACs of the built network (tools/stats.py) beside `published`'s."""
+  network = model.build_network(configuration, _IMAGENET_CLASSES, image_size)
+  _, totals = stats.model_statistics(network)
+  keras.backend.clear_session()
+  macs = published.macs
+  return {
+      "network": published.name, "configuration": configuration,
+      "params": totals["params"], "official params": published.params,
+      "params ratio": f"{totals['params'] / published.params:.4f}",
+      "MMACs": f"{totals['macs'] / 1e6:.1f}", "official MMACs": f"{macs / 1e6:.1f}" if macs else "-",
+      "MACs ratio": f"{totals['macs'] / macs:.4f}" if macs else "-",
+      "top-1 %": f"{published.top_1:.2f}" if published.top_1 else "-",
+      "top-5 %": f"{published.top_5:.2f}" if published.top_5 else "-"}
+
+
 def run_complexity():
   """The `complexity` benchmark: params and MACs at 227 of each official network (or of those of
   --configuration, when given), measured from the built model (tools/stats.py), next to the official
-  figures and the published accuracy."""
-  names = list(PUBLISHED) if not FLAGS["configuration"].present else _official_names()
-  rows = []
-  for configuration in names:
-    published = PUBLISHED[configuration]
-    network = model.build_network(configuration, _IMAGENET_CLASSES, _PUBLISHED_SIZE)
-    _, totals = stats.model_statistics(network)
-    rows.append({
-        "network": published.name, "configuration": configuration,
-        "params": totals["params"], "official params": published.params,
-        "params ratio": f"{totals['params'] / published.params:.4f}",
-        "MMACs": f"{totals['macs'] / 1e6:.1f}", "official MMACs": f"{published.macs / 1e6:.1f}",
-        "MACs ratio": f"{totals['macs'] / published.macs:.4f}",
-        "top-1 %": f"{published.top_1:.2f}" if published.top_1 else "-",
-        "top-5 %": f"{published.top_5:.2f}" if published.top_5 else "-"})
-    keras.backend.clear_session()
+  figures and the published accuracy; then pytorchcv's six networks at 224 beside pytorchcv's
+  parameter counts and osmr's accuracy."""
+  names = (list(PUBLISHED) + list(PYTORCHCV_PUBLISHED) if not FLAGS["configuration"].present
+           else _official_names())
   columns = ["network", "configuration", "params", "official params", "params ratio", "MMACs",
              "official MMACs", "MACs ratio", "top-1 %", "top-5 %"]
-  return {"benchmark": "complexity", "columns": columns, "rows": rows,
-          "image_size": _PUBLISHED_SIZE, "num_classes": _IMAGENET_CLASSES}
+  results = {"benchmark": "complexity", "columns": columns, "image_size": _PUBLISHED_SIZE,
+             "num_classes": _IMAGENET_CLASSES,
+             "rows": [_complexity_row(n, PUBLISHED[n], _PUBLISHED_SIZE) for n in names
+                      if n in PUBLISHED]}
+  peers = [n for n in names if n in PYTORCHCV_PUBLISHED]
+  if peers:
+    results["sections"] = [{
+        "benchmark": f"complexity of pytorchcv's networks (osmr's ImageNet weights), "
+                     f"{_PYTORCHCV_SIZE} px",
+        "columns": [c for c in columns if "MACs" not in c or c == "MMACs"],
+        "rows": [_complexity_row(n, PYTORCHCV_PUBLISHED[n], _PYTORCHCV_SIZE) for n in peers],
+        "image_size": _PYTORCHCV_SIZE, "num_classes": _IMAGENET_CLASSES,
+        "notes": ["official params: pytorchcv's count; top-1 / top-5: osmr's, for the pytorchcv "
+                  "files (100 - the published errors)."]}]
+  return results
 
 
 # ------------------------------------------------------------------------------------------------
@@ -847,6 +881,7 @@ PEER_MODELS = {
     "v_1_0_SqNxt_23_v5": "sqnxt23v5_w1",
     "v_2_0_SqNxt_23": "sqnxt23_w2",
     "v_2_0_SqNxt_23_v5": "sqnxt23v5_w2",
+    **{name: name for name in model.PYTORCHCV_CONFIGURATIONS},  # the same network, exactly
 }
 
 
@@ -949,12 +984,13 @@ def _speed_cases():
 
 
 def _official_names():
-  """--configuration's official networks; UserError for another name."""
+  """--configuration's official or pytorchcv networks; UserError for another name."""
   names = _configurations()
-  others = [name for name in names if name not in PUBLISHED]
+  others = [name for name in names if name not in PUBLISHED and name not in PYTORCHCV_PUBLISHED]
   if others:
     raise UserError(f"--configuration={','.join(FLAGS.configuration)}: complexity compares the "
-                    f"official networks ({', '.join(PUBLISHED)}) with their published figures; "
+                    f"official networks ({', '.join(PUBLISHED)}) and pytorchcv's "
+                    f"({', '.join(PYTORCHCV_PUBLISHED)}) with their published figures; "
                     f"{', '.join(others)} has none")
   return names
 

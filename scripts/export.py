@@ -15,7 +15,7 @@ never replaces anything. The folder is written under a temporary name and rename
 signature, for LiteRT. --quantize adds, each written atomically: model_float16.tflite (float16
 weights), model_dynamic_range.tflite (8-bit weights, float activations) and model_int8.tflite (full
 integer: int8 input and float outputs; calibrated on --representative_examples training images
-through the evaluation preprocessing). A TFLite app preprocesses images itself, as
+through the evaluation preprocessing, or those of --representative_file_pattern). A TFLite app preprocesses images itself, as
 `python -m scripts.predict --tflite FILE` does.
 
 --onnx also writes model.onnx (ONNX opset 17, converted by tf2onnx from the same signature): the
@@ -70,6 +70,9 @@ def define_flags():
                   "Also write model.onnx into the export (needs requirements-onnx.txt).")
   cli.define_flag("integer", "representative_examples", inference.DEFAULT_REPRESENTATIVE_EXAMPLES,
                   "Training images calibrating the int8 model.")
+  cli.define_flag("string", "representative_file_pattern", None,
+                  "TFRecords whose first --representative_examples images calibrate the int8 "
+                  "model (default: the model's training records; an imported model has none).")
   cli.define_flag("boolean", "overwrite", False,
                   "Replace --export_dir when it holds an earlier export of this program "
                   "(nothing else).")
@@ -155,7 +158,8 @@ def main(argv):
   params = params_lib.load_params(FLAGS.model_dir)
   representative = None
   if "int8" in FLAGS.quantize:  # before the slow restore and export: the records must be there
-    representative = inference.representative_images(params, FLAGS.representative_examples)
+    representative = inference.representative_images(params, FLAGS.representative_examples,
+                                                      FLAGS.representative_file_pattern)
   pattern, skipped = _validation_pattern(params)
   trained = inference.load_trained_model(FLAGS.model_dir, FLAGS.label_map)
   inference.export_saved_model(trained, export_dir, FLAGS.overwrite)

@@ -18,6 +18,8 @@ SLOWEST_FIRST = (
     "test_reliability.py::test_killed_and_preempted_runs_end_with_the_uninterrupted_weights",
     "test_reliability.py::test_a_dead_worker_stops_the_other_and_both_resume_in_lock_step",
     "test_predict_export.py::",  # one xdist group: a trained model, its export and predict runs
+    "test_import_weights.py::test_fine_tuning_an_imported_model",  # its own xdist group
+    "test_import_weights.py::",  # one xdist group: the imported fixture, evaluate, export
     "test_user_faults.py::",  # one xdist group (most of it): the process of train.py's cases
     "test_precise_bn.py::test_a_short_run_from_scratch_on_photos_evaluates_as_it_trains",
     "test_train.py::test_two_replicas_match_one_device",

@@ -33,10 +33,11 @@ def parsed_flags():
 
 def test_complexity_matches_the_official_figures(tmp_path, capsys):
   """Through main: the printed tables and --output_json. Two of the five networks (all five are
-  built and counted against the official figures in test_model.py's test_official_statistics)."""
+  built and counted against the official figures in test_model.py's test_official_statistics)
+  and one of pytorchcv's (all six: test_model.py's test_pytorchcv_networks_have_...)."""
   names = ["v_1_0_SqNxt_23", "v_1_0_G_SqNxt_23"]
   with flagsaver.flagsaver(output_json=str(tmp_path / "out.json")):
-    benchmark.FLAGS["configuration"].parse(",".join(names))  # as given on the command line
+    benchmark.FLAGS["configuration"].parse(",".join(names + ["sqnxt23_w1"]))  # as typed
     benchmark.main(["benchmark", "complexity"])
   printed = capsys.readouterr().out
   assert "complexity:" in printed and "| 1.0-SqNxt-23 |" in printed
@@ -51,6 +52,11 @@ def test_complexity_matches_the_official_figures(tmp_path, capsys):
   assert (rows["v_1_0_SqNxt_23"]["top-1 %"], rows["v_1_0_SqNxt_23"]["top-5 %"]) == (
       "59.05", "82.60")
   assert rows["v_1_0_G_SqNxt_23"]["top-1 %"] == "-"  # the paper gives no accuracy for it
+  pytorchcv, = results["sections"]
+  assert pytorchcv["image_size"] == 224 and "pytorchcv" in pytorchcv["benchmark"]
+  row, = pytorchcv["rows"]
+  assert (row["configuration"], row["params"], row["official params"], row["top-1 %"]) == (
+      "sqnxt23_w1", 724_056, 724_056, "57.49")
   with flagsaver.flagsaver(), pytest.raises(benchmark.UserError, match="tiny_SqNxt has none"):
     benchmark.FLAGS["configuration"].parse("tiny_SqNxt")
     benchmark.run_complexity()

@@ -64,7 +64,7 @@ def one_per_class(tmp_path_factory):
                                validation_fraction=0.0, train_shards=3)
 
 
-@pytest.mark.parametrize("preprocessing", ["caffe", "inception"])
+@pytest.mark.parametrize("preprocessing", dataloader.PREPROCESSINGS)
 @pytest.mark.parametrize("training", [True, False])
 def test_batches_have_the_contract_shapes_dtypes_and_ranges(records, preprocessing, training):
   params = _params(preprocessing=preprocessing)
@@ -73,7 +73,8 @@ def test_batches_have_the_contract_shapes_dtypes_and_ranges(records, preprocessi
   for features, labels in batches:
     assert features["image"].shape[1:] == (SIZE, SIZE, 3) and features["image"].dtype == tf.float32
     assert labels["class_idx"].dtype == tf.int32
-    pixels = features["image"].numpy() + np.float32(dataloader.InputParams().mean_rgb)
+    mean, std = dataloader.normalization(_split(params)[0])
+    pixels = features["image"].numpy() * np.float32(std) + np.float32(mean)
     assert pixels.min() >= -1e-3 and pixels.max() <= 255 + 1e-3 and pixels.std() > 5
   class_idx = np.concatenate([labels["class_idx"].numpy() for _, labels in batches])
   assert class_idx.min() >= 0 and class_idx.max() <= 2  # 0-based: labels 1..3 - 1
@@ -130,7 +131,7 @@ def test_training_repeats_with_full_per_replica_batches(records):
     input_fn(records.train_pattern, True, _params(batch_size=7), context)
 
 
-@pytest.mark.parametrize("preprocessing", ["caffe", "inception"])
+@pytest.mark.parametrize("preprocessing", dataloader.PREPROCESSINGS)
 @pytest.mark.parametrize("training", [True, False])
 def test_preprocessing_is_the_same_eagerly_and_in_dataset_map(preprocessing, training):
   params = _params(preprocessing=preprocessing)
@@ -288,3 +289,36 @@ def test_data_that_cannot_feed_training_fails_instead_of_spinning(tmp_path):
   empty.write_bytes(b"")
   with pytest.raises(UserError, match="every matching file is empty"):
     input_fn(str(empty), True, _params())
+
+
+def test_pil_bilinear_resize_is_pillows_bit_for_bit():
+  """From 1/8x to 2x, both orientations, sizes that do not divide: equal to Pillow's
+  Image.resize(BILINEAR), the resize of torchvision's evaluation (osmr's)."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  from sklearn.datasets import load_sample_images  # pylint: disable=import-outside-toplevel
+  photo = load_sample_images().images[1][40:340, 100:540]  # uint8 [300, 440, 3]
+  resize = tf.function(dataloader.pil_bilinear_resize)
+  for height, width in [(38, 55), (256, 375), (300, 440), (301, 97), (600, 880), (123, 440)]:
+    expected = np.asarray(Image.fromarray(photo).resize((width, height), Image.BILINEAR))
+    np.testing.assert_array_equal(resize(tf.constant(photo), [height, width]).numpy(), expected,
+                                  err_msg=f"{height}x{width}")
+
+
+def test_torchvision_evaluation_resizes_the_short_side_and_crops_the_centre():
+  # 48x64 (landscape): short side to ceil(24 / 0.875) = 28, long side int(28 * 64 / 48) = 37,
+  # the central 24x24 at (round(2.0), round(6.5)) = (2, 6): Python rounds half to even.
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  image = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+  png = cv2.imencode(".png", image[..., ::-1])[1].tobytes()
+  params = dataloader.InputParams(preprocessing="torchvision")
+  got = dataloader.preprocess_image_uint8(tf.constant(png), False, params, SIZE).numpy()
+  resized = np.asarray(Image.fromarray(image).resize((37, 28), Image.BILINEAR))
+  np.testing.assert_array_equal(got, resized[2:26, 6:30])
+  mean, std = dataloader.normalization(params)
+  np.testing.assert_allclose(mean, [123.675, 116.28, 103.53])
+  np.testing.assert_allclose(std, [58.395, 57.12, 57.375])
+  normalised = dataloader.preprocess_image(tf.constant(png), False, params, SIZE).numpy()
+  np.testing.assert_allclose(normalised, (got / 255.0 - [0.485, 0.456, 0.406])
+                             / [0.229, 0.224, 0.225], atol=1e-5)
+  restored = dataloader.add_mean(tf.constant(normalised), params).numpy()
+  np.testing.assert_array_equal(restored, got)

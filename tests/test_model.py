@@ -352,6 +352,37 @@ def test_batch_norm_under_mirrored_strategy(synchronized, two_replicas):
     np.testing.assert_allclose(local(outputs)[:, 0, 0, 0], [-1, 1, -1, 1], rtol=1e-4)
 
 
+# pytorchcv 0.0.74's own counts (pytorchcv/models/squeezenext.py's _test asserts; net_weights of
+# its model_metainfos.csv): convolution and classifier weights and biases, BN scales and shifts.
+PYTORCHCV_PARAMS = {"sqnxt23_w1": 724_056, "sqnxt23_w3d2": 1_511_824, "sqnxt23_w2": 2_583_752,
+                    "sqnxt23v5_w1": 921_816, "sqnxt23v5_w3d2": 1_953_616, "sqnxt23v5_w2": 3_366_344}
+
+
+def test_pytorchcv_networks_have_pytorchcvs_parameter_counts_and_layout():
+  assert set(PYTORCHCV_PARAMS) == set(model.PYTORCHCV_CONFIGURATIONS)
+  for name, count in PYTORCHCV_PARAMS.items():
+    network = model.build_network(name, 1000, 224)
+    assert trainable_count(network.weights) == count, name
+    # sqnxt23_w1: the official 717,280 + a bias per output channel of every convolution and of
+    # the classifier. A block of width C has C/2 + C/4 + C/2 + C/2 + C = 11C/4, a stage's first
+    # block C more (its shortcut): 64 (stem) + 6 * 88 + 32 + 6 * 176 + 64 + 8 * 352 + 128 + 704
+    # + 256 + 128 (head) + 1,000 (classifier) = 6,776.
+    if name == "sqnxt23_w1":
+      biases = sum(math.prod(v.shape) for v in network.weights if v.path.endswith("/bias"))
+      assert biases == 6_776 and count == 717_280 + biases
+    assert network.get_layer("stem_pad").padding == ((1, 1), (1, 1))
+    assert network.get_layer("head_relu").output.shape[1:3] == (7, 7)  # pytorchcv's 7x7 pool
+    for _, _, prefix in blocks(network):  # every block 1x3 then 3x1 (pytorchcv's conv3, conv4)
+      assert [network.get_layer(f"{prefix}_conv{i}").kernel_size for i in (3, 4)] == [
+          (1, 3), (3, 1)]
+    keras.backend.clear_session()
+  # The 23v5 networks keep the v1 wiring and the 7x7 stem; widths are scaled, stem and head too.
+  config = model.get_config("sqnxt23v5_w3d2")
+  assert (config.version, config.stem_kernel, config.stem_channels, config.head_channels,
+          config.stage_widths) == ("v1", 7, 96, 192, (48, 96, 192, 384))
+  assert model.min_image_size("sqnxt23_w1") == 9
+
+
 def test_bad_configuration_arguments():
   with pytest.raises(UserError, match=r"unknown configuration 'nope'; expected one of: "
                                       r"v_1_0_SqNxt_23, v_1_0_G_SqNxt_23, .*tiny_SqNxt"):

@@ -158,7 +158,7 @@ def test_onnx_file_has_the_contract_of_the_tflite_files(workspace):
   assert all(t.shape.dim[0].dim_param == "batch" for t in outputs.values())
   metadata = {p.key: json.loads(p.value) for p in proto.metadata_props}
   lite_metadata = json.loads(open(os.path.join(workspace["export_dir"], "model.json")).read())
-  assert metadata == {k: lite_metadata[k] for k in ("preprocessing", "image_size", "mean_rgb",
+  assert metadata == {k: lite_metadata[k] for k in ("preprocessing", "image_size", "mean_rgb", "std_rgb",
                                                     "labels")}
   assert metadata["labels"] == [f"class{i}" for i in range(NUM_CLASSES)]
 

@@ -162,7 +162,7 @@ def _export_bad_input(workspace, root):
   cases = [
       ([f"--model_dir={no_train}", "--tflite", "--quantize=int8"],
        f"--quantize=int8: its calibration reads the training records, and the model's "
-       f"train_file_pattern={nothing} matches no file"),
+       f"train_file_pattern={nothing} matches no file; pass representative_file_pattern"),
       ([f"--model_dir={model_dir}", f"--validation_file_pattern={nothing}"],
        f"--validation_file_pattern={nothing}: matches no file; expected the TFRecords of the "
        f"validation images"),
@@ -341,7 +341,7 @@ def test_the_crop_is_central(trained):
   _, png = cv2.imencode(".png", rgb[..., ::-1])  # lossless: only the geometry is tested
   params = trained.params
   got = (inference.preprocess_fn(params)(tf.constant(png.tobytes())).numpy()
-         + np.float32(params.input.mean_rgb))
+         + np.float32(dataloader.normalization(params.input)[0]))
   size = IMAGE_SIZE
   resize = round(size * 256 / 227)
   resized = cv2.resize(rgb.astype(np.float32), (resize, resize), interpolation=cv2.INTER_LINEAR)

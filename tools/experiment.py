@@ -3,7 +3,8 @@
 What train.py runs and what benchmarks and notebooks call directly:
 
   est = experiment.build_estimator(params, model_dir, strategy)
-  results = experiment.run(est, params)
+  results = experiment.run(est, params)       # train (and evaluate)
+  results = experiment.evaluate(est, params)  # evaluate the newest checkpoint only
 """
 
 import os
@@ -15,6 +16,7 @@ import dataloader
 import estimator as estimator_lib
 import model
 from tools import stats
+from tools.common import UserError
 
 # Training top-1 above evaluation top-1 by more than this gets a warning at the end.
 EVAL_GAP_WARNING = 0.1
@@ -90,6 +92,31 @@ def run(est, params):
       every_n_steps=run_params.eval_every_n_steps, every_n_secs=run_params.eval_every_n_secs)
   results = estimator_lib.train_and_evaluate(est, train_spec, eval_spec)
   warn_if_eval_far_below_training(results, est.last_train_summary, params)
+  return results
+
+
+def evaluate(est, params):
+  """One exact pass of params.run.validation_file_pattern through the newest checkpoint of est's
+  model_dir, as it is: no population statistics are recomputed and nothing is written but the
+  evaluation's TensorBoard summaries (model_dir/eval: the metrics, a few images and an
+  `eval/setup` text giving the checkpoint, its step, the network and the preprocessing).
+
+  Returns est.evaluate's results (loss, top_1_accuracy, top_5_accuracy, num_examples,
+  global_step). Raises UserError when model_dir holds no checkpoint.
+  """
+  checkpoint = est.latest_checkpoint()
+  if checkpoint is None:
+    raise UserError(f"model_dir={est.model_dir}: no checkpoint (ckpt-*) to evaluate",
+                    param="model_dir")
+  m, pattern = params.model, params.run.validation_file_pattern
+  setup = (f"{os.path.basename(checkpoint)} (step {est.global_step}) of {m.configuration}, "
+           f"{m.num_classes} classes, {m.image_size} px, {params.input.preprocessing} "
+           f"preprocessing, on {pattern}")
+  logging.info("Evaluating %s.", setup)
+  results = est.evaluate(make_input_fn(params, pattern, False))
+  if est.is_chief:
+    with est.writer("eval").as_default():
+      tf.summary.text("eval/setup", setup, step=results["global_step"])
   return results
 
 

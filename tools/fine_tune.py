@@ -5,6 +5,11 @@ model_dir holds no checkpoint yet (a restarted fine-tuning run resumes from its 
 It copies every network variable whose name and shape match a variable of the source checkpoint, skips
 the classifier when the class count differs (its shape does) and whatever `exclude` names; the global
 step and the optimizer state start fresh.
+
+`source_values(checkpoint, values)` gives what the run takes from the source model_dir's
+params.json when the user sets none (INHERITED): the network, so that its weights are restored at
+all, and the input it learned on (an imported ImageNet model: 224 pixels, the torchvision
+preprocessing).
 """
 
 import os
@@ -14,7 +19,27 @@ from absl import logging
 import tensorflow as tf
 
 from estimator.checkpoints import checkpoint_key
+from tools import params as params_lib
 from tools.common import UserError
+
+# What a fine-tuning run takes from the source's params.json unless the user sets it.
+INHERITED = ("configuration", "image_size", "preprocessing", "mean_rgb", "std_rgb")
+
+
+def source_values(checkpoint, values):
+  """{name: value} of INHERITED that the params.json of `checkpoint`'s model_dir (the directory
+  itself, or the folder of a checkpoint prefix) holds and `values` (the user's {name: value}) does
+  not set; {} when there is no params.json there. Logged."""
+  folder = checkpoint if os.path.isdir(checkpoint) else os.path.dirname(checkpoint)
+  if not os.path.exists(os.path.join(folder, params_lib.PARAMS_FILENAME)):
+    return {}
+  source = params_lib.load_params(folder).flat()
+  inherited = {k: source[k] for k in INHERITED if k not in values and source.get(k) is not None}
+  if inherited:
+    logging.info("Fine-tune: from %s (set none of them to keep them): %s.",
+                 os.path.join(folder, params_lib.PARAMS_FILENAME),
+                 ", ".join(f"{k} {v}" for k, v in inherited.items()))
+  return inherited
 
 
 def resolve_checkpoint(path, param="fine_tune_ckpt"):

@@ -10,7 +10,8 @@ beside the training or validation records; labels.txt in model_dir.
 
 Images go through exactly the evaluation preprocessing of training,
 `dataloader.preprocess_image(..., training=False)` (caffe: resize to round(S * 256 / 227) square,
-central S x S crop, RGB mean subtracted; inception: short side to S / 0.875, central crop).
+central S x S crop, RGB mean subtracted; inception: short side to S / 0.875, central crop;
+torchvision: Pillow's resize of the short side to ceil(S / 0.875), central crop, ImageNet mean/std).
 
 Predictions (`Classifier.predict_batch`, the PREDICT branch of model.model_fn) for N images and K
 classes: top_1 int32 [N]; top_5 int32 [N, min(5, K)] (best first); probabilities float32 [N, K];
@@ -522,20 +523,29 @@ def export_saved_model(trained, export_dir, overwrite=False):
 # TFLite: conversion, and running with LiteRT.
 
 
-def representative_images(params, num_examples=DEFAULT_REPRESENTATIVE_EXAMPLES):
-  """The first `num_examples` training images through the evaluation preprocessing (the input of
-  an int8 model's calibration): float32 numpy [n, S, S, 3], n <= num_examples.
+def representative_images(params, num_examples=DEFAULT_REPRESENTATIVE_EXAMPLES, file_pattern=None):
+  """The first `num_examples` images of `file_pattern` (default: the training records) through
+  the evaluation preprocessing (the input of an int8 model's calibration): float32 numpy
+  [n, S, S, 3], n <= num_examples.
 
   Raises:
-    UserError: params.run.train_file_pattern is unset or matches no file, or num_examples < 1.
+    UserError: no records (file_pattern, else params.run.train_file_pattern, unset or matching no
+      file: an imported model has none), or num_examples < 1.
   """
   if num_examples < 1:
     raise UserError(f"representative_examples={num_examples}: expected at least 1",
                     param="representative_examples")
-  pattern = params.run.train_file_pattern
-  if not pattern or not tf.io.gfile.glob(pattern):
-    raise UserError(f"quantize=int8: its calibration reads the training records, and the "
-                    f"model's train_file_pattern={pattern} matches no file", param="quantize")
+  if file_pattern:
+    if not tf.io.gfile.glob(file_pattern):
+      raise UserError(f"representative_file_pattern={file_pattern}: matches no file",
+                      param="representative_file_pattern")
+    pattern = file_pattern
+  else:
+    pattern = params.run.train_file_pattern
+    if not pattern or not tf.io.gfile.glob(pattern):
+      raise UserError(f"quantize=int8: its calibration reads the training records, and the "
+                      f"model's train_file_pattern={pattern} matches no file; pass "
+                      f"representative_file_pattern", param="quantize")
   m = params.model
   dataset = dataloader.input_fn(pattern, False, params.input, m.image_size, 1, m.num_classes)
   with dataloader.user_errors_from_data():
@@ -594,11 +604,13 @@ def write_tflite(saved_model_dir, quantization=None, representative=None):
 
 def app_metadata(classifier):
   """What an app needs besides the model file to feed it: preprocessing, image_size (pixels),
-  mean_rgb (subtracted from 0..255 RGB) and labels (class names in class_idx order, or None), of a
-  Classifier. Written beside the .tflite files and into model.onnx's metadata."""
+  mean_rgb and std_rgb (the input is (0..255 RGB - mean_rgb) / std_rgb per channel) and labels
+  (class names in class_idx order, or None), of a Classifier. Written beside the .tflite files and
+  into model.onnx's metadata."""
+  mean, std = dataloader.normalization(classifier.params.input)
   return {"preprocessing": classifier.params.input.preprocessing,
           "image_size": classifier.image_size,
-          "mean_rgb": list(classifier.params.input.mean_rgb),
+          "mean_rgb": list(mean), "std_rgb": list(std),
           "labels": [e.name for e in classifier.label_map] if classifier.label_map else None}
 
 
