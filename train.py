@@ -319,30 +319,12 @@ def report(est, results):
           flush=True)
 
 
-def evaluation_params(values):
-  """--mode evaluate: --model_dir's params.json, the validation records and their keys, and the
-  values the user set (e.g. --batch_size, --image_size, --preprocessing)."""
-  saved = params_lib.load_params(FLAGS.model_dir)
-  pattern = FLAGS.validation_file_pattern or saved.run.validation_file_pattern
-  if not pattern:
-    raise UserError(f"--mode evaluate needs --validation_file_pattern ({FLAGS.model_dir}'s "
-                    f"params.json names no validation records)")
-  check_inputs({"validation_file_pattern": pattern})
-  keys = records.record_keys(pattern, values.get("image_key"), values.get("label_key"))
-  flat = {**saved.flat(), "validation_file_pattern": pattern, "image_key": keys[0],
-          "label_key": keys[1], **({"label_offset": 0} if keys == dataloader.TFDS_KEYS else {})}
-  params = params_lib.Params.from_flat({**flat, **values})
-  model.get_config(params.model.configuration)
-  dataloader.check_input_params(params.input)
-  return params
-
-
 def evaluate_only(values):
   """--mode evaluate: evaluates --model_dir's newest checkpoint and prints the result line."""
   if FLAGS.fine_tune_ckpt:
     raise UserError("--fine_tune_ckpt warm-starts a training; --mode evaluate reads --model_dir's "
                     "own checkpoint")
-  params = evaluation_params(values)
+  params = data_facts.evaluation_params(FLAGS.model_dir, FLAGS.validation_file_pattern, values)
   strategy = make_strategy(FLAGS.num_gpus, FLAGS.num_cpu_devices, FLAGS.collective_timeout_secs)
   est = experiment.build_estimator(params, FLAGS.model_dir, strategy)
   with dataloader.user_errors_from_data():  # a bad record: one line naming the file

@@ -72,6 +72,29 @@ def resolve_data(train_file_pattern, validation_file_pattern, user, model_dir=No
   return data
 
 
+def evaluation_params(model_dir, validation_file_pattern, user):
+  """The Params of an evaluation of `model_dir` (train.py --mode evaluate): its params.json, the
+  validation records (`validation_file_pattern`, else params.json's) and their keys, and the
+  values the user set (e.g. batch_size, image_size, preprocessing).
+
+  Raises:
+    UserError: no params.json, no validation records, unknown record keys, a bad value.
+  """
+  saved = params_lib.load_params(model_dir)
+  pattern = validation_file_pattern or saved.run.validation_file_pattern
+  if not pattern:
+    raise UserError(f"--mode evaluate needs --validation_file_pattern ({model_dir}'s "
+                    f"params.json names no validation records)")
+  check_inputs({"validation_file_pattern": pattern})
+  keys = records.record_keys(pattern, user.get("image_key"), user.get("label_key"))
+  flat = {**saved.flat(), "validation_file_pattern": pattern, "image_key": keys[0],
+          "label_key": keys[1], **({"label_offset": 0} if keys == dataloader.TFDS_KEYS else {})}
+  params = params_lib.Params.from_flat({**flat, **user})
+  model.get_config(params.model.configuration)
+  dataloader.check_input_params(params.input)
+  return params
+
+
 def earlier_data_facts(data, user, model_dir):
   """{num_examples_per_epoch, num_classes, label_offset, label_map, batch_size} that an earlier
   start of `model_dir` which saved a checkpoint used with the same file patterns and keys, less
