@@ -109,6 +109,7 @@ def evaluate(est, params):
     raise UserError(f"model_dir={est.model_dir}: no checkpoint (ckpt-*) to evaluate",
                     param="model_dir")
   m, pattern = params.model, params.run.validation_file_pattern
+  est.restore()
   setup = (f"{os.path.basename(checkpoint)} (step {est.global_step}) of {m.configuration}, "
            f"{m.num_classes} classes, {m.image_size} px, {params.input.preprocessing} "
            f"preprocessing, on {pattern}")

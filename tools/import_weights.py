@@ -227,7 +227,7 @@ def _write_checkpoint(folder, params, tensors, weights):
   """ckpt-0 of the imported network in `folder`, through the Estimator (as train.py writes its
   checkpoints: network variables by name, the optimizer at step 0). Returns its path."""
   est = estimator_lib.Estimator(model.model_fn, folder, params, model.scaffold_fn)
-  network = est.scaffold.network
+  network = est.restore().network  # a new folder: built and initialised
   for variable, value in assignments(network, params.model.configuration, tensors, weights):
     variable.assign(value)
   for layer in network.layers:
