@@ -50,6 +50,13 @@ from tools.optimizer import build_optimizer
 # Caffe BatchNorm defaults; the official prototxts leave them unset: moving_average_fraction, eps.
 BN_MOMENTUM = 0.999
 BN_EPSILON = 1e-5
+# oneDNN's JIT BatchNorm kernels take 16-bit (bfloat16/float16) inputs only when the channels are a
+# multiple of 16 (one AVX-512 register of float32 accumulators); other counts run its reference
+# loop, `nspc_bnorm:any` in ONEDNN_VERBOSE: the six 8-channel layers of 1.0-SqNxt-23 (stage 1's
+# C/4) took 287 ms of a 1.4 s bfloat16 step, forward and backward, against 22 ms in float32
+# (avx2 kernel; batch 64 at 227, 2-core AMD EPYC with AVX512-BF16, 2026-12-04). Such layers
+# normalise in float32.
+BN_16BIT_CHANNEL_MULTIPLE = 16
 # Stem and max-pool geometry (prototxt: Convolution1 stride 2; pool1 kernel 3 stride 2).
 STEM_STRIDE = 2
 POOL_SIZE = 3
@@ -277,8 +284,9 @@ class CaffeBatchNormalization(keras.layers.BatchNormalization):
   def call(self, inputs, training=None, mask=None):
     del mask  # convolutional feature maps carry no mask
     x = tf.convert_to_tensor(inputs)
-    if x.dtype not in (tf.float16, tf.bfloat16, tf.float32):
-      x = tf.cast(x, tf.float32)  # the fused kernel's input types
+    if x.dtype != tf.float32 and (x.dtype not in (tf.float16, tf.bfloat16)
+                                  or x.shape[-1] % BN_16BIT_CHANNEL_MULTIPLE):
+      x = tf.cast(x, tf.float32)  # the fused kernel's types; 16-bit: BN_16BIT_CHANNEL_MULTIPLE
     replicas = tf.distribute.get_replica_context()
     several = replicas is not None and replicas.num_replicas_in_sync > 1
     if training and self.trainable and several and (self.synchronized or self.population):
