@@ -135,7 +135,9 @@ def define_flags():
                        "multi-device path without GPUs).")
   flags.DEFINE_enum("dtype", None, list(model.DTYPES),
                     "Compute dtype (mixed precision for 16-bit; float16 uses loss scaling). "
-                    "Default float32.")
+                    "Default: the faster one on this machine (bfloat16 on CPUs with AVX512-BF16 "
+                    "or AMX and on GPUs of compute capability >= 8, else float32; logged), or "
+                    "the earlier start's on a restart.")
   flags.DEFINE_boolean("xla", None, "Compile each replica's step with XLA. Default off.")
   flags.DEFINE_enum("grouped_conv", None, list(model.GROUPED_CONV_IMPLEMENTATIONS),
                     "Grouped convolutions (G network): block_diagonal (fast on CPUs), native "
@@ -287,6 +289,20 @@ def earlier_data_facts(data, values):
                  "%s.",
                  ", ".join(f"{k} {v}" for k, v in facts.items()))
   return facts
+
+
+def default_dtype():
+  """The compute dtype of a run without --dtype: the earlier start's when --model_dir holds its
+  params.json and a checkpoint (a restart computes as it began, so that it resumes bitwise), else
+  model.default_dtype()'s for this machine; logged with the reason."""
+  if (os.path.exists(os.path.join(FLAGS.model_dir, params_lib.PARAMS_FILENAME))
+      and estimator_lib.latest_checkpoint(FLAGS.model_dir) is not None):
+    dtype = params_lib.load_params(FLAGS.model_dir).model.dtype
+    logging.info("Compute dtype %s: the earlier start's (--dtype sets another).", dtype)
+    return dtype
+  dtype, reason = model.default_dtype()
+  logging.info("Compute dtype %s (--dtype sets another): %s.", dtype, reason)
+  return dtype
 
 
 def record_keys(data, values):
@@ -548,6 +564,8 @@ def main(argv):
     # A folder an earlier run used: a second process is refused before anything is built.
     locked = lock_model_dir(FLAGS.model_dir, estimator_lib.is_chief(strategy), held,
                             existing_only=True)
+    if "dtype" not in values:
+      values["dtype"] = default_dtype()
     params = params_lib.resolve_params(values, *data_sources(values))
     if params.input.seed is not None:  # initialisation, and the input pipeline through params
       keras.utils.set_random_seed(params.input.seed)
