@@ -48,7 +48,12 @@ names' scopes, with the share of the step, achieved GFLOP/s and arithmetic inten
 up to the measured step, the unattributed rest in rows of its own. --profile_dir keeps the trace
 for TensorBoard's profile tab.
 
-`all`: the machine (CPU, cores, TensorFlow, date, command, load) and every table.
+`all`: the machine (CPU, cores, CPU features, TensorFlow, date, command, load) and every table.
+
+Under every train, inference and layers table a line names the hardware (`hardware_note`): the CPU
+model, cores and which of AVX2 / AVX-512 / AVX512-BF16 / AMX it has, and the instruction sets of the
+kernels oneDNN runs (ONEDNN_VERBOSE=1 in a child process: e.g. convolution avx512_core_bf16), so that
+figures of machines of different kinds are never mixed; --noonednn_probe leaves the kernels out.
 
 Adding a sub-command: write `def run_<name>() -> dict` returning {"benchmark": name, "columns":
 [...], "rows": [...], ...} (optionally "notes": [str] and "sections": [more such dicts]) and
