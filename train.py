@@ -355,6 +355,8 @@ def main(argv):
     # A folder an earlier run used: a second process is refused before anything is built.
     locked = lock_model_dir(FLAGS.model_dir, estimator_lib.is_chief(strategy), held,
                             existing_only=True)
+    if "dtype" not in values:
+      values["dtype"] = data_facts.default_dtype(FLAGS.model_dir)
     params = params_lib.resolve_params(values, *data_sources(values))
     if params.input.seed is not None:  # initialisation, and the input pipeline through params
       keras.utils.set_random_seed(params.input.seed)

@@ -50,7 +50,12 @@ names' scopes, with the share of the step, achieved GFLOP/s and arithmetic inten
 up to the measured step, the unattributed rest in rows of its own. --profile_dir keeps the trace
 for TensorBoard's profile tab.
 
-`all`: the machine (CPU, cores, TensorFlow, date, command, load) and every table.
+`all`: the machine (CPU, cores, CPU features, TensorFlow, date, command, load) and every table.
+
+Under every train, inference and layers table a line names the hardware (`hardware_note`): the CPU
+model, cores and which of AVX2 / AVX-512 / AVX512-BF16 / AMX it has, and the instruction sets of the
+kernels oneDNN runs (ONEDNN_VERBOSE=1 in a child process: e.g. convolution avx512_core_bf16), so that
+figures of machines of different kinds are never mixed; --noonednn_probe leaves the kernels out.
 
 Adding a sub-command: write `def run_<name>() -> dict` returning {"benchmark": name, "columns":
 [...], "rows": [...], ...} (optionally "notes": [str] and "sections": [more such dicts]) and
@@ -68,7 +73,6 @@ import io
 import json
 import math
 import os
-import platform
 import random
 import re
 import struct
@@ -89,6 +93,7 @@ import estimator as estimator_lib
 import model
 from tools import cli
 from tools import experiment
+from tools import hardware
 from tools import optimizer as optimizer_lib
 from tools import params as params_lib
 from tools import records
@@ -140,6 +145,9 @@ def define_flags():
                   f"Also time the PyTorch peers when they are installed ({PEERS_HINT}).")
   cli.define_flag("boolean", "peer_compile", True,
                   "train/inference: also time the peer under torch.compile.")
+  cli.define_flag("boolean", "onednn_probe", True,
+                  "train/inference/layers: name the kernels oneDNN runs beside the tables (one "
+                  "training step with ONEDNN_VERBOSE=1 in a child process, 10-30 s).")
   cli.define_flag("enum", "mode", "train", "layers: profile a training step or inference.",
                   enum_values=list(SPEED_MODES))
   cli.define_flag("string", "profile_dir", None,
@@ -169,18 +177,48 @@ def write_json(path, results):
 
 
 def machine():
-  """The machine and the run: CPU model, logical cores, TensorFlow version (and torch when
-  installed), date, command, and the 1-minute load average now (other work lowers every rate)."""
-  cpu = platform.processor()
-  if os.path.exists("/proc/cpuinfo"):
-    with open("/proc/cpuinfo") as f:
-      cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
-                 cpu)
+  """The machine and the run: CPU model, logical cores and vector features, TensorFlow version (and
+  torch when installed), date, command, and the 1-minute load average now (other work lowers every
+  rate)."""
   torch = _import_or_none("torch")
-  return {"cpu": cpu, "cores": os.cpu_count(), "tensorflow": tf.__version__,
-          "torch": torch.__version__ if torch else "-", "date": datetime.date.today().isoformat(),
+  return {"cpu": hardware.cpu_model(), "cores": os.cpu_count(),
+          "cpu features": ", ".join(hardware.cpu_features()) or "unknown",
+          "tensorflow": tf.__version__, "torch": torch.__version__ if torch else "-",
+          "date": datetime.date.today().isoformat(),
           "command": "python -m scripts.benchmark " + " ".join(sys.argv[1:]),
           "load_average_1min": round(os.getloadavg()[0], 2)}
+
+
+# The primitives whose kernels a hardware note names (pooling and reorders are a small share).
+_NOTED_PRIMITIVES = ("convolution", "batch_normalization")
+
+
+@functools.lru_cache(maxsize=None)
+def hardware_note(configuration, dtypes, probe=True):
+  """One line naming the hardware behind a table, so that figures of machines of different kinds
+  are never mixed: the CPU model, cores and which of AVX2 / AVX-512 / AVX512-BF16 / AMX it has,
+  and the instruction sets of the kernels oneDNN runs in `configuration`'s training step per dtype
+  (tools/hardware.onednn_kernels: a child process with ONEDNN_VERBOSE=1, 10-30 s, once per run).
+
+  Args:
+    configuration: a name in model.CONFIGURATIONS; dtypes: a tuple of names in model.DTYPES.
+    probe: False leaves oneDNN's kernels out (no child process).
+  """
+  features = hardware.cpu_features()
+  missing = [name for name, _ in hardware.CPU_FEATURES if name not in features]
+  line = (f"Hardware: {hardware.cpu_model()}, {os.cpu_count()} cores, "
+          f"{', '.join(features) or 'no AVX2'}" + (f", no {', '.join(missing)}" if missing else ""))
+  if not probe:
+    return line
+  onednn = hardware.onednn_kernels(configuration, list(dtypes))
+  if not onednn["kernels"]:
+    return f"{line}; TensorFlow's Eigen kernels (oneDNN off or silent: TF_ENABLE_ONEDNN_OPTS)"
+  kernels = "; ".join(
+      f"{dtype} " + ", ".join(f"{primitive} {'+'.join(hardware.kernel_isas(found[primitive]))}"
+                               for primitive in _NOTED_PRIMITIVES if primitive in found)
+      for dtype, found in onednn["kernels"].items())
+  return (f"{line}; {onednn['version']} ({onednn['isa']}), kernels in a "
+          f"{_network_label(configuration)} training step: {kernels}")
 
 
 def sections(results):
@@ -1047,10 +1085,14 @@ def _run_speed(mode, cases):
              "flop_per_image": "3 x 2 x MACs (training)" if mode == "train" else "2 x MACs",
              "batch_size": FLAGS.batch_size, "image_size": FLAGS.image_size, "steps": FLAGS.steps,
              "rounds": FLAGS.rounds, **machine(), "load_average_1min_at_start": load_at_start}
+  # After the timing: the probe's child process would add load to it.
+  results["hardware"] = hardware_note(cases[0][0], tuple(dict.fromkeys(d for _, d in cases)),
+                                      FLAGS.onednn_probe)
   if peer_rows:
-    results["sections"] = [_peer_section(mode, peer_rows, notes)]
+    results["sections"] = [_peer_section(mode, peer_rows, notes + [results["hardware"]])]
   else:
     results["notes"] += notes
+  results["notes"].append(results["hardware"])
   return results
 
 
@@ -1254,8 +1296,10 @@ def run_layers():
              "GFLOP/s", "FLOP/byte"]
   notes = [f"trace kept in {FLAGS.profile_dir} (tensorboard --logdir {FLAGS.profile_dir}, "
            f"profile tab)"] if FLAGS.profile_dir else []
+  notes.append(hardware_note(configuration, (dtype,), FLAGS.onednn_probe))
   label = f"{_network_label(configuration)}, {dtype}, {FLAGS.mode}"
-  by_kind = {"benchmark": f"layers by kind ({label})", "columns": list(kinds[0]), "rows": kinds}
+  by_kind = {"benchmark": f"layers by kind ({label})", "columns": list(kinds[0]), "rows": kinds,
+             "notes": notes[-1:]}
   return {"benchmark": f"layers ({label})", "sections": [by_kind],
           "columns": columns, "rows": rows, "notes": notes, "step_ms": step_ms,
           "batch_size": params.batch_size, "image_size": params.model.image_size,
@@ -1282,7 +1326,8 @@ def run_all():
   if FLAGS.file_pattern or FLAGS.synthetic_jpegs:
     parts.append(run_input())
   info = {**machine(), "load_average_1min_at_start": load_at_start}
-  columns = ["cpu", "cores", "tensorflow", "torch", "date", "command", "load_average_1min_at_start"]
+  columns = ["cpu", "cores", "cpu features", "tensorflow", "torch", "date", "command",
+             "load_average_1min_at_start"]
   return {"benchmark": "all", "columns": columns, "rows": [info], "sections": parts}
 
 

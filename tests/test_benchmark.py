@@ -3,6 +3,7 @@ made here (no timing asserted)."""
 
 import importlib
 import json
+import os
 import random
 import statistics
 
@@ -12,11 +13,12 @@ import numpy as np
 import pytest
 
 from scripts import benchmark
+from tools import hardware
 
 FLAGS = flags.FLAGS
 # The smallest runs: tiny network, small images and batches, one timed round.
 SMALL = dict(configuration=["tiny_SqNxt"], image_size=32, batch_size=4, steps=2, rounds=1,
-             matmul_size=128)
+             matmul_size=128, onednn_probe=False)
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 HAS_PEERS = HAS_TORCH and importlib.util.find_spec("pytorchcv") is not None
 
@@ -84,8 +86,10 @@ def test_train_and_inference_run_end_to_end():
   with flagsaver.flagsaver(synthetic_jpegs=4, **SMALL):
     results = benchmark.run_train()
   _check_speed_rows(results, ["synthetic", "pipeline (caffe)"])
+  assert results["notes"][-1] == results["hardware"]  # the CPU beside every table
+  assert results["hardware"].startswith(f"Hardware: {results['cpu']}, {results['cores']} cores")
   if HAS_PEERS:  # tiny_SqNxt has no pytorchcv counterpart: said in one line, no peer table
-    assert results["notes"] == ["tiny_SqNxt: no pytorchcv counterpart, no peer timed"]
+    assert results["notes"][:-1] == ["tiny_SqNxt: no pytorchcv counterpart, no peer timed"]
   else:
     assert "pip install -r requirements-peers.txt" in results["notes"][0]
   with flagsaver.flagsaver(dtype=["bfloat16"], **SMALL):
@@ -227,3 +231,21 @@ def test_peer_step_times_pytorchcv_squeezenext():
     assert rows[0]["peer"] == "pytorchcv sqnxt23_w1" and rows[0]["peer images/s"] > 0
     assert float(rows[0]["project/peer"]) == pytest.approx(10.0 / rows[0]["peer images/s"],
                                                            rel=1e-2)
+
+
+def test_hardware_note_names_the_cpu_and_the_kernels_onednn_runs():
+  # One real probe: a training step of tiny_SqNxt in float32 in a child process with
+  # ONEDNN_VERBOSE=1 (the other tests leave it out: onednn_probe=False).
+  note = benchmark.hardware_note("tiny_SqNxt", ("float32",))
+  assert note.startswith(f"Hardware: {hardware.cpu_model()}, {os.cpu_count()} cores, ")
+  assert all(name in note for name, _ in hardware.CPU_FEATURES)  # each one, present or "no ..."
+  # oneDNN names its convolution kernels with their instruction set (e.g. avx512_core), unless
+  # TensorFlow runs its Eigen kernels on this CPU.
+  assert ("float32 convolution " in note and "oneDNN v" in note) or "Eigen kernels" in note
+  assert benchmark.hardware_note("tiny_SqNxt", ("float32",), probe=False) == note.split("; ")[0]
+
+
+def test_kernel_isas_reads_onednn_implementation_names():
+  assert hardware.kernel_isas(["brg_conv_bwd:avx512_core+brgconv_1x1:avx512_core",
+                               "jit_bf16:avx512_core_bf16", "nspc_bnorm:any"]) == [
+                                   "avx512_core", "avx512_core_bf16", "reference"]

@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from estimator import checkpoints
 import model
+from tools import hardware
 from tools import stats
 from tools.common import UserError
 
@@ -394,3 +395,31 @@ def test_bad_configuration_arguments():
   model.build_network("tiny_SqNxt", 2, 11)  # the minimum is accepted
   with pytest.raises(UserError, match=r"divisible by 4 \* groups"):
     model.SqueezeNextConfig((8, 16, 32, 64), (1, 1, 1, 1), stem_kernel=7, groups=3)
+
+
+def test_default_dtype_follows_the_hardware(monkeypatch):
+  # bfloat16 only where the hardware computes it natively (tools/hardware.py), float32 elsewhere;
+  # never float16 (loss scaling only on request). The reason names the facts.
+  dtype, reason = model.default_dtype()
+  assert dtype in ("float32", "bfloat16") and reason.startswith(dtype)
+  natively = [f for f in hardware.cpu_features() if f in hardware.BFLOAT16_CPU_FEATURES]
+  if not hardware.gpu_capabilities():
+    assert (dtype == "bfloat16") == bool(natively)
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")  # Eigen's kernels: bfloat16 is emulated
+    assert model.default_dtype()[0] == "float32"
+
+
+def test_batch_norm_of_16_bit_inputs_with_few_channels_normalises_in_float32():
+  # oneDNN's bfloat16 kernels need channels in multiples of 16: 8 channels normalise in float32
+  # (the fused kernel's type T), 16 in bfloat16; the outputs are in the compute dtype either way.
+  def kernel_types(channels):
+    layer = model.CaffeBatchNormalization(dtype="mixed_bfloat16")
+    spec = tf.TensorSpec([4, 5, 5, channels], tf.bfloat16)
+    graph = tf.function(lambda x: layer(x, training=True)).get_concrete_function(spec).graph
+    assert graph.outputs[0].dtype == tf.bfloat16
+    return {op.get_attr("T") for op in graph.get_operations() if op.type == "FusedBatchNormV3"}
+  assert kernel_types(8) == {tf.float32} and kernel_types(16) == {tf.bfloat16}
+  x = tf.random.normal([4, 5, 5, 8], mean=3.0, stddev=2.0, seed=5)
+  reference = model.CaffeBatchNormalization()(x, training=True)
+  y = model.CaffeBatchNormalization(dtype="mixed_bfloat16")(tf.cast(x, tf.bfloat16), training=True)
+  np.testing.assert_allclose(tf.cast(y, tf.float32), reference, atol=0.05)

@@ -95,6 +95,20 @@ def evaluation_params(model_dir, validation_file_pattern, user):
   return params
 
 
+def default_dtype(model_dir):
+  """The compute dtype of a run that sets none: the earlier start's when `model_dir` holds its
+  params.json and a checkpoint (a restart computes as it began, so that it resumes bitwise), else
+  model.default_dtype()'s for this machine; logged with the reason."""
+  if (os.path.exists(os.path.join(model_dir, params_lib.PARAMS_FILENAME))
+      and estimator_lib.latest_checkpoint(model_dir) is not None):
+    dtype = params_lib.load_params(model_dir).model.dtype
+    logging.info("Compute dtype %s: the earlier start's (--dtype sets another).", dtype)
+    return dtype
+  dtype, reason = model.default_dtype()
+  logging.info("Compute dtype %s (--dtype sets another): %s.", dtype, reason)
+  return dtype
+
+
 def earlier_data_facts(data, user, model_dir):
   """{num_examples_per_epoch, num_classes, label_offset, label_map, batch_size} that an earlier
   start of `model_dir` which saved a checkpoint used with the same file patterns and keys, less
