@@ -610,14 +610,14 @@ def _log_gaps(file_before, gaps, skipped):
 
 
 def _check_batch_fn(training, skipped):
-  """Scan function over the decoded batches: counts the skipped records, fails on bad data.
+  """Scan function over the decoded batches: counts the skipped records, finds bad data.
 
   State: int64, the number the next element has if none is skipped. Element: a batch of the
   decoding map's outputs. Returns the next state and (images uint8 [b, S, S, 3], class_idx int32
-  [b]): in evaluation without the end-of-pass element (b may then be 0). A batch with a problem, or
-  with MAX_CONSECUTIVE_SKIPS or more records skipped in a row before one of its elements (data that
-  cannot feed a run must not spin), fails with an InvalidArgumentError carrying the message. The
-  messages are made only for a bad batch (tf.cond): string ops would cost per batch otherwise.
+  [b], message: string, "" or the error that `_raise_message` raises), in evaluation without the
+  end-of-pass element (b may then be 0). The error is the message of a record with a problem, or
+  says that MAX_CONSECUTIVE_SKIPS or more records in a row were skipped (data that cannot feed a
+  run must not spin). Messages are made only for a bad batch (tf.cond): string ops cost per batch.
   """
   @_graph_fn
   def check(expected, batch):
@@ -633,20 +633,30 @@ def _check_batch_fn(training, skipped):
                          tf.gather(file_before, tf.argmax(gaps)),
                          "); no usable example to train on", _ERROR_END])),
                       lambda: tf.constant(""))
-    with tf.control_dependencies([counted, tf.debugging.Assert(message == "", [message])]):
-      images, class_idx = tf.identity(images), tf.identity(class_idx)
+    with tf.control_dependencies([counted]):  # the skips are logged before any error
+      message = tf.identity(message)
     if not training:  # the end-of-pass element, in the last batch only
       images, class_idx = tf.cond(
           tf.reduce_all(is_example), lambda: (images, class_idx),
           lambda: (tf.boolean_mask(images, is_example), tf.boolean_mask(class_idx, is_example)))
-    return number[-1] + 1, (images, class_idx)
+    return number[-1] + 1, (images, class_idx, message)
   return check
 
 
+@_graph_fn
+def _raise_message(images, class_idx, message):
+  """Map function after `_check_batch_fn`'s scan: fails with the batch's error message, if any.
+  Apart from the scan, whose state a failure would not advance: the batches a prefetch reads after
+  a bad one would count its records as skipped."""
+  with tf.control_dependencies([tf.debugging.Assert(message == "", [message])]):
+    return tf.identity(images), tf.identity(class_idx)
+
+
 def _checked(batches, training, skipped):
-  """The decoded batches through `_check_batch_fn`: (images, class_idx); in evaluation without a
-  last batch that held only the end-of-pass element."""
+  """The decoded batches through `_check_batch_fn` and `_raise_message`: (images, class_idx); in
+  evaluation without a last batch that held only the end-of-pass element."""
   batches = batches.scan(tf.constant(0, tf.int64), _check_batch_fn(training, skipped))
+  batches = batches.map(_raise_message)
   if training:
     return batches
   return batches.filter(_graph_fn(lambda images, class_idx: tf.size(class_idx) > 0))
