@@ -10,7 +10,7 @@ Inception, Model Garden and seed repositories all use it), and of our own tools/
 are read here. Records of other tools name the image and the label otherwise: InputParams.image_key,
 label_key and label_offset (TensorFlow Datasets: `image`, `label`, 0-based; no boxes).
 
-Preprocessing (InputParams.preprocessing):
+Preprocessing (InputParams.preprocessing, one window function each in `WINDOWS`):
   caffe      the seed repository and the official Caffe model. Training: resize to 256x256 (aspect
              ratio not kept), a random 227x227 crop, a random left-right flip (the seed repository
              flips, Caffe did not: `random_flip`), RGB mean (123, 117, 104) subtracted, no scaling.
@@ -37,28 +37,42 @@ Evaluation is one exact pass: no shuffle, no repeat, the last partial batch kept
 `input_fn` turns the records into `({"image": float32 [B, H, W, 3]}, {"class_idx": int32 [B]})`
 (class_idx = label - 1) in the standard tf.data order, Extract / Transform / Load:
 
-  training:   list files -> shard per input pipeline -> shuffle files -> parallel interleave of
-              TFRecordDataset -> shuffle records -> repeat -> number -> parallel map (parse +
-              preprocess to uint8) -> batch -> per-batch checks -> rebatch (drop remainder) ->
-              mean subtraction per batch (float32) -> prefetch
-  evaluation: list files (sorted) -> shard per input pipeline -> read files one after another ->
-              the same from `number` on, in order, the last partial batch kept
+  list files -> shard per input pipeline -> interleave the files' records (training: 16 files at a
+  time, in a new order every epoch; evaluation: one after another) -> training: shuffle, repeat ->
+  number -> parallel map `parse_example` + `preprocess_example` (uint8) -> ignore_errors -> batch ->
+  check the batch -> mean subtraction per batch (float32) -> prefetch
+
+A fork that reads another format or preprocesses otherwise replaces `parse_example` (a serialized
+record -> {"image", "label", "bboxes"}) or `preprocess_example` (that dict -> ({"image": uint8
+[S, S, 3]}, {"class_idx": int32})); the rest of the pipeline stays.
 
 Speed: on a GPU SqueezeNext trains faster than the host decodes JPEGs, so the pipeline decodes only the
 pixels it keeps: every preprocessing computes its crop window from the JPEG header and uses
 `decode_and_crop_jpeg` (resizing to 256x256 and cropping 227 is, up to interpolation at the borders,
 cropping the matching window of the original and resizing that to 227). Each example ends as uint8
-(4x fewer bytes to batch), the mean is subtracted once per batch, and the per-element bookkeeping
-uses as few tf.data function calls as it can (each costs about 20 us of CPU per element here).
+(4x fewer bytes to batch), and the mean is subtracted once per batch. The decoding map is the one
+tf.data function called per record: a call costs a few percent of a JPEG decode (docs/BENCHMARKS.md),
+so the bookkeeping stages work on groups of records and on batches.
 
-Bad data: a record that cannot be parsed or whose image cannot be decoded is skipped (`ignore_errors`
-after the decoding map) and counted in a `SkippedRecords` object (`SKIPPED_RECORDS` unless input_fn is
-given another one), which logs each skip with its file name; the pipeline numbers the records before
-the map, so a gap in the numbers after it is a skip (exact, in order). A record without
-`image/encoded` or label, a label outside 1..num_classes, or a damaged TFRecord file (tf.data's
-DataLossError names no file, so each file ends with a marker that compares the bytes read with the
-file's size) stops the pipeline with an InvalidArgumentError naming the file (and label); run the
-loop inside `user_errors_from_data()` to turn these into one-line `tools.cli.UserError`s.
+Bad data, in named stages (each says what it costs):
+  `_read_file`      a damaged TFRecord file (tf.data's DataLossError names no file, and
+                    `ignore_errors` goes on with the next file): each file's bytes are added up, 16
+                    records a call, and a file whose records do not fill it ends with a marker.
+  `_numbered`       the records are numbered in order, 64 a call, each with the file of the record
+                    before it: after `ignore_errors`, a gap in the numbers is a skipped record and
+                    names its file. This is the one check that needs the order: the decoding map
+                    keeps it (`map_parallelism`).
+  `_decode_fn`      a record without image or label, or with a label outside 1..num_classes, is
+                    not decoded but carries its error message; a record that cannot be parsed or
+                    whose image cannot be decoded raises, and `ignore_errors` skips it.
+  `_check_batch_fn` per batch: counts and logs the skipped records in a `SkippedRecords`
+                    (`SKIPPED_RECORDS` unless input_fn is given another one), and fails with the
+                    message of a bad record or damaged file, or after MAX_CONSECUTIVE_SKIPS skips in
+                    a row: an InvalidArgumentError naming the file; run the loop inside
+                    `user_errors_from_data()` to turn it into a one-line `tools.cli.UserError`.
+  `_check_trainable` training repeats forever, so data of which no record decodes would keep
+                    `ignore_errors` searching: before the pipeline starts, records are decoded in turn
+                    until one is usable (one decode for good data).
 
 Label map: `labels.txt` beside the records, one line per class, tab-separated
 `<label>\\t<name>\\t<text>`, e.g. `1\\tn01440764\\ttench, Tinca tinca`: the 1-based record label,
@@ -80,7 +94,6 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from tools.common import one_line
 from tools.common import param
 from tools.common import UserError
 
@@ -126,8 +139,8 @@ class InputParams:
   # Files read at once in training (Model Garden's ImageNet value); more files mix classes better.
   interleave_cycle_length: int = param(16, "Files read at once in training.", flag=False)
   # Threads reading those files. None: the reading thread itself, in turn (a local disk or the page
-  # cache: the autotuned -1 cost 0.2-0.25 ms of CPU per image here, 15% more per training image,
-  # in thread hand-offs); -1 lets tf.data tune it, for remote storage with long reads.
+  # cache: threads reading short local reads cost more CPU in hand-offs than they save,
+  # docs/BENCHMARKS.md); -1 lets tf.data tune it, for remote storage with long reads.
   interleave_num_parallel_calls: int | None = param(None, "Threads reading those files.", flag=False)
   # Read buffer per open TFRecord file, in bytes.
   read_buffer_size: int = param(8 * 1024 * 1024, "Read buffer per file, bytes.", flag=False)
@@ -184,8 +197,9 @@ _TORCHVISION_CROP_FRACTION = 0.875
 # fractional bits, each pass rounded to uint8.
 _PIL_PRECISION_BITS = 22
 
-# Defaults that mark a missing feature, so that the error can name it instead of failing in parsing.
-_MISSING_LABEL = -(2**62)
+# `parse_example`'s label of a record without one, so that the error can name the key instead of
+# failing in parsing.
+MISSING_LABEL = -(2**62)
 _BBOX_KEYS = ("ymin", "xmin", "ymax", "xmax")  # the order of tf.image's boxes
 # Marks the messages of our in-graph checks, so that `user_errors_from_data` can find them.
 _ERROR_START, _ERROR_END = "<<dataloader: ", ">>"
@@ -223,13 +237,10 @@ def normalization(input_params):
           tuple(float(v) for v in input_params.std_rgb or std))
 
 
-# The decoding map keeps the records' order (the skip count needs it), so a slow image (a large
-# crop window, a large photo) holds back the elements after it: with more elements in flight than
-# cores, the other threads go on decoding meanwhile. `python -m scripts.benchmark input` style runs of
-# input_fn training (inception, 224 px, 1,024 synthetic ImageNet-like JPEGs, 2 cores, 4 alternating
-# rounds, medians; 2026-12-01 23:20 UTC): tf.data's autotuned parallelism 698 images/s (2.5 ms of CPU
-# per image), 4 in flight 790, 8 801, 16 785-857, 32 838, 64 801 (2.2-2.4 ms of CPU per image); the
-# plain tf.data pipeline 712-791.
+# The decoding map keeps the records' order (the skip count needs it, see `_numbered`), so a slow
+# image (a large crop window, a large photo) holds back the elements after it: with more elements in
+# flight than cores, the other threads go on decoding meanwhile. 4 per core did as well as 8-64 and
+# better than tf.data's autotuning (docs/BENCHMARKS.md).
 _ELEMENTS_IN_FLIGHT_PER_CORE, _MIN_ELEMENTS_IN_FLIGHT = 4, 16
 
 
@@ -293,10 +304,7 @@ def preprocess_image_uint8(image_bytes, training, params, image_size, bboxes=Non
   if seed is None:
     seed = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32)
   crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
-  if p.preprocessing == "caffe":
-    window_fn = _caffe_window_fn(size, training, crop_seed)
-  else:  # torchvision's training crop is the inception one of the whole image
-    window_fn = _inception_window_fn(training, bboxes, crop_seed)
+  window_fn = WINDOWS[p.preprocessing](size, training, bboxes, crop_seed)
   image = _decode_window(image_bytes, window_fn, dct_method)  # uint8 [h, w, 3]
   # float32 [size, size, 3]; torchvision: Pillow's bilinear filter widens with the downscale factor.
   image = tf.image.resize(image, [size, size], method="bilinear", antialias=torchvision)
@@ -338,12 +346,17 @@ def add_mean(images, params):
   return tf.cast(tf.clip_by_value(tf.round(pixels), 0.0, 255.0), tf.uint8)
 
 
-def _caffe_window_fn(size, training, seed):
+def caffe_window(size, training, bboxes, seed):
   """Caffe: the window of the original that a (random or central) size x size crop of the resize shows.
 
-  The resize side is round(size * 256 / 227) (module docstring); the aspect ratio is not kept, so the
-  window's fractions of the original height and width are those of the crop in the resize.
+  A window function, as `WINDOWS` holds them: (size: int output side S, training: Python bool,
+  bboxes: ignored here, seed: int32 [2] stateless seed of the random crop) -> window_fn(shape: int32
+  [2] (height, width) of the original) -> int32 [4] (y, x, height, width) pixels of the original to
+  decode, inside it. The resize side is round(size * 256 / 227) (module docstring); the aspect ratio
+  is not kept, so the window's fractions of the original height and width are those of the crop in
+  the resize.
   """
+  del bboxes  # Caffe crops the whole image
   resize = round(size * _CAFFE_RESIZE / _CAFFE_CROP)
   if training:  # Caffe's random crop offset: uniform in 0..resize - size, per axis
     offset = tf.random.stateless_uniform([2], seed, minval=0, maxval=resize - size + 1, dtype=tf.int32)
@@ -357,8 +370,14 @@ def _caffe_window_fn(size, training, seed):
   return window_fn
 
 
-def _inception_window_fn(training, bboxes, seed):
-  """Inception: a distorted bounding box crop in training, the central 87.5% square in evaluation."""
+def inception_window(size, training, bboxes, seed):
+  """Inception: a distorted bounding box crop in training, the central 87.5% square in evaluation.
+
+  A window function (arguments as `caffe_window`): `bboxes` is an optional float32 [N, 4] of boxes
+  (ymin, xmin, ymax, xmax) in [0, 1] that the training crop covers at least 10% of one of (None or
+  N = 0: the whole image); the window does not depend on `size` (it is resized to it).
+  """
+  del size  # the window is resized to the output side
   if training:
     boxes = tf.zeros([0, 4], tf.float32) if bboxes is None else tf.convert_to_tensor(bboxes, tf.float32)
 
@@ -463,10 +482,9 @@ def _decode_window(image_bytes, window_fn, dct_method):
   """Decodes the pixels of window_fn(shape) only: uint8 [h, w, 3] RGB.
 
   JPEG: the shape comes from the header and libjpeg decodes only the window (and skips the IDCT of
-  the rows and columns outside it). Other formats are decoded whole, then cropped.
-  Measured on the benchmark's ImageNet-like JPEGs (500x375, quality 90): entropy decoding of every
-  row dominates, so the caffe window (227/256 of each side) costs about a full decode and a central
-  window of half the area about 93% of one; the resize adds about 20%.
+  the rows and columns outside it). Other formats are decoded whole, then cropped. Entropy decoding
+  of the rows above and in the window cannot be skipped, so a window costs nearly as much as a full
+  decode (docs/BENCHMARKS.md); it saves the IDCT and the memory of the pixels left out.
   """
   def jpeg():
     shape = tf.io.extract_jpeg_shape(image_bytes)[:2]
@@ -480,15 +498,81 @@ def _decode_window(image_bytes, window_fn, dct_method):
   return tf.cond(tf.io.is_jpeg(image_bytes), jpeg, other)
 
 
+# The preprocessings: name -> window function (`caffe_window` says their contract). A new
+# preprocessing is a window function and its name here.
+# torchvision's training crop is the inception one of the whole image.
+WINDOWS = {"caffe": caffe_window, "inception": inception_window, "torchvision": inception_window}
+PREPROCESSINGS = tuple(WINDOWS)
+
+
 # ------------------------------------------------------------------------------------------------
-# Records.
+# One example: the functions a fork replaces to read another format or preprocess otherwise.
+
+
+def parse_example(record, params, bboxes=False):
+  """The fields input_fn reads from one serialized `tf.train.Example` (the module docstring's schema).
+
+  Works eagerly and inside `tf.data.Dataset.map`.
+
+  Args:
+    record: string scalar, a serialized tf.train.Example.
+    params: InputParams (`image_key`, `label_key` are read).
+    bboxes: Python bool; also read the boxes `image/object/bbox/{ymin,xmin,ymax,xmax}` (the inception
+      training crop uses them).
+
+  Returns:
+    {"image": string scalar, the encoded image ("" when the record has none),
+     "label": int64 scalar, the record's label (MISSING_LABEL when it has none),
+     "bboxes" (only with `bboxes`): float32 [N, 4] (ymin, xmin, ymax, xmax) in [0, 1], N >= 0}.
+
+  Raises:
+    tf.errors.InvalidArgumentError (when run): `record` is not a tf.train.Example (input_fn skips
+    it), or a feature has another type.
+  """
+  features = {
+      params.image_key: tf.io.FixedLenFeature([], tf.string, default_value=""),
+      params.label_key: tf.io.FixedLenFeature([], tf.int64, default_value=MISSING_LABEL),
+  }
+  if bboxes:  # dense [N] lists: no sparse-to-dense ops per record
+    features.update({f"image/object/bbox/{k}": tf.io.FixedLenSequenceFeature(
+        [], tf.float32, allow_missing=True) for k in _BBOX_KEYS})
+  parsed = tf.io.parse_single_example(record, features)
+  example = {"image": parsed[params.image_key], "label": parsed[params.label_key]}
+  if bboxes:
+    example["bboxes"] = tf.stack([parsed[f"image/object/bbox/{k}"] for k in _BBOX_KEYS], 1)
+  return example
+
+
+def preprocess_example(example, training, params, image_size, seed=None):
+  """One parsed example as input_fn yields it before batching and the mean subtraction.
+
+  Works eagerly and inside `tf.data.Dataset.map`; with the same `seed` both give the same result.
+
+  Args:
+    example: `parse_example`'s dict ("image", "label", optionally "bboxes").
+    training, params, image_size, seed: as `preprocess_image_uint8`.
+
+  Returns:
+    ({"image": uint8 [image_size, image_size, 3] RGB 0..255}, {"class_idx": int32 scalar,
+    label - params.label_offset}).
+
+  Raises:
+    tf.errors.InvalidArgumentError (when run): the image cannot be decoded (input_fn skips it).
+  """
+  image = preprocess_image_uint8(example["image"], training, params, image_size,
+                                 example.get("bboxes"), seed)
+  return {"image": image}, {"class_idx": tf.cast(example["label"] - params.label_offset, tf.int32)}
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad records: the pipeline's checks, in the order the records meet them (module docstring).
 
 
 class SkippedRecords:
   """Counts (and logs) the records skipped because they could not be parsed or decoded.
 
-  Thread-safe; the pipeline calls `add` when it notices a skip (in order, so the count is exact),
-  the runner reads `count` (e.g. with each training log line and after an evaluation pass).
+  Thread-safe; the pipeline calls `add_gaps` when a batch shows a skip (in order, so the count is
+  exact), the runner reads `count` (e.g. with each training log line and after an evaluation pass).
 
   Attributes:
     count: int, records skipped since creation or the last `reset`.
@@ -539,164 +623,216 @@ _graph_fn = tf.autograph.experimental.do_not_convert
 
 # Bytes a TFRecord file spends on each record besides its data: 8 length, 4 length CRC, 4 data CRC.
 _TFRECORD_FRAMING_BYTES = 16
-# Checks of the parsed record, reported after the decoding (see `_parse_and_preprocess`).
-_OK, _NO_IMAGE, _NO_LABEL, _BAD_LABEL = 0, 1, 2, 3
-
-# Cost note for the pipeline below: on this 2-core host every tf.data stage that calls a function
-# costs about 20 us of CPU per element (trivial map, scan or filter), 2% of a JPEG decode each, so
-# the per-element bookkeeping is done in as few function calls as possible and the rest per batch.
+# Records per call of the bookkeeping stages (module docstring: a tf.data call per record would cost
+# more than the bookkeeping): a file's records are added up 16 at a time (16 files are open at once
+# in training, so 256 records are held), the records numbered 64 at a time.
+_READ_GROUP, _NUMBER_GROUP = 16, 64
 
 
 def _read_file(filename, size, buffer_size):
-  """The records of one TFRecord file, then an end-of-file marker that says if the file was whole.
+  """Extract, with the damaged-file check: the records of one TFRecord file of `size` bytes.
 
-  Elements: (record: string, filename: string, end_of_file: bool, file_ok: bool). tf.data's
-  DataLossError names no file, and `ignore_errors` (downstream) goes on with the next file; so the
-  marker compares the bytes read with the file's size (`size`, int64), and a short read (a damaged
-  file) is reported after the decoding with the file's name.
+  Elements: (record: string, filename: string, damaged: bool False). tf.data's DataLossError names
+  no file, so it ends the file's records here (`ignore_errors`: the reader goes on with the next
+  file); a damaged file, whose records and their framing do not add up to `size` (a truncated file,
+  or one that is not a TFRecord file), then ends with one element (b"", filename, True) that
+  `_check_batch_fn` reports. Records are added up `_READ_GROUP` at a time; an empty group marks the
+  end of the file.
   """
-  records = tf.data.TFRecordDataset(filename, buffer_size=buffer_size)
-  # The flag by zip rather than map: no function call per record.
-  records = tf.data.Dataset.zip(records, tf.data.Dataset.from_tensors(False).repeat())
-  marker = tf.data.Dataset.from_tensors((tf.constant(""), True))
+  records = tf.data.TFRecordDataset(filename, buffer_size=buffer_size).ignore_errors()
+  groups = records.batch(_READ_GROUP)
+  end = tf.data.Dataset.from_tensors(tf.constant([], tf.string))
 
   @_graph_fn
-  def account(read, element):  # read: int64, bytes of the records before `element`
-    record, end_of_file = element
-    file_ok = tf.logical_or(~end_of_file, read == size)
-    read += tf.cast(tf.strings.length(record), tf.int64) + _TFRECORD_FRAMING_BYTES
-    return read, (record, filename, end_of_file, file_ok)
-  return records.concatenate(marker).scan(tf.constant(0, tf.int64), account)
+  def account(read, group):  # read: int64 bytes of the groups before; group: string [n]
+    read += tf.reduce_sum(tf.cast(tf.strings.length(group), tf.int64) + _TFRECORD_FRAMING_BYTES)
+    damaged = tf.cast((tf.size(group) == 0) & (read != size), tf.int32)  # 1 at a damaged end
+    records = tf.concat([group, tf.fill([damaged], "")], 0)  # [n], or [1] at a damaged end
+    flags = tf.concat([tf.zeros_like(group, tf.bool), tf.fill([damaged], True)], 0)
+    return read, (records, tf.fill(tf.shape(records), filename), flags)
+  return groups.concatenate(end).scan(tf.constant(0, tf.int64), account).unbatch()
 
 
-@_graph_fn
-def _number(state, element):
-  """Scan function: numbers the records 0, 1, ... and gives each the previous record's file name.
+def _end_of_records():
+  """The element that ends an evaluation pass (an empty file name), so that `_check_batch_fn`
+  counts the records skipped at the very end."""
+  return tf.data.Dataset.from_tensors((tf.constant(""), tf.constant(""), tf.constant(False)))
 
-  A marker takes no number: it carries the number of the record after it, so that the numbers of the
-  elements that survive `ignore_errors` have a gap exactly where records were skipped; the file name
-  of the record before an element is the skipped one's in a gap of one.
+
+def _numbered(dataset):
+  """The ordering check: `_read_file`'s elements as (number: int64 0, 1, ... in order, record,
+  filename, file_before: the file of the element numbered just before (what a skip before this
+  element is named after), damaged), `_NUMBER_GROUP` at a time.
+
+  After the in-order decoding map and `ignore_errors`, a gap in the numbers is a skipped record. The
+  numbers and the grouping are the state of a saved iterator, so a restored one goes on alike.
   """
-  next_index, previous_file = state
-  record, filename, end_of_file, file_ok = element
-  state = (next_index + 1 - tf.cast(end_of_file, tf.int64),
-           tf.where(end_of_file, previous_file, filename))
-  return state, (record, filename, end_of_file, file_ok, next_index, previous_file)
+  @_graph_fn
+  def number(state, group):
+    next_number, last_file = state
+    records, filenames, damaged = group
+    count = tf.shape(records, out_type=tf.int64)[0]
+    numbers = next_number + tf.range(count)
+    before = tf.concat([[last_file], filenames[:-1]], 0)
+    return (next_number + count, filenames[-1]), (numbers, records, filenames, before, damaged)
+  start = (tf.constant(0, tf.int64), tf.constant(""))
+  return dataset.batch(_NUMBER_GROUP).scan(start, number).unbatch()
 
 
-def _parse_and_preprocess(record, end_of_file, training, params, image_size, num_classes,
-                          with_bboxes, seed):
-  """(image uint8 [S, S, 3], class_idx int32, label int64, check int32) of one record or marker.
+def _problem(example, filename, damaged, params, num_classes):
+  """(bad: bool scalar, message: fn() -> string scalar) of one numbered element: bad for a damaged
+  file's end, the end of an evaluation pass (message "") and a record without image or label or with
+  a label outside label_offset..label_offset + num_classes - 1. The message, tagged for
+  `user_error_from`, is built only when called (string ops would cost per record)."""
+  offset, label = params.label_offset, example["label"]
+  class_idx = label - offset
+  checks = [  # (condition, message parts), the first that holds is reported
+      (damaged, ["damaged TFRecord file ", filename, " (it ends in a corrupted record)"]),
+      (tf.strings.length(filename) == 0, []),
+      (tf.strings.length(example["image"]) == 0, [f"a record has no {params.image_key} in file ",
+                                                  filename]),
+      (label == MISSING_LABEL, [f"a record has no {params.label_key} in file ", filename]),
+      ((class_idx < 0) | (class_idx >= (num_classes or tf.int64.max - offset)), [
+          "label ", tf.strings.as_string(label), f" is outside {_label_range(params, num_classes)} "
+          f"(num_classes={num_classes}, label_offset={offset}) in file ", filename]),
+  ]
+  bad = tf.reduce_any(tf.stack([condition for condition, _ in checks]))
 
-  Raises an error only if the record cannot be parsed or its image not decoded (the record is then
-  skipped). Missing keys and bad labels are returned as `check` and reported after the skipping,
-  so that `ignore_errors` cannot hide them. A marker (`end_of_file`) gives zeros and `_OK`.
-  """
-  features = {
-      params.image_key: tf.io.FixedLenFeature([], tf.string, default_value=""),
-      params.label_key: tf.io.FixedLenFeature([], tf.int64, default_value=_MISSING_LABEL),
-  }
-  if with_bboxes:  # dense [N] lists: no sparse-to-dense ops per record
-    features.update({f"image/object/bbox/{k}": tf.io.FixedLenSequenceFeature(
-        [], tf.float32, allow_missing=True) for k in _BBOX_KEYS})
-  parsed = tf.io.parse_single_example(record, features)
-  encoded, label = parsed[params.image_key], parsed[params.label_key]
-  num_classes = num_classes or tf.int64.max - params.label_offset
-  class_idx = label - params.label_offset
-  # Scalar selects, not tf.case: no control flow for the common case.
-  check = tf.where(end_of_file, _OK, tf.where(
-      tf.strings.length(encoded) == 0, _NO_IMAGE, tf.where(
-          label == _MISSING_LABEL, _NO_LABEL, tf.where(
-              (class_idx < 0) | (class_idx >= num_classes), _BAD_LABEL, _OK))))
-  bboxes = None
-  if with_bboxes:
-    bboxes = tf.stack([parsed[f"image/object/bbox/{k}"] for k in _BBOX_KEYS], 1)  # [N, 4]
-  size = image_size
-  image = tf.cond((check == _OK) & ~end_of_file,
-                  lambda: preprocess_image_uint8(encoded, training, params, size, bboxes, seed),
-                  lambda: tf.zeros([size, size, 3], tf.uint8))
-  return image, tf.cast(class_idx, tf.int32), label, check
+  def message():
+    texts = tf.stack([tf.strings.join([_ERROR_START, *parts, _ERROR_END]) if parts else ""
+                      for _, parts in checks])
+    first = tf.argmax(tf.cast(tf.stack([condition for condition, _ in checks]), tf.int32))
+    return tf.gather(texts, first)
+  return bad, message
 
 
-def _check_message(check, label, filename, params, num_classes):
-  """The error message for a `check` of `_parse_and_preprocess` (string scalar)."""
+def _label_range(params, num_classes):
   offset = params.label_offset
-  valid = f"{offset}..{offset + num_classes - 1}" if num_classes else f">= {offset}"
-  in_file = tf.strings.join([" in file ", filename])
-  return tf.strings.join([_ERROR_START, tf.gather(tf.stack([
-      tf.constant(""),
-      tf.strings.join([f"a record has no {params.image_key}", in_file]),
-      tf.strings.join([f"a record has no {params.label_key}", in_file]),
-      tf.strings.join(["label ", tf.strings.as_string(label), f" is outside {valid} (num_classes="
-                       f"{num_classes}, label_offset={offset})", in_file])]), check), _ERROR_END])
+  return f"{offset}..{offset + num_classes - 1}" if num_classes else f">= {offset}"
 
 
-def _log_gaps(previous_file, gaps, skipped):
+def _decode_fn(training, params, image_size, num_classes, seed):
+  """The decoding map's function over `_numbered`'s elements: `parse_example` and
+  `preprocess_example` of a usable record; a bad one (`_problem`) is not decoded.
+
+  Returns the function (number, record, filename, file_before, damaged) -> (image uint8 [S, S, 3],
+  class_idx int32, number, file_before, problem: string, "" or the error message, example: bool,
+  True for a decoded record). It raises (and `ignore_errors` skips the record) when the record
+  cannot be parsed or its image decoded. Element k's crop and flip use the stateless seed
+  (augmentation seed, k): reproducible, and restored with the iterator, at no per-element cost.
+  """
+  augmentation_seed = random.SystemRandom().randrange(2**31) if seed is None else seed
+  with_bboxes = training and params.preprocessing == "inception"
+  size = image_size
+
+  @_graph_fn
+  def decode(number, record, filename, file_before, damaged):
+    example = parse_example(record, params, with_bboxes)
+    bad, message = _problem(example, filename, damaged, params, num_classes)
+    element_seed = tf.stack([tf.constant(augmentation_seed, tf.int64), number])
+
+    def usable():
+      features, labels = preprocess_example(example, training, params, size, element_seed)
+      return features["image"], labels["class_idx"], tf.constant(""), tf.constant(True)
+    image, class_idx, problem, is_example = tf.cond(bad, lambda: (
+        tf.zeros([size, size, 3], tf.uint8), tf.constant(0, tf.int32), message(),
+        tf.constant(False)), usable)
+    return image, class_idx, number, file_before, problem, is_example
+  return decode
+
+
+def _log_gaps(file_before, gaps, skipped):
   """Counts and logs the records skipped in one batch (gaps int64 [b], under the file names
-  previous_file string [b]): in `skipped` (a SkippedRecords, from Python), or with tf.print when it
+  file_before string [b]): in `skipped` (a SkippedRecords, from Python), or with tf.print when it
   is None (a pipeline without Python, as tf.data service workers need). Returns the number (int64)."""
   if skipped is not None:
     return tf.py_function(lambda f, g: skipped.add_gaps(f.numpy(), g.numpy()),
-                          [previous_file, gaps], tf.int64)
+                          [file_before, gaps], tf.int64)
   bad = gaps > 0
   with tf.control_dependencies([tf.print(
       "dataloader: skipped", tf.boolean_mask(gaps, bad), "record(s) that cannot be parsed or "
-      "decoded, in", tf.boolean_mask(previous_file, bad), output_stream=sys.stderr)]):
+      "decoded, in", tf.boolean_mask(file_before, bad), output_stream=sys.stderr)]):
     return tf.reduce_sum(gaps)
 
 
-def _report_fn(params, num_classes, skipped):
-  """Scan function over batches: counts skipped records, fails on bad data, drops the markers.
+def _check_batch_fn(training, skipped):
+  """Scan function over the decoded batches: counts the skipped records, finds bad data.
 
-  State: (int64 the number the next record has if none is skipped, int64 records skipped in a row
-  since the last usable one). Element: a batch of the decoding map's outputs (markers included).
-  Returns the state after the batch and (images uint8 [b, S, S, 3], class_idx int32 [b], message
-  string: "" or the batch's error, which `_raise_message` raises) of the batch's records (b may
-  be 0). Skips are counted by `_log_gaps`; MAX_CONSECUTIVE_SKIPS in a row
-  fail the pipeline (data that cannot feed a run must not spin).
+  State: int64, the number the next element has if none is skipped. Element: a batch of the
+  decoding map's outputs. Returns the next state and (images uint8 [b, S, S, 3], class_idx int32
+  [b], message: string, "" or the error that `_raise_message` raises), in evaluation without the
+  end-of-pass element (b may then be 0). The error is the message of a record with a problem, or
+  says that MAX_CONSECUTIVE_SKIPS or more records in a row were skipped (data that cannot feed a
+  run must not spin). Messages are made only for a bad batch (tf.cond): string ops cost per batch.
   """
-  def first(values, bad):  # the value at the first True of `bad` (bool [b])
-    return tf.gather(values, tf.argmax(tf.cast(bad, tf.int32)))
-
   @_graph_fn
-  def report(state, batch):
-    expected, in_a_row = state
-    images, class_idx, label, check, index, filename, previous_file, end_of_file, file_ok = batch
-    after = index + 1 - tf.cast(end_of_file, tf.int64)  # [b] the number expected after each
-    gaps = index - tf.concat([[expected], after[:-1]], 0)  # [b] records skipped before each
-    counted = tf.cond(tf.reduce_any(gaps > 0), lambda: _log_gaps(previous_file, gaps, skipped),
+  def check(expected, batch):
+    images, class_idx, number, file_before, problem, is_example = batch
+    gaps = number - tf.concat([[expected], number[:-1] + 1], 0)  # [b] records skipped before each
+    counted = tf.cond(tf.reduce_any(gaps > 0), lambda: _log_gaps(file_before, gaps, skipped),
                       lambda: tf.constant(0, tf.int64))
-    in_a_row = tf.where(tf.reduce_any(~end_of_file), tf.constant(0, tf.int64), in_a_row) + counted
-    # The messages are made only for a bad batch (tf.cond): string ops cost per batch otherwise.
-    bad_file, bad_record, spin = ~file_ok, check != _OK, in_a_row >= MAX_CONSECUTIVE_SKIPS
-    file_message = tf.cond(tf.reduce_any(bad_file), lambda: tf.strings.join([
-        _ERROR_START, "damaged TFRecord file ", first(filename, bad_file),
-        " (it ends in a corrupted record)", _ERROR_END]), lambda: tf.constant(""))
-    record_message = tf.cond(tf.reduce_any(bad_record), lambda: _check_message(
-        first(check, bad_record), first(label, bad_record), first(filename, bad_record), params,
-        num_classes),
-        lambda: tf.constant(""))
-    spin_message = tf.cond(spin, lambda: tf.strings.join([
-        _ERROR_START, tf.strings.as_string(in_a_row), " records in a row cannot be decoded (in ",
-        first(previous_file, gaps > 0), "); no usable example to train on", _ERROR_END]),
-        lambda: tf.constant(""))
-    message = tf.where(file_message != "", file_message,
-                       tf.where(record_message != "", record_message, spin_message))
-    # A marker ends each file: only a batch that holds one is copied without it.
-    images, class_idx = tf.cond(
-        tf.reduce_any(end_of_file),
-        lambda: (tf.boolean_mask(images, ~end_of_file), tf.boolean_mask(class_idx, ~end_of_file)),
-        lambda: (images, class_idx))
-    return (after[-1], in_a_row), (images, class_idx, message)
-  return report
+    bad_record, spin = problem != "", tf.reduce_max(gaps) >= MAX_CONSECUTIVE_SKIPS
+    message = tf.cond(tf.reduce_any(bad_record) | spin, lambda: tf.where(
+        tf.reduce_any(bad_record), tf.gather(problem, tf.argmax(tf.cast(bad_record, tf.int32))),
+        tf.strings.join([_ERROR_START, tf.strings.as_string(tf.reduce_max(gaps)),
+                         " records in a row cannot be decoded (in ",
+                         tf.gather(file_before, tf.argmax(gaps)),
+                         "); no usable example to train on", _ERROR_END])),
+                      lambda: tf.constant(""))
+    with tf.control_dependencies([counted]):  # the skips are logged before any error
+      message = tf.identity(message)
+    if not training:  # the end-of-pass element, in the last batch only
+      images, class_idx = tf.cond(
+          tf.reduce_all(is_example), lambda: (images, class_idx),
+          lambda: (tf.boolean_mask(images, is_example), tf.boolean_mask(class_idx, is_example)))
+    return number[-1] + 1, (images, class_idx, message)
+  return check
 
 
 @_graph_fn
 def _raise_message(images, class_idx, message):
-  """Map function after `_report_fn`'s scan: fails with the batch's error message, if any. Apart
-  from the scan, so that the scan's count stays right for the batches a prefetch reads after it."""
+  """Map function after `_check_batch_fn`'s scan: fails with the batch's error message, if any.
+  Apart from the scan, whose state a failure would not advance: the batches a prefetch reads after
+  a bad one would count its records as skipped."""
   with tf.control_dependencies([tf.debugging.Assert(message == "", [message])]):
     return tf.identity(images), tf.identity(class_idx)
+
+
+def _checked(batches, training, skipped):
+  """The decoded batches through `_check_batch_fn` and `_raise_message`: (images, class_idx); in
+  evaluation without a last batch that held only the end-of-pass element."""
+  batches = batches.scan(tf.constant(0, tf.int64), _check_batch_fn(training, skipped))
+  batches = batches.map(_raise_message)
+  if training:
+    return batches
+  return batches.filter(_graph_fn(lambda images, class_idx: tf.size(class_idx) > 0))
+
+
+def _check_trainable(records, decode):
+  """The spin check of training: raises UserError unless one of the first MAX_CONSECUTIVE_SKIPS of
+  `records` (`_read_file`'s elements of this pipeline, before the shuffle) is usable: `decode`
+  (`_decode_fn`'s function, run eagerly) returns for it rather than raising.
+
+  Training repeats its records forever, and `ignore_errors` would search data without a usable
+  record without end, before any batch could be checked. Costs one decode of the first record for
+  good data, at the start.
+  """
+  failed = []
+  for number, (record, filename, damaged) in enumerate(records.take(MAX_CONSECUTIVE_SKIPS)):
+    try:
+      decode(tf.constant(number, tf.int64), record, filename, filename, damaged)
+      return
+    except tf.errors.InvalidArgumentError:
+      failed.append(filename.numpy().decode("utf-8", "replace"))
+  if failed:
+    files = sorted(set(failed))
+    raise UserError(f"bad TFRecord data: {len(failed)} records in a row cannot be decoded (in "
+                    f"{', '.join(files[:3])}{', ...' if len(files) > 3 else ''}); no usable "
+                    f"example to train on")
+
+
+# ------------------------------------------------------------------------------------------------
+# The pipeline.
 
 
 def list_files(file_pattern):
@@ -744,13 +880,15 @@ def dataset_options(params, training, input_context=None):
 
 
 def _records(files, sizes, training, p, seed, num_pipelines, pipeline):
-  """Extract: the records of this pipeline's share of `files` (sizes in bytes), with file names and
-  end markers (see _read_file); in training shuffled and repeated."""
+  """Extract: `_read_file`'s elements of this pipeline's share of `files` (sizes in bytes): in
+  training from `interleave_cycle_length` files at a time, in a new file order every epoch (the
+  repeat after it re-runs this); in evaluation from one file after another, in stored order, and
+  then `_end_of_records`."""
   shard_files = len(files) >= num_pipelines
   dataset = tf.data.Dataset.from_tensor_slices((files, tf.constant(sizes, tf.int64)))
   if shard_files:  # before the shuffle, so that every pipeline shards the same sorted list
     dataset = dataset.shard(num_pipelines, pipeline)
-  if training:  # a new file order every epoch (the repeat below re-runs this)
+  if training:
     dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
 
   @_graph_fn
@@ -761,33 +899,11 @@ def _records(files, sizes, training, p, seed, num_pipelines, pipeline):
     dataset = dataset.interleave(read, cycle_length=min(p.interleave_cycle_length, len(files)),
                                  num_parallel_calls=parallel,
                                  deterministic=p.deterministic_training if parallel else None)
-  else:  # files one after another: the records come in their stored order
+  else:
     dataset = dataset.flat_map(read)
   if not shard_files:  # fewer files than pipelines: each keeps every num_pipelines-th record
     dataset = dataset.shard(num_pipelines, pipeline)
-  if training:
-    # Shuffle, then repeat: one epoch is all seen before the next starts.
-    dataset = dataset.shuffle(p.shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.repeat()
-  return dataset
-
-
-def _decode_fn(training, params, image_size, num_classes, seed):
-  """The decoding map's function over `_number`'s elements (see `_parse_and_preprocess`).
-
-  Element k's crop and flip use the stateless seed (augmentation seed, k): reproducible, and
-  restored with the iterator (k is the scan state), at no per-element cost.
-  """
-  augmentation_seed = random.SystemRandom().randrange(2**31) if seed is None else seed
-  with_bboxes = training and params.preprocessing == "inception"
-
-  @_graph_fn
-  def decode(record, filename, end_of_file, file_ok, index, previous_file):
-    element_seed = tf.stack([tf.constant(augmentation_seed, tf.int64), index])
-    image, class_idx, label, check = _parse_and_preprocess(
-        record, end_of_file, training, params, image_size, num_classes, with_bboxes, element_seed)
-    return (image, class_idx, label, check, index, filename, previous_file, end_of_file, file_ok)
-  return decode
+  return dataset if training else dataset.concatenate(_end_of_records())
 
 
 def input_fn(file_pattern, training, params, image_size, batch_size, num_classes=None,
@@ -813,10 +929,9 @@ def input_fn(file_pattern, training, params, image_size, batch_size, num_classes
     follow a restore when `deterministic_training` and `seed` are set).
 
   Raises:
-    UserError: no file matches `file_pattern`; bad `preprocessing` or `mean_rgb`; a batch_size
-      that does not divide across the replicas. When iterated, tf.errors.InvalidArgumentError naming the file for a damaged TFRecord file, a
-      record without image/encoded or label, a label out of range (`user_errors_from_data` makes
-      them one-line UserErrors). Records that cannot be parsed or decoded are skipped and counted.
+    UserError: no file matches `file_pattern`; bad `preprocessing` or `mean_rgb`; a batch_size not
+      divisible by the replicas; training data whose first MAX_CONSECUTIVE_SKIPS records cannot be
+      decoded. When iterated: tf.errors.InvalidArgumentError naming the file (module docstring).
   """
   p = params
   check_input_params(p)
@@ -826,30 +941,29 @@ def input_fn(file_pattern, training, params, image_size, batch_size, num_classes
   num_pipelines, pipeline = ((input_context.num_input_pipelines, input_context.input_pipeline_id)
                              if input_context else (1, 0))
   seed = None if p.seed is None or service else p.seed + pipeline  # own augmentation per pipeline
+  decode = _decode_fn(training, p, image_size, num_classes, seed)
   files = list_files(file_pattern)
+  # Extract.
   dataset = _records(files, _file_sizes(files, training, file_pattern), training, p, seed,
                      num_pipelines, pipeline)
-  dataset = dataset.scan((tf.constant(0, tf.int64), tf.constant("")), _number)
-  # Transform. Deterministic even in training: the gap count needs the order; more elements in
-  # flight than cores keep the threads busy behind a slow one (`map_parallelism`).
-  dataset = dataset.map(_decode_fn(training, p, image_size, num_classes, seed),
-                        num_parallel_calls=map_parallelism(p, remote=bool(service)),
+  # Transform.
+  if training:  # shuffle, then repeat: one epoch is all seen before the next starts
+    _check_trainable(dataset, decode)
+    dataset = dataset.shuffle(p.shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.repeat()
+  dataset = _numbered(dataset)
+  # In order even in training: the skip count needs it (`_numbered`, `map_parallelism`).
+  dataset = dataset.map(decode, num_parallel_calls=map_parallelism(p, remote=bool(service)),
                         deterministic=True)
   dataset = dataset.ignore_errors()  # skips records that cannot be parsed or decoded
-  # Load. uint8 batches (4x fewer bytes than float32); checks and skip count once per batch, where
-  # the markers leave, and rebatch restores the size.
-  dataset = dataset.batch(replica_batch)
-  dataset = dataset.scan((tf.constant(0, tf.int64),) * 2,
-                         _report_fn(p, num_classes, skipped)).map(_raise_message)
-  dataset = dataset.rebatch(replica_batch, drop_remainder=training)
-
+  # Load: uint8 batches (4x fewer bytes than float32), checked once each.
+  dataset = dataset.batch(replica_batch, drop_remainder=training)
+  dataset = _checked(dataset, training, skipped)
   options = dataset_options(p, training, input_context)
   if service:  # uint8 batches cross the network: 4x fewer bytes than float32
     dataset = _through_service(dataset.with_options(options), service)
-
-  to_features_and_labels = _graph_fn(lambda images, class_idx: (  # float32, once per batch
-      {"image": subtract_mean(images, p)}, {"class_idx": class_idx}))
-  dataset = dataset.map(to_features_and_labels, num_parallel_calls=AUTOTUNE)
+  dataset = dataset.map(_graph_fn(lambda images, class_idx: (  # float32, once per batch
+      {"image": subtract_mean(images, p)}, {"class_idx": class_idx})), num_parallel_calls=AUTOTUNE)
   return dataset.prefetch(p.prefetch_buffer_size).with_options(options)
 
 

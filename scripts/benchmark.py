@@ -92,6 +92,7 @@ import dataloader
 import estimator as estimator_lib
 import model
 from tools import cli
+from tools import demo_data
 from tools import experiment
 from tools import hardware
 from tools import optimizer as optimizer_lib
@@ -103,10 +104,12 @@ from tools.common import UserError
 
 FLAGS = flags.FLAGS
 
-# ImageNet-like shapes (height, width): most ImageNet photos are 500 wide, 375 or 333 high.
-_SYNTHETIC_SHAPES = ((375, 500), (333, 500), (500, 375), (400, 500))
+# --synthetic_jpegs: (height, width) of most ImageNet photos (500 wide, 375 high), a camera-like
+# JPEG quality, and crops of 85-100% of the largest 4:3 window of the sample photos (640x427), so
+# that resizing keeps their detail.
+_SYNTHETIC_SHAPE = (375, 500)
 _SYNTHETIC_JPEG_QUALITY = 90
-_SYNTHETIC_CLASSES = 10
+_SYNTHETIC_COVERAGE = (0.85, 1.0)
 _SYNTHETIC_SHARDS = 16
 _IMAGENET_CLASSES = 1000
 _IMAGENET_EXAMPLES = optimizer_lib.IMAGENET_TRAIN_EXAMPLES
@@ -119,8 +122,9 @@ def define_flags():
   cli.define_flag("string", "output_json", None, "Also write the results to this JSON file.")
   cli.define_flag("string", "file_pattern", None, "input/train/inference: TFRecord files to read.")
   cli.define_flag("integer", "synthetic_jpegs", 0,
-                  "input/train/inference: first write this many ImageNet-like JPEG records to a temporary "
-                  "folder and read them.")
+                  "input/train/inference: first write this many photographic JPEG records (375x500 "
+                  "crops of scikit-learn's sample photos, quality 90) to a temporary folder and read "
+                  "them.")
   cli.define_flag("integer", "max_short_side", 0,
                   "input with --synthetic_jpegs: also store the images with their shorter side at most "
                   "this many pixels (build_tfrecords --max_short_side) and time input_fn on them.")
@@ -272,38 +276,18 @@ def _alternate(measures, rounds, label):
 # input
 
 
-def synthetic_photo(rng, height, width):
-  """A uint8 [height, width, 3] BGR image with photo-like statistics.
-
-  Smooth noise at several scales (amplitude growing with the scale, like the 1/f spectrum of
-  photographs), a colour gradient and fine texture, tuned so that the JPEG files have ImageNet's
-  average size (about 110 KB for 500x375 at quality 90; ILSVRC2012 train: 138 GB / 1.28 M images).
-  """
-  image = np.zeros((height, width, 3), np.float32)
-  for scale, amplitude in ((64, 60.0), (16, 30.0), (4, 20.0), (2, 25.0)):
-    small = rng.normal(size=(max(height // scale, 2), max(width // scale, 2), 3)).astype(np.float32)
-    image += amplitude * cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC)
-  ramp = np.linspace(-1.0, 1.0, width, dtype=np.float32)[np.newaxis, :, np.newaxis]
-  image += 40.0 * ramp * rng.uniform(-1.0, 1.0, size=(1, 1, 3)).astype(np.float32)
-  image += rng.normal(scale=10.0, size=image.shape).astype(np.float32)  # fine texture
-  return np.clip(image + 128.0, 0, 255).astype(np.uint8)
-
-
 def write_synthetic_records(num_images, folder, seed=0):
-  """Writes `num_images` synthetic photos as JPEG class folders (`folder`/images) and TFRecords
-  under `folder`.
+  """Writes `num_images` photographic JPEGs at an ImageNet size (crops of scikit-learn's two sample
+  photographs, tools/demo_data.write_photo_crops) as class folders (`folder`/images) and TFRecords
+  under `folder`. Real photographs, not generated noise: their JPEG entropy decides the decoding
+  cost, and crop windows of varied cost are what an input pipeline meets on ImageNet.
 
   Returns:
-    str, the pattern of the TFRecord files (up to 16 shards, no validation split).
+    str, the pattern of the TFRecord files (up to 16 shards, 2 classes, no validation split).
   """
-  rng = np.random.default_rng(seed)
-  images_dir = os.path.join(folder, "images")
-  for i in range(num_images):
-    class_dir = os.path.join(images_dir, f"class{i % _SYNTHETIC_CLASSES}")
-    os.makedirs(class_dir, exist_ok=True)
-    height, width = _SYNTHETIC_SHAPES[rng.integers(len(_SYNTHETIC_SHAPES))]
-    cv2.imwrite(os.path.join(class_dir, f"{i:06d}.jpg"), synthetic_photo(rng, height, width),
-                [cv2.IMWRITE_JPEG_QUALITY, _SYNTHETIC_JPEG_QUALITY])
+  images_dir = demo_data.write_photo_crops(
+      os.path.join(folder, "images"), num_images, _SYNTHETIC_SHAPE, seed,
+      quality=_SYNTHETIC_JPEG_QUALITY, coverage=_SYNTHETIC_COVERAGE, grayscale_every=0)
   result = records.build(images_dir, os.path.join(folder, "records"), "folders",
                          validation_fraction=0.0, train_shards=min(_SYNTHETIC_SHARDS, num_images))
   return result.train_pattern
@@ -312,7 +296,7 @@ def write_synthetic_records(num_images, folder, seed=0):
 def _pipeline_pattern(scratch):
   """The TFRecords to read: --file_pattern, or --synthetic_jpegs written to `scratch`, or None."""
   if FLAGS.synthetic_jpegs:
-    logging.info("Writing %d synthetic JPEG records to %s", FLAGS.synthetic_jpegs, scratch)
+    logging.info("Writing %d photographic JPEG records to %s", FLAGS.synthetic_jpegs, scratch)
     return write_synthetic_records(FLAGS.synthetic_jpegs, scratch)
   return FLAGS.file_pattern
 

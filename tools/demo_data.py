@@ -164,28 +164,42 @@ def make_demo_data(output_dir, num_workers=None):
 PHOTO_CLASSES = ("china", "flower")  # scikit-learn's two sample photos, in load_sample_images order
 
 
-def write_photo_crops(root, num_images=500, size=96, seed=0):
+def write_photo_crops(root, num_images=500, size=96, seed=0, quality=95, coverage=(0.35, 0.8),
+                      grayscale_every=5):
   """Class folders of real photographs: random crops of scikit-learn's two bundled sample photos
-  (`china.jpg`: a temple, `flower.jpg`: a flower, 640x427 RGB), a fifth of them grayscale.
+  (`china.jpg`: a temple, `flower.jpg`: a flower, 640x427 RGB).
 
-  Crops cover 35-80% of the photo's short side at a random place, resized (OpenCV INTER_AREA) to
-  size x size pixels and written as JPEG: root/china/*.jpg and root/flower/*.jpg, num_images / 2
-  each. Returns `root`.
+  Each crop has the aspect ratio of the output and covers a fraction drawn uniformly from
+  `coverage` (within [0, 1)) of the largest such window of the photo (for a square output: of its
+  short side), at a random place; it is resized (OpenCV INTER_AREA) to `size` (int: size x size,
+  or (height, width) pixels) and written as a JPEG of `quality` (1..100): root/china/*.jpg and
+  root/flower/*.jpg, half of num_images each (china one more when it is odd). Every
+  `grayscale_every`-th crop of a class is grayscale (0: none). The defaults make the 96x96 test
+  photos; the input benchmark writes ImageNet-sized ones ((375, 500), quality 90, 85-100% of the
+  photo: the detail of a camera's JPEG). Returns `root`.
   """
   from sklearn.datasets import load_sample_images  # pylint: disable=import-outside-toplevel
+  out_height, out_width = (size, size) if isinstance(size, int) else size
   rng = np.random.default_rng(seed)
-  for name, photo in zip(PHOTO_CLASSES, load_sample_images().images):  # RGB uint8 [427, 640, 3]
+  photos = load_sample_images().images  # RGB uint8 [427, 640, 3] each
+  for index, (name, photo) in enumerate(zip(PHOTO_CLASSES, photos)):
     folder = os.path.join(root, name)
     os.makedirs(folder, exist_ok=True)
     height, width = photo.shape[:2]
-    for i in range(num_images // 2):
-      side = int(rng.uniform(0.35, 0.8) * min(height, width))
-      y, x = rng.integers(0, height - side), rng.integers(0, width - side)
-      crop = cv2.resize(photo[y:y + side, x:x + side, ::-1], (size, size),
+    # The largest window of the output's aspect ratio inside the photo: fit_h x fit_w pixels.
+    fit_h = min(height, width * out_height / out_width)
+    fit_w = min(width, height * out_width / out_height)
+    for i in range((num_images + 1 - index) // 2):  # num_images in all
+      fraction = rng.uniform(*coverage)
+      h, w = int(fraction * fit_h), int(fraction * fit_w)
+      y, x = rng.integers(0, height - h), rng.integers(0, width - w)
+      crop = cv2.resize(photo[y:y + h, x:x + w, ::-1], (out_width, out_height),
                         interpolation=cv2.INTER_AREA)
-      if i % 5 == 0:
+      if grayscale_every and i % grayscale_every == 0:
         crop = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)
-      cv2.imwrite(os.path.join(folder, f"{name}_{i:04d}.jpg"), crop)
+      path = os.path.join(folder, f"{name}_{i:04d}.jpg")
+      if not cv2.imwrite(path, crop, [cv2.IMWRITE_JPEG_QUALITY, quality]):
+        raise OSError(f"cannot write {path}")
   return str(root)
 
 
