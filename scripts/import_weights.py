@@ -1,12 +1,13 @@
-r"""Imports osmr's published SqueezeNext ImageNet weights (pytorchcv `.pth`) into a new model_dir
-(the library: tools/import_weights.py, whose docstring gives the files, names and layouts).
+r"""Imports osmr's published SqueezeNext ImageNet weights (pytorchcv `.pth`, or tf2cv `.tf2.h5`) into
+a new model_dir (the library: tools/import_weights.py, whose docstring gives the files, names and
+layouts).
 
   python -m scripts.import_weights --weights sqnxt23_w1-1906-97b74e0c.pth --model_dir runs/sqnxt23_w1
   python train.py --model_dir runs/sqnxt23_w1 --mode evaluate \
       --validation_file_pattern 'data/imagenet/validation-*'
 
 The .pth file is read without PyTorch (tools/torch_file.py: torch.save's zip and legacy formats,
-no code from the file is run); nothing is downloaded. --configuration defaults to the one of
+no code from the file is run), a .tf2.h5 file with h5py; nothing is downloaded. --configuration defaults to the one of
 model.PYTORCHCV_CONFIGURATIONS the file fits; a file of another network, a truncated or damaged
 file is a one-line error naming what does not match. The model_dir holds ckpt-0, params.json
 (the network at 224 pixels, the torchvision preprocessing osmr evaluated with) and labels.txt
@@ -29,7 +30,8 @@ FLAGS = flags.FLAGS
 
 def define_flags():
   """Defines the program's flags once (importing this module defines none)."""
-  cli.define_flag("string", "weights", None, "pytorchcv's .pth file of a SqueezeNext (a state_dict).")
+  cli.define_flag("string", "weights", None,
+                  "pytorchcv's .pth file of a SqueezeNext (a state_dict), or tf2cv's .tf2.h5.")
   cli.define_flag("string", "model_dir", None, "The model_dir to write (new, or an empty folder).")
   cli.define_flag("string", "configuration", None,
                   "One of pytorchcv's sqnxt23_w1, sqnxt23_w3d2, sqnxt23_w2, sqnxt23v5_w1, "

@@ -16,6 +16,16 @@ Writes into --output_dir (default FIXTURE_DIR):
 
 The functions here are also the reference side of the tests that run with the peers installed;
 torch is imported only by the functions that need it.
+
+With --tf2cv (needs tf2cv 0.0.18 and tf_keras, run with TF_USE_LEGACY_KERAS=1: tf2cv is written
+for Keras 2) it writes instead weights.tf2.h5 (tf2cv's sqnxt23_w1, 1,000 classes, seeded,
+BatchNorm statistics, scales, shifts and biases random, saved as tf2cv's files are, by Keras 2's
+save_weights) and reference.npz (tf2cv's logits on the same photos: `logits` with the stem's
+max-pool in PyTorch's ceil mode, `tf2cv_logits` with tf2cv's own): the check of the importer's
+.tf2.h5 path against tf2cv itself (tests/test_import_weights.py). tf2cv's ceil-mode MaxPool2d
+(tf2cv/models/common.py) pads one row and column on both sides, where PyTorch and Gluon, whose
+weights these are, let only the last window hang over the bottom and right: tf2cv's windows are one
+pixel off, its logits not quite pytorchcv's.
 """
 
 import io
@@ -143,12 +153,62 @@ def make_fixture(output_dir):
   return weights, reference
 
 
+def _pytorch_ceil_mode_pool(pool_layer, x):
+  """tf2cv's MaxPool2d call with PyTorch's ceil mode: zeros (the input is a ReLU's) only below
+  and right of the input, as many as the last window needs."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  pads = [(-(n - k) % s) for n, k, s in zip(x.shape[1:3], pool_layer.pool_size,
+                                            pool_layer.strides)]
+  return pool_layer.pool(tf.pad(x, [[0, 0], [0, pads[0]], [0, pads[1]], [0, 0]]))
+
+
+def make_tf2cv_reference(output_dir):
+  """Writes weights.tf2.h5 and reference.npz of tf2cv's sqnxt23_w1 (module docstring); returns
+  their paths. Needs TF_USE_LEGACY_KERAS=1 before TensorFlow is imported."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  from tf2cv.models import squeezenext  # pylint: disable=import-outside-toplevel
+  photos = sample_photos()
+  images = np.stack([torchvision_reference(data) for _, data in photos])
+  inputs = ((images / np.float32(255) - np.float32(MEAN_RGB)) / np.float32(STD_RGB))
+  tf.keras.utils.set_random_seed(0)
+  network = squeezenext.sqnxt23_w1(pretrained=False, data_format="channels_last")
+  network(inputs[:1])  # builds the variables
+  rng = np.random.default_rng(1)
+  for variable in network.variables:
+    name, shape = variable.name, variable.shape
+    value = {"moving_mean": lambda: rng.normal(0.0, 0.1, shape),
+             "moving_variance": lambda: rng.uniform(0.5, 1.5, shape),
+             "gamma": lambda: rng.uniform(0.8, 1.25, shape),
+             "beta": lambda: rng.normal(0.0, 0.1, shape),
+             "bias": lambda: rng.normal(0.0, 0.05, shape)}.get(name.split("/")[-1][:-2])
+    if value is not None:
+      variable.assign(value().astype(np.float32))
+  os.makedirs(output_dir, exist_ok=True)
+  weights = os.path.join(output_dir, "weights.tf2.h5")
+  network.save_weights(weights)
+  tf2cv_logits = network(inputs, training=False).numpy()
+  from tf2cv.models import common  # pylint: disable=import-outside-toplevel
+  tf2cv_call = common.MaxPool2d.call
+  common.MaxPool2d.call = lambda layer, x: (_pytorch_ceil_mode_pool(layer, x) if layer.ceil_mode
+                                            else tf2cv_call(layer, x))
+  try:
+    logits = network(inputs, training=False).numpy()
+  finally:
+    common.MaxPool2d.call = tf2cv_call
+  reference = os.path.join(output_dir, "reference.npz")
+  np.savez_compressed(reference, images=images, logits=logits, tf2cv_logits=tf2cv_logits,
+                      names=np.array([name for name, _ in photos]))
+  return weights, reference
+
+
 def main(argv):
   del argv
-  for path in make_fixture(flags.FLAGS.output_dir):
+  make = make_tf2cv_reference if flags.FLAGS.tf2cv else make_fixture
+  for path in make(flags.FLAGS.output_dir):
     print(f"Wrote {path} ({os.path.getsize(path):,} bytes)")
 
 
 if __name__ == "__main__":
   flags.DEFINE_string("output_dir", FIXTURE_DIR, "Folder of the fixture.")
+  flags.DEFINE_boolean("tf2cv", False, "Write tf2cv's .tf2.h5 and its logits instead (Keras 2).")
   app.run(main)

@@ -4,10 +4,13 @@ without PyTorch (scripts/make_import_fixture.py made it) and from pytorchcv itse
 are installed; the imported model_dir through train.py --mode evaluate, scripts.predict,
 scripts.export (int8 TFLite) and a fine-tune to 2 classes."""
 
+import importlib.util
 import json
 import os
 import pickle
 import re
+import subprocess
+import sys
 import zipfile
 
 import numpy as np
@@ -212,6 +215,52 @@ def test_keys_the_network_has_not_are_left_out_and_a_missing_key_is_named():
     import_weights.assignments(network, CONFIGURATION, tensors, "w.pth")
 
 
+def write_tf2cv_layout(path, tensors):
+  """Writes pytorchcv's `tensors` as tf2cv 0.0.18's save_weights names and lays them out (Keras:
+  kernels HWIO, the classifier [C, K]; checked against tf2cv's own files below where tf2cv is
+  installed): an HDF5 file without tf2cv."""
+  import h5py  # pylint: disable=import-outside-toplevel
+  with h5py.File(path, "w") as f:
+    for key, value in tensors.items():
+      if key.startswith("output."):
+        weight = key == "output.weight"
+        f[f"output1/squeeze_next/output1/{'kernel' if weight else 'bias'}:0"] = (
+            value.T if weight else value)
+        continue
+      *module, kind, attribute = key.split(".")[1:]
+      if attribute == "num_batches_tracked":
+        continue
+      module = [module[0], *module] if module[0].startswith("stage") else module  # stage1/stage1
+      scope = "features/squeeze_next/features/features/" + "/".join(module)
+      if kind == "conv":
+        f[f"{scope}/conv/conv/{'kernel' if attribute == 'weight' else 'bias'}:0"] = (
+            value.transpose(2, 3, 1, 0) if attribute == "weight" else value)
+      else:
+        bn = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean",
+              "running_var": "moving_variance"}[attribute]
+        f[f"{scope}/bn/{bn}:0"] = value
+  return path
+
+
+@IMPORTED
+def test_a_tf2cv_file_is_imported_as_its_pytorchcv_twin(reference, tmp_path):
+  h5 = write_tf2cv_layout(str(tmp_path / "w.tf2.h5"), torch_file.read_state_dict(WEIGHTS))
+  params, _ = import_weights.import_pytorchcv(h5, str(tmp_path / "model"))
+  assert params.model.configuration == CONFIGURATION
+  trained = inference.load_trained_model(str(tmp_path / "model"))
+  images = dataloader.subtract_mean(tf.constant(reference["images"]), params.input).numpy()
+  check_logits(trained.predict_batch(images)["logits"], reference["logits"])
+  with open(h5, "rb") as f:
+    (tmp_path / "cut.tf2.h5").write_bytes(f.read()[:100_000])
+  with pytest.raises(UserError, match=r"cut\.tf2\.h5: cannot be read, truncated or damaged"):
+    import_weights.read_weights(str(tmp_path / "cut.tf2.h5"))
+  import h5py  # pylint: disable=import-outside-toplevel
+  with h5py.File(tmp_path / "other.h5", "w") as f:
+    f["dense/kernel:0"] = np.zeros([2, 2])
+  with pytest.raises(UserError, match=r"an HDF5 file without tf2cv's SqueezeNext weights"):
+    import_weights.read_weights(str(tmp_path / "other.h5"))
+
+
 def _events(folder):
   """{tag: [(step, value)]} of the scalars (floats) and texts (str) of the TensorBoard event files
   in `folder`."""
@@ -374,6 +423,31 @@ def test_each_pytorchcv_network_is_imported_exactly(configuration, pytorchcv_ref
       print(f"\n{configuration} ({kind}): max |logit difference| / logit range = {difference:.2e}")
   _, totals = stats.model_statistics(model.build_network(configuration, 1000, 224))
   assert totals["params"] == calc_net_weight_count(network)
+
+
+def test_tf2cv_own_file_is_read_exactly(photos, tmp_path, capsys):
+  """tf2cv's sqnxt23_w1 saved by tf2cv (Keras 2), imported: pytorchcv's network with tf2cv's
+  weights gives tf2cv's logits when tf2cv's max-pool takes PyTorch's ceil mode; tf2cv's own
+  max-pool (padded on all sides) is one pixel off (scripts/make_import_fixture.py)."""
+  for package in ("tf2cv", "tf_keras"):
+    if importlib.util.find_spec(package) is None:
+      pytest.skip(f"{package} is not installed (tf2cv 0.0.18 and tf_keras for its Keras 2)")
+  made = subprocess.run([sys.executable, "-m", "scripts.make_import_fixture", "--tf2cv",
+                         f"--output_dir={tmp_path}"], cwd=process_utils.ROOT, capture_output=True,
+                        text=True, timeout=600, env={**os.environ, "TF_USE_LEGACY_KERAS": "1"})
+  assert made.returncode == 0, made.stderr[-3000:]
+  params, _ = import_weights.import_pytorchcv(str(tmp_path / "weights.tf2.h5"),
+                                              str(tmp_path / "model"))
+  trained = inference.load_trained_model(str(tmp_path / "model"))
+  preprocess = inference.preprocess_fn(params)
+  ours = trained.predict_batch(np.stack([preprocess(tf.constant(d)).numpy() for _, d in photos]))
+  with np.load(tmp_path / "reference.npz") as tf2cv:
+    difference = check_logits(ours["logits"], tf2cv["logits"])
+    own = tf2cv["tf2cv_logits"]
+    own_difference = np.abs(ours["logits"] - own).max() / (own.max() - own.min())
+  with capsys.disabled():
+    print(f"\ntf2cv sqnxt23_w1: {difference:.2e} of the logit range; with tf2cv's own max-pool "
+          f"{own_difference:.2e}")
 
 
 def test_the_committed_fixture_is_what_the_script_makes(pytorchcv_reference, reference, tmp_path):

@@ -8,6 +8,9 @@ The files (osmr/imgclsmob's releases, fetched by pytorchcv's model_store; never 
 a state_dict of pytorchcv's `SqueezeNext` (pytorchcv/models/squeezenext.py), read by
 tools/torch_file.py without PyTorch. Their networks are model.CONFIGURATIONS' six
 `model.PYTORCHCV_CONFIGURATIONS`, evaluated at 224 pixels with the "torchvision" preprocessing.
+The same networks converted to TensorFlow for tf2cv (`<name>-<error>-<sha1 prefix>.tf2.h5`, e.g.
+sqnxt23_w1-1861-379975eb.tf2.h5, tf2cv's model_store, release v0.0.422: Keras 2 save_weights files)
+are read with h5py (`read_tf2cv_h5`) into pytorchcv's names and layouts, then imported alike.
 
 Names and layouts (pytorchcv module -> layer of model.py):
   features.init_block.conv                    stem_conv, stem_bn
@@ -38,6 +41,7 @@ import model
 from tools import params as params_lib
 from tools import torch_file
 from tools.common import atomic_path
+from tools.common import one_line
 from tools.common import UserError
 
 # ImageNet's 1,000 classes in the label-map format of dataloader.py (label, synset, WordNet
@@ -49,6 +53,14 @@ IMAGENET_LABEL_MAP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspat
 _BN_NAMES = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean",
              "moving_variance": "running_var"}
 _LAYER = re.compile(r"(stem|head|stage(\d+)_block(\d+)(_shortcut)?)_(conv|bn)(\d?)")
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+# tf2cv's dataset names (Keras 2 save_weights of tf2cv 0.0.18's SqueezeNext), matched by their
+# tail so that the scopes before it do not matter, e.g.
+# features/squeeze_next/features/features/stage4/stage4/unit1/conv2/conv/conv/kernel:0 and
+# output1/squeeze_next/output1/bias:0.
+_TF2CV_NAME = re.compile(r"(?:.*/)?(init_block/conv|final_block|stage\d+/unit\d+/(?:conv\d|identity_conv))"
+                         r"/(?:(?:conv/)+(kernel|bias)|bn/(gamma|beta|moving_mean|moving_variance)):0")
+_TF2CV_OUTPUT = re.compile(r"(?:.*/)?output1/(kernel|bias):0")
 
 
 def pytorchcv_key(variable_path):
@@ -79,6 +91,60 @@ def to_keras_layout(key, array):
   if key == "output.weight":
     return array.T
   return array
+
+
+def tf2cv_tensor(name, array):
+  """(pytorchcv key, array in pytorchcv's layout) of a tf2cv dataset `name` (Keras layouts: kernels
+  HWIO, the classifier's [C, K]), or None for a name of no SqueezeNext tensor."""
+  output = _TF2CV_OUTPUT.fullmatch(name)
+  if output:
+    return f"output.{'weight' if output.group(1) == 'kernel' else 'bias'}", (
+        array.T if output.group(1) == "kernel" else array)
+  match = _TF2CV_NAME.fullmatch(name)
+  if match is None:
+    return None
+  module, conv, bn = match.groups()
+  key = "features." + module.replace("/", ".")
+  if conv == "kernel":
+    return f"{key}.conv.weight", array.transpose(3, 2, 0, 1)  # HWIO -> OIHW
+  return (f"{key}.conv.bias", array) if conv else (f"{key}.bn.{_BN_NAMES[bn]}", array)
+
+
+def read_tf2cv_h5(path):
+  """{pytorchcv key: array} of tf2cv's `.tf2.h5` file (the same networks as pytorchcv's, saved by
+  Keras 2's save_weights), in pytorchcv's layouts, for the rest of the import.
+
+  Raises:
+    UserError naming the file: truncated or damaged, or holding no tf2cv SqueezeNext weights.
+  """
+  import h5py  # pylint: disable=import-outside-toplevel (Keras' dependency; only for these files)
+  tensors = {}
+
+  def visit(name, item):
+    if isinstance(item, h5py.Dataset) and tf2cv_tensor(name, np.zeros(item.shape)) is not None:
+      key, array = tf2cv_tensor(name, np.asarray(item, np.float32))
+      tensors[key] = array
+  try:
+    with h5py.File(path, "r") as f:
+      f.visititems(visit)
+  except (OSError, KeyError, ValueError) as e:
+    raise UserError(f"weights={path}: cannot be read, truncated or damaged ({one_line(e, 120)})",
+                    param="weights") from e
+  if not tensors:
+    raise UserError(f"weights={path}: an HDF5 file without tf2cv's SqueezeNext weights (no "
+                    f"dataset named like .../stage1/unit1/conv1/conv/conv/kernel:0)",
+                    param="weights")
+  return tensors
+
+
+def read_weights(path):
+  """{pytorchcv key: array} of a pytorchcv `.pth` (tools/torch_file.py) or a tf2cv `.tf2.h5`
+  (read_tf2cv_h5), told apart by the file's first bytes. Raises UserError (param weights)."""
+  if os.path.isfile(path):
+    with open(path, "rb") as f:
+      if f.read(len(_HDF5_SIGNATURE)) == _HDF5_SIGNATURE:
+        return read_tf2cv_h5(path)
+  return torch_file.read_state_dict(path)
 
 
 def _pytorchcv_shape(key, shape):
@@ -181,10 +247,12 @@ def _check_new(model_dir):
 
 def import_pytorchcv(weights, model_dir, configuration=None, label_map=None, argv=(),
                      image_size=model.PYTORCHCV_IMAGE_SIZE):
-  """Writes model_dir (new, or an empty folder) from pytorchcv's `.pth` file `weights`.
+  """Writes model_dir (new, or an empty folder) from pytorchcv's `.pth` (or tf2cv's `.tf2.h5`)
+  file `weights`.
 
   Args:
-    weights: path of a pytorchcv SqueezeNext state_dict (published file or torch.save of one).
+    weights: path of a pytorchcv SqueezeNext state_dict (published file or torch.save of one) or
+      of tf2cv's `.tf2.h5` of the same network.
     model_dir: the folder to write; it appears complete or not at all.
     configuration: a name of model.PYTORCHCV_CONFIGURATIONS, or None: the one the file fits.
     label_map: optional labels.txt (dataloader format) with the file's class count; default
@@ -199,7 +267,7 @@ def import_pytorchcv(weights, model_dir, configuration=None, label_map=None, arg
       configuration, a label map of another class count, an existing model_dir.
   """
   _check_new(model_dir)
-  tensors = torch_file.read_state_dict(weights)
+  tensors = read_weights(weights)
   name = configuration or identify(tensors)
   if name not in model.PYTORCHCV_CONFIGURATIONS:
     if configuration is None:
