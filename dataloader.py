@@ -817,6 +817,8 @@ def _check_trainable(records, decode):
   record without end, before any batch could be checked. Costs one decode of the first record for
   good data, at the start.
   """
+  if not tf.executing_eagerly():  # input_fn traced in a graph: nothing to iterate here
+    return
   failed = []
   for number, (record, filename, damaged) in enumerate(records.take(MAX_CONSECUTIVE_SKIPS)):
     try:
