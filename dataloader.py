@@ -1,7 +1,7 @@
 """Input pipeline: ImageNet-schema TFRecords in, batches of preprocessed images out.
 
 Data contract. The records are the `tf.train.Example`s of TensorFlow's `build_imagenet_data.py` (the
-Inception, Model Garden and seed repositories all use it), and of our own tools/records.py:
+Inception, Model Garden and seed repositories all use it), and of our own tools/datasets/records.py:
 `image/encoded` (JPEG bytes), `image/class/label` (int64, 1-based: 1..1000 for ImageNet, 0 unused),
 `image/class/synset`, `image/class/text`, `image/height`, `image/width`, `image/colorspace`,
 `image/channels`, `image/format`, `image/filename`, and `image/object/bbox/{xmin,ymin,xmax,ymax}`
@@ -69,7 +69,7 @@ Bad data, in named stages (each says what it costs):
                     (`SKIPPED_RECORDS` unless input_fn is given another one), and fails with the
                     message of a bad record or damaged file, or after MAX_CONSECUTIVE_SKIPS skips in
                     a row: an InvalidArgumentError naming the file; run the loop inside
-                    `user_errors_from_data()` to turn it into a one-line `tools.cli.UserError`.
+                    `user_errors_from_data()` to turn it into a one-line `tools.common.UserError`.
   `_check_trainable` training repeats forever, so data of which no record decodes would keep
                     `ignore_errors` searching: before the pipeline starts, records are decoded in turn
                     until one is usable (one decode for good data).

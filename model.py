@@ -35,7 +35,7 @@ Layer names (Keras 3 forbids '/', so '_'): `stem_pad` (with stem_padding), `stem
 (the block's output); `head_conv`, `head_bn`, `head_relu`, `head_pool`; `classifier`.
 Variable paths (`v.path`, e.g. `stage1_block1_conv1/kernel`) follow from them; checkpoints,
 fine-tuning (match by name and shape; the classifier is the layer named `classifier`) and the
-statistics of tools/stats.py use them.
+statistics of tools/recipe/stats.py use them.
 """
 
 import dataclasses
@@ -47,11 +47,8 @@ import tensorflow as tf
 
 from estimator.spec import EstimatorSpec
 from estimator.spec import ModeKeys
-from estimator.spec import Scaffold
-from tools import hardware
 from tools.common import param
 from tools.common import UserError
-from tools.optimizer import build_optimizer
 
 # Caffe BatchNorm defaults; the official prototxts leave them unset: moving_average_fraction, eps.
 BN_MOMENTUM = 0.999
@@ -703,36 +700,6 @@ def dtype_policy(dtype):
   return {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}[dtype]
 
 
-def default_dtype():
-  """(dtype, reason): the compute dtype that trains fastest here, for a run that sets none.
-
-  GPUs visible: bfloat16 when every one has compute capability >= 8.0 (bfloat16 tensor cores,
-  hardware.BFLOAT16_GPU_CAPABILITY), else float32 (float16 needs loss scaling: only on request).
-  CPU only: bfloat16 when the CPU declares AVX512-BF16 or AMX and TensorFlow runs oneDNN's kernels
-  (hardware.onednn_enabled), else float32: without them bfloat16 is computed through float32, more
-  work than float32 itself. Measured on a 2-core AMD EPYC with AVX512-BF16 (2026-12-04, bare
-  training loops in one process, alternating rounds): 1.0-SqNxt-23 batch 64 trained 1.46x as fast
-  in bfloat16 at 227 px, 1.19x at 64 px, and tiny_SqNxt at 32 px batch 4 1.08x (README, speed).
-  The choice depends on the machine only, never on load or timing, so that a run restarted on it
-  computes as it began. reason: one sentence naming the facts, for the log.
-  """
-  gpus = hardware.gpu_capabilities()
-  if gpus:
-    slow = [f"{name} ({'.'.join(map(str, cc)) if cc else 'unknown'})" for name, cc in gpus
-            if not cc or tuple(cc) < hardware.BFLOAT16_GPU_CAPABILITY]
-    if slow:
-      return "float32", (f"float32: GPU compute capability below 8.0 (no bfloat16 tensor cores): "
-                         f"{', '.join(slow)}")
-    return "bfloat16", "bfloat16: every GPU has compute capability >= 8.0 (bfloat16 tensor cores)"
-  features = [f for f in hardware.cpu_features() if f in hardware.BFLOAT16_CPU_FEATURES]
-  cpu = hardware.cpu_model()
-  if features and hardware.onednn_enabled():
-    return "bfloat16", f"bfloat16: {cpu} has {' and '.join(features)} (oneDNN bfloat16 kernels)"
-  if features:
-    return "float32", "float32: TF_ENABLE_ONEDNN_OPTS=0 turns oneDNN's bfloat16 kernels off"
-  return "float32", f"float32: {cpu} has neither AVX512-BF16 nor AMX (bfloat16 would be emulated)"
-
-
 def build_from_params(model_params):
   """build_network for a ModelParams."""
   m = model_params
@@ -741,28 +708,20 @@ def build_from_params(model_params):
                        grouped_conv=m.grouped_conv)
 
 
-def scaffold_fn(params):
-  """Builds the network, the poly optimizer and the metrics once (called in `strategy.scope()`).
-
-  Args:
-    params: tools.params.Params; its `model` section builds the network, its `recipe` the optimizer.
-  Returns:
-    A `Scaffold` whose optimizer is built on the network's trainable variables, so that checkpoints
-    restore into existing variables. Train metrics: top_1_accuracy, top_5_accuracy; eval metrics:
-    loss (mean cross-entropy), top_1_accuracy, top_5_accuracy, num_examples; statistics: the
-    network's PopulationStatistics.
-  """
-  network = build_from_params(params.model)
-  optimizer = build_optimizer(params.recipe, loss_scale=params.model.dtype == "float16")
-  optimizer.build(network.trainable_variables)
-  accuracy = lambda: {
+def train_metrics():
+  """The TRAIN metrics {top_1_accuracy, top_5_accuracy} (Keras metrics of int32 class_idx [B] and
+  float32 logits [B, K]), updated by model_fn each step."""
+  return {
       "top_1_accuracy": keras.metrics.SparseCategoricalAccuracy(name="top_1_accuracy"),
       "top_5_accuracy": keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top_5_accuracy"),
   }
-  eval_metrics = {"loss": keras.metrics.Mean(name="loss"), **accuracy(),
-                  "num_examples": keras.metrics.Sum(name="num_examples")}
-  return Scaffold(network, optimizer, train_metrics=accuracy(), eval_metrics=eval_metrics,
-                  statistics=PopulationStatistics(network))
+
+
+def eval_metrics():
+  """The EVAL metrics: loss (mean cross-entropy), top_1_accuracy, top_5_accuracy and num_examples
+  (a float32 sum), updated by model_fn over an evaluation."""
+  return {"loss": keras.metrics.Mean(name="loss"), **train_metrics(),
+          "num_examples": keras.metrics.Sum(name="num_examples")}
 
 
 def weight_decay_loss(variables, weight_decay):
@@ -807,8 +766,8 @@ def model_fn(features, labels, mode, params, scaffold):
     features: {"image": float32 [B, H, W, 3]} (mean-subtracted RGB, see dataloader.py).
     labels: {"class_idx": int32 [B]} (0-based), or None in PREDICT.
     mode: a ModeKeys value.
-    params: the run's tools.params.Params (recipe.batch_size, recipe.weight_decay are read).
-    scaffold: the Scaffold made by scaffold_fn.
+    params: the run's tools.recipe.params.Params (recipe.batch_size, recipe.weight_decay are read).
+    scaffold: the Scaffold made by tools/recipe/experiment.scaffold_fn.
   Returns:
     EstimatorSpec. PREDICT: predictions {"top_1", "top_5", "probabilities", "logits"}.
     TRAIN: takes one optimizer step and returns its loss, with scalars cross_entropy and weight_decay.

@@ -14,8 +14,8 @@ trained or checkpointed), e.g. of weights imported with scripts/import_weights.p
   python train.py --model_dir runs/sqnxt23_w1 --mode evaluate \
       --validation_file_pattern 'data/imagenet/validation-*'
 
-This is the program: it reads the flags, resolves the params once (tools/params.py; logged and saved
-in model_dir/params.json), and hands them to the library (tools/experiment.py, estimator/, model.py,
+This is the program: it reads the flags, resolves the params once (tools/recipe/params.py; logged and saved
+in model_dir/params.json), and hands them to the library (tools/recipe/experiment.py, estimator/, model.py,
 dataloader.py). Flag names are the params' names.
 """
 
@@ -37,8 +37,8 @@ def _interrupted(signum, frame):
 if __name__ == "__main__":  # before the slow imports, so that an early Ctrl-C is quiet too
   signal.signal(signal.SIGINT, _interrupted)
 
-# Before TensorFlow: the project's TensorFlow defaults (oneDNN CPU kernels; tools/tf_env.py).
-from tools import tf_env  # pylint: disable=unused-import,wrong-import-position,g-bad-import-order
+# Before TensorFlow: the project's TensorFlow defaults (oneDNN CPU kernels; tools/cli/tf_env.py).
+from tools.cli import tf_env  # pylint: disable=unused-import,wrong-import-position,g-bad-import-order
 from absl import flags  # pylint: disable=wrong-import-position
 from absl import logging  # pylint: disable=wrong-import-position
 import keras  # pylint: disable=wrong-import-position
@@ -46,12 +46,12 @@ import tensorflow as tf  # pylint: disable=wrong-import-position
 
 import dataloader  # pylint: disable=wrong-import-position
 import estimator as estimator_lib
-from tools import cli
-from tools import data_facts
-from tools import demo_data
-from tools import experiment
-from tools import fine_tune
-from tools import params as params_lib
+from tools.cli import flags as cli
+from tools.recipe import data_facts
+from tools.datasets import demo_data
+from tools.recipe import experiment
+from tools.recipe import fine_tune
+from tools.recipe import params as params_lib
 from tools.common import acquire_lock
 from tools.common import LockHeld
 from tools.common import one_line
@@ -140,7 +140,7 @@ def check_data_service(values):
 
 def data_sources(values):
   """(data, demo): the run's file patterns, example count, classes and label map
-  (tools/data_facts.py); demo is True for the built-in demo data (made on first use and cached)."""
+  (tools/recipe/data_facts.py); demo is True for the built-in demo data (made on first use and cached)."""
   if FLAGS.train_file_pattern:
     return data_facts.resolve_data(FLAGS.train_file_pattern, FLAGS.validation_file_pattern, values,
                                    FLAGS.model_dir), False

@@ -21,12 +21,12 @@ where he expects it:
                                        optimizer and metrics live in a `Scaffold` built once by
                                        `scaffold_fn(params)` inside `strategy.scope()` and passed in
   Scaffold(init_fn=...)                `Scaffold.init_fn`: a warm start run when model_dir has no
-                                       checkpoint yet (tools/fine_tune.py)
+                                       checkpoint yet (tools/recipe/fine_tune.py)
   RunConfig                            `RunConfig`: strategy, checkpoint/summary/log intervals,
                                        steps per loop, XLA, population statistics
   Estimator.train/evaluate/predict     same (runner.py); train resumes from the newest checkpoint at
                                        its exact step; `predict_function` is the one restore-and-run
-                                       path of inference (tools/inference.py)
+                                       path of inference (tools/serving/inference.py)
   Saver, CheckpointSaverHook           `CheckpointKeeper` (checkpoints.py): save, restore, fallback
                                        past damaged checkpoints, per-worker scratch, input position
   SessionRunHook                       `Hook` with begin / after_step / end

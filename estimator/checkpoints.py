@@ -8,7 +8,7 @@ restart never begins again at step 0 over the files of an earlier run.
 
 Network variables are stored by name (`network/<variable path>`, see `checkpoint_key`) rather than by
 Keras' object-graph positions, so that a checkpoint can be read by name: for fine-tuning
-(tools/fine_tune.py), for inference (`restore_network`) and to tell a checkpoint of another network
+(tools/recipe/fine_tune.py), for inference (`restore_network`) and to tell a checkpoint of another network
 apart.
 """
 

@@ -1,5 +1,5 @@
 """The project's programs, run as `python -m scripts.NAME` from the repository's root.
 
-The package sets the project's TensorFlow defaults (tools/tf_env.py) before any program imports
+The package sets the project's TensorFlow defaults (tools/cli/tf_env.py) before any program imports
 TensorFlow."""
-from tools import tf_env  # pylint: disable=unused-import
+from tools.cli import tf_env  # pylint: disable=unused-import

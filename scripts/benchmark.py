@@ -13,7 +13,7 @@ Run from the repository's root:
   python -m scripts.benchmark all [--synthetic_jpegs 512]
 
 `complexity`: params and MACs at 227 of the five official networks measured from the built model
-(tools/stats.py) next to the official figures (`PUBLISHED`: params and MACs from the official Caffe
+(tools/recipe/stats.py) next to the official figures (`PUBLISHED`: params and MACs from the official Caffe
 prototxts, top-1/top-5 from the paper, arXiv 1803.10615); then pytorchcv's six networks of osmr's
 ImageNet weights at 224 next to pytorchcv's parameter counts and osmr's accuracy
 (`PYTORCHCV_PUBLISHED`).
@@ -44,7 +44,7 @@ reported apart) is timed in the same rounds, and a second table gives project/pe
 best against best. Everything is measured in alternating rounds, the first untimed, the best of
 each reported, so that a burst of other work on the machine does not decide a ratio.
 
-`layers`: per layer of tools/stats.py's table, params, MACs and the time measured by TensorFlow's
+`layers`: per layer of tools/recipe/stats.py's table, params, MACs and the time measured by TensorFlow's
 profiler over a few bare steps (forward; backward in train mode), attributed to layers by the op
 names' scopes, with the share of the step, achieved GFLOP/s and arithmetic intensity; the rows add
 up to the measured step, the unattributed rest in rows of its own. --profile_dir keeps the trace
@@ -91,14 +91,14 @@ import tensorflow as tf
 import dataloader
 import estimator as estimator_lib
 import model
-from tools import cli
-from tools import demo_data
-from tools import experiment
-from tools import hardware
-from tools import optimizer as optimizer_lib
-from tools import params as params_lib
-from tools import records
-from tools import stats
+from tools.cli import flags as cli
+from tools.datasets import demo_data
+from tools.recipe import experiment
+from tools.recipe import hardware
+from tools.recipe import optimizer as optimizer_lib
+from tools.recipe import params as params_lib
+from tools.datasets import records
+from tools.recipe import stats
 from tools.common import one_line
 from tools.common import UserError
 
@@ -658,7 +658,7 @@ def _network_label(configuration):
 
 
 def _complexity_row(configuration, published, image_size):
-  """One row: params and MACs of the built network (tools/stats.py) beside `published`'s."""
+  """One row: params and MACs of the built network (tools/recipe/stats.py) beside `published`'s."""
   network = model.build_network(configuration, _IMAGENET_CLASSES, image_size)
   _, totals = stats.model_statistics(network)
   keras.backend.clear_session()
@@ -675,7 +675,7 @@ def _complexity_row(configuration, published, image_size):
 
 def run_complexity():
   """The `complexity` benchmark: params and MACs at 227 of each official network (or of those of
-  --configuration, when given), measured from the built model (tools/stats.py), next to the official
+  --configuration, when given), measured from the built model (tools/recipe/stats.py), next to the official
   figures and the published accuracy; then pytorchcv's six networks at 224 beside pytorchcv's
   parameter counts and osmr's accuracy."""
   names = (list(PUBLISHED) + list(PYTORCHCV_PUBLISHED) if not FLAGS["configuration"].present
@@ -1195,7 +1195,7 @@ def _layer_bytes(layer, batch, item_bytes):
 
 
 def _layer_rows(network, shares, params, steps):
-  """Rows of the layers table: one per tools/stats.py row, then the unattributed rest."""
+  """Rows of the layers table: one per tools/recipe/stats.py row, then the unattributed rest."""
   training, batch = FLAGS.mode == "train", params.batch_size
   stats_rows, _ = stats.model_statistics(network)
   step_ms = sum(shares.values()) / steps / 1e9
@@ -1251,7 +1251,7 @@ def _profile_network(params, steps, logdir):
 
 
 def run_layers():
-  """The `layers` benchmark: per layer of tools/stats.py's table, params, MACs, measured forward
+  """The `layers` benchmark: per layer of tools/recipe/stats.py's table, params, MACs, measured forward
   (and backward, --mode train) milliseconds per step from TensorFlow's profiler, share of the
   step, achieved GFLOP/s (nominal: 2 FLOP per MAC, backward 2 x forward) and arithmetic intensity
   (forward FLOP per byte of inputs, weights and outputs at the compute dtype; the total row's: the

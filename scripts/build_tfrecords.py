@@ -1,4 +1,4 @@
-r"""Builds ImageNet-schema TFRecords from image folders (the library: tools/records.py, whose docstring
+r"""Builds ImageNet-schema TFRecords from image folders (the library: tools/datasets/records.py, whose docstring
 describes the layouts, the records, manifest.json and how a re-run resumes).
 
 Prints where the records are and the images it skipped. Exit status: 0 when every image was written,
@@ -12,8 +12,8 @@ Usage (from the repository's root):
 
 from absl import flags
 
-from tools import cli
-from tools import records
+from tools.cli import flags as cli
+from tools.datasets import records
 from tools.common import UserError
 
 FLAGS = flags.FLAGS

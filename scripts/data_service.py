@@ -17,7 +17,7 @@ line `dispatcher listening on port N` or `worker of HOST:PORT listening on port 
 from absl import flags
 import tensorflow as tf
 
-from tools import cli
+from tools.cli import flags as cli
 from tools.common import UserError
 
 FLAGS = flags.FLAGS

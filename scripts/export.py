@@ -1,4 +1,4 @@
-r"""Exports a trained model for serving (the library: tools/inference.py, whose docstring describes
+r"""Exports a trained model for serving (the library: tools/serving/inference.py, whose docstring describes
 the export folder: SavedModel signatures, outputs, assets.extra, marker).
 
   python -m scripts.export --model_dir runs/demo --export_dir exports/demo/1
@@ -44,9 +44,9 @@ import sys
 from absl import flags
 import tensorflow as tf
 
-from tools import cli
-from tools import inference
-from tools import params as params_lib
+from tools.cli import flags as cli
+from tools.serving import inference
+from tools.recipe import params as params_lib
 from tools.common import UserError
 
 FLAGS = flags.FLAGS

@@ -1,12 +1,12 @@
 r"""Imports osmr's published SqueezeNext ImageNet weights (pytorchcv `.pth`, or tf2cv `.tf2.h5`) into
-a new model_dir (the library: tools/import_weights.py, whose docstring gives the files, names and
+a new model_dir (the library: tools/serving/import_weights.py, whose docstring gives the files, names and
 layouts).
 
   python -m scripts.import_weights --weights sqnxt23_w1-1906-97b74e0c.pth --model_dir runs/sqnxt23_w1
   python train.py --model_dir runs/sqnxt23_w1 --mode evaluate \
       --validation_file_pattern 'data/imagenet/validation-*'
 
-The .pth file is read without PyTorch (tools/torch_file.py: torch.save's zip and legacy formats,
+The .pth file is read without PyTorch (tools/serving/torch_file.py: torch.save's zip and legacy formats,
 no code from the file is run), a .tf2.h5 file with h5py; nothing is downloaded. --configuration defaults to the one of
 model.PYTORCHCV_CONFIGURATIONS the file fits; a file of another network, a truncated or damaged
 file is a one-line error naming what does not match. The model_dir holds ckpt-0, params.json
@@ -21,8 +21,8 @@ import sys
 
 from absl import flags
 
-from tools import cli
-from tools import import_weights
+from tools.cli import flags as cli
+from tools.serving import import_weights
 from tools.common import UserError
 
 FLAGS = flags.FLAGS

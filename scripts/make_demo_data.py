@@ -1,5 +1,5 @@
 """Builds the built-in demo data set (handwritten digits as JPEG folders and TFRecords) in --output_dir;
-the library is tools/demo_data.py. Idempotent: a finished build is reused.
+the library is tools/datasets/demo_data.py. Idempotent: a finished build is reused.
 
 Usage (from the repository's root):
   python -m scripts.make_demo_data --output_dir demo_data
@@ -8,8 +8,8 @@ Usage (from the repository's root):
 
 from absl import flags
 
-from tools import cli
-from tools import demo_data
+from tools.cli import flags as cli
+from tools.datasets import demo_data
 from tools.common import UserError
 
 FLAGS = flags.FLAGS

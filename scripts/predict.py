@@ -1,4 +1,4 @@
-r"""Classifies image files with a trained model (the library: tools/inference.py).
+r"""Classifies image files with a trained model (the library: tools/serving/inference.py).
 
   python -m scripts.predict --model_dir runs/demo photo.jpg photos/   # a folder: all images in it
   python -m scripts.predict --model_dir runs/demo --json photos/ > predictions.jsonl
@@ -30,8 +30,8 @@ assets.extra). Without one, classes are shown by index (class_idx = record label
 from absl import flags
 from absl import logging
 
-from tools import cli
-from tools import inference
+from tools.cli import flags as cli
+from tools.serving import inference
 from tools.common import Progress
 from tools.common import UserError
 

@@ -1,4 +1,4 @@
-r"""Prints the per-layer parameters and MACs of a SqueezeNext network (tools/stats.py).
+r"""Prints the per-layer parameters and MACs of a SqueezeNext network (tools/recipe/stats.py).
 
   python -m scripts.stats --configuration v_1_0_SqNxt_23 [--image_size 227] [--num_classes 1000]
       [--csv model_stats.csv]
@@ -9,8 +9,8 @@ prints the table and, as its last line, `params=<int> macs=<int>`.
 from absl import flags
 
 import model
-from tools import cli
-from tools import stats
+from tools.cli import flags as cli
+from tools.recipe import stats
 from tools.common import UserError
 
 FLAGS = flags.FLAGS

@@ -13,7 +13,7 @@ results.json: {"outcomes": [...], "defaults": {...}}: outcomes, one {"code": int
 "Traceback" when main raised); defaults, TensorFlow's own reports of the process's CPU kernels
 ("onednn": bool) and of its CPU allocator ("allocator_stats": bool, True when the allocator keeps
 statistics: the BFC allocator and oneDNN's do, the Eigen kernels' default does not), the programs'
-defaults of tools/tf_env.py, so that their tests need no process of their own.
+defaults of tools/cli/tf_env.py, so that their tests need no process of their own.
 Used by tests/process_utils.run_cases; the cases should fail (or finish) before training starts.
 """
 
@@ -108,7 +108,7 @@ def tensorflow_defaults():
   """{"onednn": bool, "allocator_stats": bool, "sklearn_skipped": bool}: TensorFlow's reports
   (module docstring); allocator_stats is None when TensorFlow cannot start after the cases (a case's
   TF_CONFIG). sklearn_skipped: Keras's scikit-learn wrappers, imported with TensorFlow, found no
-  scikit-learn, which is installed and importable (tools/tf_env.py)."""
+  scikit-learn, which is installed and importable (tools/cli/tf_env.py)."""
   import importlib.util  # pylint: disable=import-outside-toplevel
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   from keras.src.wrappers import fixes  # pylint: disable=import-outside-toplevel

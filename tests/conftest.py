@@ -8,7 +8,7 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # In this process TensorFlow keeps its own choice of CPU kernels, so that the seeded runs of the
 # in-process tests follow the trajectories their thresholds were set on; the programs the tests start
-# (train.py, scripts.*) run with the project's default, oneDNN's kernels (tools/tf_env.py).
+# (train.py, scripts.*) run with the project's default, oneDNN's kernels (tools/cli/tf_env.py).
 
 # The slowest tests (or xdist groups), slowest first: `-n 2` hands them out before the others, so
 # that the short tests fill the end of the run instead of a long one running alone (xdist's

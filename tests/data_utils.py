@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
-from tools import records
+from tools.datasets import records
 
 
 def class_colour(label, num_classes):
@@ -41,7 +41,7 @@ def build_records(folder, num_classes=3, per_class=4, size=32, validation_fracti
   """Image folders under folder/images, TFRecords under folder/records: a `BuildResult`.
 
   The result has train_pattern, validation_pattern, num_train, num_validation, label_map,
-  num_classes (see tools/records.py).
+  num_classes (see tools/datasets/records.py).
   """
   images = write_image_folders(os.path.join(folder, "images"), num_classes, per_class, size, seed)
   return records.build(images, os.path.join(folder, "records"), "folders", validation_fraction,

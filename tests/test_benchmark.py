@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from scripts import benchmark
-from tools import hardware
+from tools.recipe import hardware
 
 FLAGS = flags.FLAGS
 # The smallest runs: tiny network, small images and batches, one timed round.

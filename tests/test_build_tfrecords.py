@@ -1,4 +1,4 @@
-"""tools/records.py, tools/demo_data.py and their programs scripts/build_tfrecords.py and
+"""tools/datasets/records.py, tools/datasets/demo_data.py and their programs scripts/build_tfrecords.py and
 scripts/make_demo_data.py, on small images written by the tests."""
 
 import json
@@ -20,14 +20,14 @@ import data_utils
 import dataloader
 from scripts import build_tfrecords
 from scripts import make_demo_data
-from tools import cli
-from tools import demo_data
-from tools import records
+from tools.cli import flags as cli
+from tools.datasets import demo_data
+from tools.datasets import records
 from tools.common import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Every key of build_imagenet_data.py's schema (tools/records.py's docstring) and its value type.
+# Every key of build_imagenet_data.py's schema (tools/datasets/records.py's docstring) and its value type.
 SCHEMA = {
     "image/encoded": "bytes_list", "image/class/label": "int64_list",
     "image/class/synset": "bytes_list", "image/class/text": "bytes_list",

@@ -1,4 +1,4 @@
-"""tools/data_facts.py in-process: what the records hold, for the parameters a user leaves out.
+"""tools/recipe/data_facts.py in-process: what the records hold, for the parameters a user leaves out.
 
 The records are the project's builder's (with labels.txt and manifest.json beside them) and
 rewrites of them as other tools write records (tests/data_utils.foreign_records). The programs'
@@ -11,8 +11,8 @@ import pytest
 
 import data_utils
 import dataloader
-from tools import data_facts
-from tools import params as params_lib
+from tools.recipe import data_facts
+from tools.recipe import params as params_lib
 from tools.common import UserError
 
 

@@ -12,8 +12,8 @@ import pytest
 
 import data_utils
 import dataloader
-from tools import experiment
-from tools import params as params_lib
+from tools.recipe import experiment
+from tools.recipe import params as params_lib
 from process_utils import free_ports
 from process_utils import one_error_line
 from process_utils import ROOT

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 import data_utils
 import dataloader
-from tools import records as build_tfrecords
+from tools.datasets import records as build_tfrecords
 from tools.common import UserError
 
 SIZE = 24  # output side: tiny, fast

@@ -1,5 +1,5 @@
-"""Importing osmr's published SqueezeNext ImageNet weights (pytorchcv `.pth`, tools/import_weights.py,
-tools/torch_file.py): the same logits as pytorchcv on real photographs, from the committed fixture
+"""Importing osmr's published SqueezeNext ImageNet weights (pytorchcv `.pth`, tools/serving/import_weights.py,
+tools/serving/torch_file.py): the same logits as pytorchcv on real photographs, from the committed fixture
 without PyTorch (scripts/make_import_fixture.py made it) and from pytorchcv itself where the peers
 are installed; the imported model_dir through train.py --mode evaluate, scripts.predict,
 scripts.export (int8 TFLite) and a fine-tune to 2 classes."""
@@ -22,12 +22,12 @@ import dataloader
 import model
 import process_utils
 from scripts import make_import_fixture as fixture_lib
-from tools import demo_data
-from tools import import_weights
-from tools import inference
-from tools import params as params_lib
-from tools import stats
-from tools import torch_file
+from tools.datasets import demo_data
+from tools.serving import import_weights
+from tools.serving import inference
+from tools.recipe import params as params_lib
+from tools.recipe import stats
+from tools.serving import torch_file
 from tools.common import UserError
 
 WEIGHTS = os.path.join(fixture_lib.FIXTURE_DIR, "weights.pth")

@@ -10,8 +10,8 @@ import tensorflow as tf
 
 from estimator import checkpoints
 import model
-from tools import hardware
-from tools import stats
+from tools.recipe import hardware
+from tools.recipe import stats
 from tools.common import UserError
 
 OFFICIAL = ("v_1_0_SqNxt_23", "v_1_0_G_SqNxt_23", "v_1_0_SqNxt_23_v5", "v_2_0_SqNxt_23",
@@ -52,7 +52,7 @@ def test_official_parameter_counts(official):
 
 
 def test_official_statistics(official):
-  # tools/stats.py on the same networks (built once here): exact params, MACs within 0.5%.
+  # tools/recipe/stats.py on the same networks (built once here): exact params, MACs within 0.5%.
   for name, params, macs in zip(OFFICIAL, OFFICIAL_PARAMS, OFFICIAL_MACS):
     _, totals = stats.model_statistics(official[name])
     assert totals["params"] == params, name
@@ -398,15 +398,15 @@ def test_bad_configuration_arguments():
 
 
 def test_default_dtype_follows_the_hardware(monkeypatch):
-  # bfloat16 only where the hardware computes it natively (tools/hardware.py), float32 elsewhere;
+  # bfloat16 only where the hardware computes it natively (tools/recipe/hardware.py), float32 elsewhere;
   # never float16 (loss scaling only on request). The reason names the facts.
-  dtype, reason = model.default_dtype()
+  dtype, reason = hardware.default_dtype()
   assert dtype in ("float32", "bfloat16") and reason.startswith(dtype)
   natively = [f for f in hardware.cpu_features() if f in hardware.BFLOAT16_CPU_FEATURES]
   if not hardware.gpu_capabilities():
     assert (dtype == "bfloat16") == bool(natively)
     monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")  # Eigen's kernels: bfloat16 is emulated
-    assert model.default_dtype()[0] == "float32"
+    assert hardware.default_dtype()[0] == "float32"
 
 
 def test_batch_norm_of_16_bit_inputs_with_few_channels_normalises_in_float32():

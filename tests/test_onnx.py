@@ -1,4 +1,4 @@
-"""ONNX export and ONNX Runtime: tools/inference.py (convert_onnx, write_onnx, load_onnx_model, the
+"""ONNX export and ONNX Runtime: tools/serving/inference.py (convert_onnx, write_onnx, load_onnx_model, the
 ONNX row of evaluate_export) and the programs' --onnx (scripts/export.py, scripts/predict.py).
 
 tf2onnx, onnx and onnxruntime are optional (requirements-onnx.txt): the tests of a real model skip
@@ -21,9 +21,9 @@ import tensorflow as tf
 import data_utils
 import dataloader
 import process_utils
-from tools import experiment
-from tools import inference
-from tools import params as params_lib
+from tools.recipe import experiment
+from tools.serving import inference
+from tools.recipe import params as params_lib
 from tools.common import UserError
 
 IMAGE_SIZE = 32

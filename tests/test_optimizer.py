@@ -3,8 +3,8 @@ official release), and the recipe resolved for a run."""
 
 import pytest
 
-from tools import optimizer as optimizer_lib
-from tools import params as params_lib
+from tools.recipe import optimizer as optimizer_lib
+from tools.recipe import params as params_lib
 
 
 def official_lr(it, base=0.4, start=0.1, warmup=780, max_iter=150136, power=2.0):

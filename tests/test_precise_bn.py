@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tools import demo_data
-from tools import experiment
-from tools import params as params_lib
+from tools.datasets import demo_data
+from tools.recipe import experiment
+from tools.recipe import params as params_lib
 
 
 @pytest.fixture(scope="module")

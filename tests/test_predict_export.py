@@ -1,4 +1,4 @@
-"""Using a trained model: tools/inference.py and its programs scripts/predict.py, scripts/export.py
+"""Using a trained model: tools/serving/inference.py and its programs scripts/predict.py, scripts/export.py
 (SavedModel, TFLite variants run with LiteRT, safe overwrite, versioned exports).
 
 One small model_dir is trained once for the module with the library (`tiny_SqNxt` at 32x32 on
@@ -35,10 +35,10 @@ import model
 import process_utils
 from scripts import export
 from scripts import predict
-from tools import cli
-from tools import experiment
-from tools import inference
-from tools import params as params_lib
+from tools.cli import flags as cli
+from tools.recipe import experiment
+from tools.serving import inference
+from tools.recipe import params as params_lib
 from tools.common import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -233,7 +233,7 @@ def reference(workspace, cli_runs):
   params = workspace["params"]
   images = np.stack([dataloader.preprocess_image(tf.io.read_file(p), False, params.input,
                                                  IMAGE_SIZE).numpy() for p in workspace["good"]])
-  est = estimator_lib.Estimator(model.model_fn, workspace["model_dir"], params, model.scaffold_fn)
+  est = estimator_lib.Estimator(model.model_fn, workspace["model_dir"], params, experiment.scaffold_fn)
   input_fn = lambda ctx: tf.data.Dataset.from_tensor_slices({"image": images}).batch(2)
   return images, list(est.predict(input_fn))
 

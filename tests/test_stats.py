@@ -1,4 +1,4 @@
-"""Tests of tools/stats.py: per-layer parameters and MACs, CSV output, and the command line."""
+"""Tests of tools/recipe/stats.py: per-layer parameters and MACs, CSV output, and the command line."""
 
 import csv
 import os
@@ -7,7 +7,7 @@ import pytest
 
 import model
 import process_utils
-from tools import stats
+from tools.recipe import stats
 
 # The five official networks' totals are tested in test_model.py, which builds them once.
 
@@ -99,7 +99,7 @@ def test_command_line(command_line):
 
 @pytest.mark.xdist_group("stats_command_line")
 def test_programs_keep_tensorflows_kernels_when_the_environment_says_so(command_line):
-  # tools/tf_env.py, imported by the scripts package before TensorFlow, turns oneDNN's kernels on
+  # tools/cli/tf_env.py, imported by the scripts package before TensorFlow, turns oneDNN's kernels on
   # unless TF_ENABLE_ONEDNN_OPTS is set: with TF_ENABLE_ONEDNN_OPTS=0 TensorFlow's own choice stays
   # (its own report; on this project's AVX2 CPUs, the Eigen kernels). The default is tested on
   # train.py (test_user_faults.py). The same file's BFC allocator for CPU memory: the Eigen kernels'

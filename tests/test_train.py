@@ -14,10 +14,10 @@ import tensorflow as tf
 
 import estimator as estimator_lib
 import model
-from tools import experiment
-from tools import fine_tune
-from tools import params as params_lib
-from tools import records as records_lib
+from tools.recipe import experiment
+from tools.recipe import fine_tune
+from tools.recipe import params as params_lib
+from tools.datasets import records as records_lib
 
 NUM_VALIDATION = 9  # with per-replica batch 2 on 2 replicas: 4 full batches and a partial one
 
@@ -85,7 +85,7 @@ def test_weight_decay_adds_exactly_wd_times_w_to_the_gradient(records):
 
 def test_model_fn_predict_branch(records):
   params = make_params(records)
-  scaffold = model.scaffold_fn(params)
+  scaffold = experiment.scaffold_fn(params)
   features = {"image": tf.zeros([2, 32, 32, 3])}
   spec = model.model_fn(features, None, estimator_lib.ModeKeys.PREDICT, params, scaffold)
   predictions = spec.predictions

@@ -26,8 +26,8 @@ from process_utils import one_error_line
 from process_utils import run_cases
 from process_utils import start
 from process_utils import TRAIN
-from tools import experiment
-from tools import params as params_lib
+from tools.recipe import experiment
+from tools.recipe import params as params_lib
 
 # The tests of the shared process run on one xdist worker, which starts the process once.
 cases_process = pytest.mark.xdist_group("train_cli")
@@ -346,12 +346,12 @@ def test_model_dir_not_writable_holding_another_network_or_full_while_saving(rec
 
 @cases_process
 def test_train_runs_onednn_kernels_unless_the_environment_says_otherwise(outcomes):
-  # tools/tf_env.py, imported by train.py before TensorFlow: TensorFlow's own report (no public API
+  # tools/cli/tf_env.py, imported by train.py before TensorFlow: TensorFlow's own report (no public API
   # in TF 2.21) in the process of the cases, started without TF_ENABLE_ONEDNN_OPTS. This test
   # process keeps TensorFlow's choice; TF_ENABLE_ONEDNN_OPTS=0 and the BFC allocator are tested on
   # the scripts (test_stats.py).
   assert outcomes["defaults"]["onednn"] is True
-  assert outcomes["defaults"]["sklearn_skipped"] is True  # a faster start (tools/tf_env.py)
+  assert outcomes["defaults"]["sklearn_skipped"] is True  # a faster start (tools/cli/tf_env.py)
 
 
 @cases_process

@@ -27,7 +27,7 @@ class UserError(ValueError):
 
   The message is shown as is on one line, so it names the parameter/file/value and what is accepted.
   Library code names *parameters* (`batch_size=10: ...`); a program whose flags carry the same names
-  shows them as flags (`--batch_size=10: ...`, see tools/cli.py). Subclasses ValueError so that
+  shows them as flags (`--batch_size=10: ...`, see tools/cli/flags.py). Subclasses ValueError so that
   library callers that catch ValueError keep working.
 
   Args:
@@ -44,7 +44,7 @@ def param(default, help_text, *, minimum=None, check=None, choices=None, flag=Tr
           default_text=None):
   """A hyperparameter, declared once as a field of a params section (a frozen dataclass).
 
-  Everything else follows from this declaration (tools/params.py): the program's flag of the same
+  Everything else follows from this declaration (tools/recipe/params.py): the program's flag of the same
   name (its kind from the field's type, its help ending with the default), the range check of a
   value, `params.json`, and whether a changed value makes a resumed run another run.
 

@@ -15,7 +15,8 @@ import tensorflow as tf
 import dataloader
 import estimator as estimator_lib
 import model
-from tools import stats
+from tools.recipe import optimizer as optimizer_lib
+from tools.recipe import stats
 from tools.common import UserError
 
 # Training top-1 above evaluation top-1 by more than this gets a warning at the end.
@@ -23,7 +24,7 @@ EVAL_GAP_WARNING = 0.1
 
 
 class ModelStatsHook(estimator_lib.Hook):
-  """Writes the per-layer statistics table (tools/stats.py) to model_dir/model_stats.csv at begin;
+  """Writes the per-layer statistics table (tools/recipe/stats.py) to model_dir/model_stats.csv at begin;
   the successor of the seed's ModelStats SessionRunHook."""
 
   def begin(self, estimator):
@@ -61,16 +62,35 @@ def run_config(params, strategy=None):
       statistics_input_fn=make_input_fn(params, run.train_file_pattern, True))
 
 
+def scaffold_fn(params):
+  """Builds the network, the poly optimizer and the metrics once (called in `strategy.scope()`).
+
+  Args:
+    params: tools.recipe.params.Params; its `model` section builds the network, its `recipe` the
+      optimizer.
+  Returns:
+    A `Scaffold` whose optimizer is built on the network's trainable variables, so that checkpoints
+    restore into existing variables; model.train_metrics() and model.eval_metrics(); statistics:
+    the network's model.PopulationStatistics (precise BatchNorm).
+  """
+  network = model.build_from_params(params.model)
+  optimizer = optimizer_lib.build_optimizer(params.recipe, loss_scale=params.model.dtype == "float16")
+  optimizer.build(network.trainable_variables)
+  return estimator_lib.Scaffold(network, optimizer, train_metrics=model.train_metrics(),
+                                eval_metrics=model.eval_metrics(),
+                                statistics=model.PopulationStatistics(network))
+
+
 def build_estimator(params, model_dir, strategy=None, init_fn=None):
   """The SqueezeNext Estimator for Params `params` on `strategy`, optionally warm-started by
   `init_fn(scaffold)` (tools/fine_tune.make_init_fn)."""
-  scaffold_fn = model.scaffold_fn
+  build = scaffold_fn
   if init_fn is not None:
-    def scaffold_fn(p):
-      scaffold = model.scaffold_fn(p)
+    def build(p):
+      scaffold = scaffold_fn(p)
       scaffold.init_fn = init_fn
       return scaffold
-  return estimator_lib.Estimator(model.model_fn, model_dir, params, scaffold_fn,
+  return estimator_lib.Estimator(model.model_fn, model_dir, params, build,
                                  run_config(params, strategy))
 
 

@@ -6,7 +6,7 @@ params.json and labels.txt. scripts/import_weights.py is the program.
 The files (osmr/imgclsmob's releases, fetched by pytorchcv's model_store; never downloaded here):
 `<name>-<top-5 error x 100>-<sha1 prefix>.pth` inside `.pth.zip`, e.g. sqnxt23_w1-1906-97b74e0c.pth,
 a state_dict of pytorchcv's `SqueezeNext` (pytorchcv/models/squeezenext.py), read by
-tools/torch_file.py without PyTorch. Their networks are model.CONFIGURATIONS' six
+tools/serving/torch_file.py without PyTorch. Their networks are model.CONFIGURATIONS' six
 `model.PYTORCHCV_CONFIGURATIONS`, evaluated at 224 pixels with the "torchvision" preprocessing.
 The same networks converted to TensorFlow for tf2cv (`<name>-<error>-<sha1 prefix>.tf2.h5`, e.g.
 sqnxt23_w1-1861-379975eb.tf2.h5, tf2cv's model_store, release v0.0.422: Keras 2 save_weights files)
@@ -38,8 +38,9 @@ import numpy as np
 import dataloader
 import estimator as estimator_lib
 import model
-from tools import params as params_lib
-from tools import torch_file
+from tools.recipe import experiment
+from tools.recipe import params as params_lib
+from tools.serving import torch_file
 from tools.common import atomic_path
 from tools.common import one_line
 from tools.common import UserError
@@ -138,7 +139,7 @@ def read_tf2cv_h5(path):
 
 
 def read_weights(path):
-  """{pytorchcv key: array} of a pytorchcv `.pth` (tools/torch_file.py) or a tf2cv `.tf2.h5`
+  """{pytorchcv key: array} of a pytorchcv `.pth` (tools/serving/torch_file.py) or a tf2cv `.tf2.h5`
   (read_tf2cv_h5), told apart by the file's first bytes. Raises UserError (param weights)."""
   if os.path.isfile(path):
     with open(path, "rb") as f:
@@ -263,7 +264,7 @@ def import_pytorchcv(weights, model_dir, configuration=None, label_map=None, arg
   Returns:
     (Params, checkpoint path): the params written and model_dir/ckpt-0.
   Raises:
-    UserError: a bad file (tools/torch_file.py), one of another network, an unknown
+    UserError: a bad file (tools/serving/torch_file.py), one of another network, an unknown
       configuration, a label map of another class count, an existing model_dir.
   """
   _check_new(model_dir)
@@ -294,7 +295,7 @@ def import_pytorchcv(weights, model_dir, configuration=None, label_map=None, arg
 def _write_checkpoint(folder, params, tensors, weights):
   """ckpt-0 of the imported network in `folder`, through the Estimator (as train.py writes its
   checkpoints: network variables by name, the optimizer at step 0). Returns its path."""
-  est = estimator_lib.Estimator(model.model_fn, folder, params, model.scaffold_fn)
+  est = estimator_lib.Estimator(model.model_fn, folder, params, experiment.scaffold_fn)
   network = est.restore().network  # a new folder: built and initialised
   for variable, value in assignments(network, params.model.configuration, tensors, weights):
     variable.assign(value)

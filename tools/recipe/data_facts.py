@@ -2,12 +2,12 @@
 offset and example count, or what an earlier start of the same model_dir found in the same files.
 
 `resolve_data(train_file_pattern, validation_file_pattern, user, model_dir)` is what train.py calls
-before `tools.params.resolve_params(user, data)`; a notebook or a fork calls the same:
+before `tools.recipe.params.resolve_params(user, data)`; a notebook or a fork calls the same:
 
   data = data_facts.resolve_data("data/train-*", "data/validation-*", user={}, model_dir="runs/a")
   params = params_lib.resolve_params({}, data)
 
-It reads the records at most once (tools/records.py's scans): the example count comes from a
+It reads the records at most once (tools/datasets/records.py's scans): the example count comes from a
 builder's manifest.json when there is one, the classes from labels.txt beside the records when there
 is one, and one pass over the labels gives whatever is still missing (and checks them). Errors are
 UserErrors naming the parameters (the programs show them as flags).
@@ -21,14 +21,15 @@ import tensorflow as tf
 import dataloader
 import estimator as estimator_lib
 import model
-from tools import params as params_lib
-from tools import records
+from tools.recipe import hardware
+from tools.recipe import params as params_lib
+from tools.datasets import records
 from tools.common import one_line
 from tools.common import UserError
 
 
 def resolve_data(train_file_pattern, validation_file_pattern, user, model_dir=None):
-  """The data facts of the records that `tools.params.resolve_params` needs and `user` lacks.
+  """The data facts of the records that `tools.recipe.params.resolve_params` needs and `user` lacks.
 
   Args:
     train_file_pattern: str, glob of the training TFRecords.
@@ -98,13 +99,13 @@ def evaluation_params(model_dir, validation_file_pattern, user):
 def default_dtype(model_dir):
   """The compute dtype of a run that sets none: the earlier start's when `model_dir` holds its
   params.json and a checkpoint (a restart computes as it began, so that it resumes bitwise), else
-  model.default_dtype()'s for this machine; logged with the reason."""
+  hardware.default_dtype()'s for this machine; logged with the reason."""
   if (os.path.exists(os.path.join(model_dir, params_lib.PARAMS_FILENAME))
       and estimator_lib.latest_checkpoint(model_dir) is not None):
     dtype = params_lib.load_params(model_dir).model.dtype
     logging.info("Compute dtype %s: the earlier start's (--dtype sets another).", dtype)
     return dtype
-  dtype, reason = model.default_dtype()
+  dtype, reason = hardware.default_dtype()
   logging.info("Compute dtype %s (--dtype sets another): %s.", dtype, reason)
   return dtype
 

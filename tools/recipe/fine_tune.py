@@ -19,7 +19,7 @@ from absl import logging
 import tensorflow as tf
 
 from estimator.checkpoints import checkpoint_key
-from tools import params as params_lib
+from tools.recipe import params as params_lib
 from tools.common import UserError
 
 # What a fine-tuning run takes from the source's params.json unless the user sets it.

@@ -2,7 +2,7 @@
 
 scikit-learn bundles 1,797 real 8x8 handwritten digits (16 grey levels, 10 classes). Each is upscaled
 to 64x64 (bicubic), written as an RGB JPEG in `<output_dir>/images/<digit>/`, and converted with
-`tools.records.build` (folders layout) into `<output_dir>/train-*` and `<output_dir>/validation-*`
+`tools.datasets.records.build` (folders layout) into `<output_dir>/train-*` and `<output_dir>/validation-*`
 with a stratified 20% validation split (seed 0): 1,438 training and 359 validation records.
 64x64 leaves room for SqueezeNext's crops at an image_size of 48-64 (the caffe resize of 64 is 72).
 
@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
-from tools import records
+from tools.datasets import records
 from tools.common import UserError
 from tools.common import atomic_path
 from tools.common import atomic_write

@@ -10,7 +10,7 @@ networks:
 The seed repository (a TF1 Estimator port) scaled this linearly to batch 256 (base_lr 0.1, warm-up 3120
 iterations from 0.025); `scale_recipe(batch_size)` scales the learning rates the same way for any
 batch. The warm-up is a share of the data, not a number of steps: 780 x 1024 images = 0.623 epochs of
-ImageNet (`OFFICIAL_WARMUP_EPOCHS`); tools/params.py converts it to steps for the run's data and batch. Weight decay is not part of the optimizer: Caffe
+ImageNet (`OFFICIAL_WARMUP_EPOCHS`); tools/recipe/params.py converts it to steps for the run's data and batch. Weight decay is not part of the optimizer: Caffe
 adds `weight_decay * w` to the gradient before the momentum update, which is the gradient of the L2 term
 that model_fn adds to the loss (Keras' own `weight_decay` is decoupled and would not match Caffe).
 """
@@ -38,7 +38,7 @@ class Recipe:
     warmup_start_learning_rate: learning rate at step 0.
     warmup_steps: steps of linear warm-up (0 disables it).
     warmup_epochs: the warm-up as given in epochs (None: as steps, or the default); the run's
-      warmup_steps are derived from it once (tools/params.py).
+      warmup_steps are derived from it once (tools/recipe/params.py).
     max_steps: steps of the whole run (`max_iter`); the learning rate reaches 0 there.
     poly_power: exponent of the poly decay.
     momentum: SGD momentum (heavy ball, not Nesterov).

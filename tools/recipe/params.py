@@ -2,7 +2,7 @@
 
   model   model.ModelParams        network, classes, image size, compute dtype, BatchNorm
   input   dataloader.InputParams   preprocessing and tf.data settings
-  recipe  tools.optimizer.Recipe   batch, learning rates, warm-up, steps, momentum, weight decay
+  recipe  tools.recipe.optimizer.Recipe   batch, learning rates, warm-up, steps, momentum, weight decay
   run     RunParams (here)         data, schedule of evaluations/checkpoints/summaries, runner options
 
 `resolve_params(user, data, demo)` assembles them once: section defaults < the demo's defaults (for the
@@ -23,7 +23,7 @@ from absl import logging
 
 import dataloader
 import model
-from tools import optimizer as optimizer_lib
+from tools.recipe import optimizer as optimizer_lib
 from tools.common import atomic_write
 from tools.common import check_param
 from tools.common import param

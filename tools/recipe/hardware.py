@@ -52,7 +52,7 @@ def cpu_features():
 
 def onednn_enabled():
   """True unless TF_ENABLE_ONEDNN_OPTS turns TensorFlow's oneDNN CPU kernels off (the programs
-  turn them on: tools/tf_env.py; TensorFlow itself does on CPUs with AVX512-BF16 or AMX)."""
+  turn them on: tools/cli/tf_env.py; TensorFlow itself does on CPUs with AVX512-BF16 or AMX)."""
   return os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1").strip().lower() not in ("0", "false")
 
 
@@ -70,7 +70,7 @@ def gpu_capabilities():
 # argv = configuration, dtypes...; 32 px and batch 2 (the network's channel counts decide the kernels).
 _PROBE = """
 import sys
-from tools import tf_env
+from tools.cli import tf_env
 import tensorflow as tf
 import model
 for dtype in sys.argv[2:]:
@@ -135,3 +135,33 @@ def kernel_isas(implementations):
       isa = part.rpartition(":")[2]
       isas.add("reference" if isa == "any" or "ref" in part.split(":")[0] else isa)
   return sorted(isas)
+
+
+def default_dtype():
+  """(dtype, reason): the compute dtype that trains fastest here, for a run that sets none.
+
+  GPUs visible: bfloat16 when every one has compute capability >= 8.0 (bfloat16 tensor cores,
+  BFLOAT16_GPU_CAPABILITY), else float32 (float16 needs loss scaling: only on request).
+  CPU only: bfloat16 when the CPU declares AVX512-BF16 or AMX and TensorFlow runs oneDNN's kernels
+  (onednn_enabled), else float32: without them bfloat16 is computed through float32, more
+  work than float32 itself. Measured on a 2-core AMD EPYC with AVX512-BF16 (2026-12-04, bare
+  training loops in one process, alternating rounds): 1.0-SqNxt-23 batch 64 trained 1.46x as fast
+  in bfloat16 at 227 px, 1.19x at 64 px, and tiny_SqNxt at 32 px batch 4 1.08x (docs/BENCHMARKS.md).
+  The choice depends on the machine only, never on load or timing, so that a run restarted on it
+  computes as it began. reason: one sentence naming the facts, for the log.
+  """
+  gpus = gpu_capabilities()
+  if gpus:
+    slow = [f"{name} ({'.'.join(map(str, cc)) if cc else 'unknown'})" for name, cc in gpus
+            if not cc or tuple(cc) < BFLOAT16_GPU_CAPABILITY]
+    if slow:
+      return "float32", (f"float32: GPU compute capability below 8.0 (no bfloat16 tensor cores): "
+                         f"{', '.join(slow)}")
+    return "bfloat16", "bfloat16: every GPU has compute capability >= 8.0 (bfloat16 tensor cores)"
+  features = [f for f in cpu_features() if f in BFLOAT16_CPU_FEATURES]
+  cpu = cpu_model()
+  if features and onednn_enabled():
+    return "bfloat16", f"bfloat16: {cpu} has {' and '.join(features)} (oneDNN bfloat16 kernels)"
+  if features:
+    return "float32", "float32: TF_ENABLE_ONEDNN_OPTS=0 turns oneDNN's bfloat16 kernels off"
+  return "float32", f"float32: {cpu} has neither AVX512-BF16 nor AMX (bfloat16 would be emulated)"

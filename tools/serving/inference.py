@@ -59,7 +59,8 @@ import dataloader
 import estimator as estimator_lib
 import model
 from estimator.checkpoints import checkpoint_step
-from tools import params as params_lib
+from tools.recipe import experiment
+from tools.recipe import params as params_lib
 from tools.common import atomic_path
 from tools.common import atomic_write
 from tools.common import IMAGE_EXTENSIONS
@@ -91,7 +92,7 @@ class Classifier:
   """What predict_files needs of a model: its params, label map and a batch classifier.
 
   Attributes:
-    params: tools.params.Params (model.dtype float32); model.image_size is S.
+    params: tools.recipe.params.Params (model.dtype float32); model.image_size is S.
     label_map: list of dataloader.LabelEntry (entry i is class_idx i), or None.
     label_map_path: str or None, where label_map was read from.
     source: str, what was loaded (a checkpoint or a .tflite file), for messages.
@@ -137,7 +138,7 @@ def find_label_map(model_dir, params, path=None):
 
   Args:
     model_dir: str, the folder searched last.
-    params: tools.params.Params.
+    params: tools.recipe.params.Params.
     path: optional explicit path; it must exist.
   Raises:
     UserError (param label_map): an explicit path that does not exist.
@@ -188,7 +189,7 @@ def load_trained_model(model_dir, label_map=None, checkpoint_path=None):
   params = params_lib.load_params(model_dir).replace_model(dtype="float32")
   label_map_path = find_label_map(model_dir, params, label_map)
   entries = read_label_map(label_map_path, params.model.num_classes)
-  est = estimator_lib.Estimator(model.model_fn, model_dir, params, model.scaffold_fn)
+  est = estimator_lib.Estimator(model.model_fn, model_dir, params, experiment.scaffold_fn)
   _, path = est.predict_function(checkpoint_path)  # restores the network
   m, size = params.model, params.model.image_size
   # model_fn's PREDICT branch on the network with its BatchNorms folded (fast at batch 1).
@@ -208,7 +209,7 @@ def load_trained_model(model_dir, label_map=None, checkpoint_path=None):
 
 def preprocess_fn(params):
   """The evaluation preprocessing of training as a tf.function: string scalar (encoded JPEG, PNG,
-  GIF or BMP) -> float32 [S, S, 3], mean-subtracted RGB. `params`: tools.params.Params.
+  GIF or BMP) -> float32 [S, S, 3], mean-subtracted RGB. `params`: tools.recipe.params.Params.
 
   Raises tf.errors.InvalidArgumentError (when called) for bytes that are not such an image.
   """
