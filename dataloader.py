@@ -541,23 +541,22 @@ def _problem(example, filename, damaged, params, num_classes):
   offset, label = params.label_offset, example["label"]
   class_idx = label - offset
   checks = [  # (condition, message parts), the first that holds is reported
-      (damaged, ["damaged TFRecord file ", filename, " (it ends in a corrupted record)"]),
-      (tf.strings.length(filename) == 0, []),
-      (tf.strings.length(example["image"]) == 0, [f"a record has no {params.image_key} in file ",
-                                                  filename]),
-      (label == MISSING_LABEL, [f"a record has no {params.label_key} in file ", filename]),
-      ((class_idx < 0) | (class_idx >= (num_classes or tf.int64.max - offset)), [
+      (damaged, lambda: ["damaged TFRecord file ", filename, " (it ends in a corrupted record)"]),
+      (tf.strings.length(filename) == 0, None),
+      (tf.strings.length(example["image"]) == 0,
+       lambda: [f"a record has no {params.image_key} in file ", filename]),
+      (label == MISSING_LABEL, lambda: [f"a record has no {params.label_key} in file ", filename]),
+      ((class_idx < 0) | (class_idx >= (num_classes or tf.int64.max - offset)), lambda: [
           "label ", tf.strings.as_string(label), f" is outside {_label_range(params, num_classes)} "
           f"(num_classes={num_classes}, label_offset={offset}) in file ", filename]),
   ]
-  bad = tf.reduce_any(tf.stack([condition for condition, _ in checks]))
+  conditions = tf.stack([condition for condition, _ in checks])
 
   def message():
-    texts = tf.stack([tf.strings.join([_ERROR_START, *parts, _ERROR_END]) if parts else ""
+    texts = tf.stack([tf.strings.join([_ERROR_START, *parts(), _ERROR_END]) if parts else ""
                       for _, parts in checks])
-    first = tf.argmax(tf.cast(tf.stack([condition for condition, _ in checks]), tf.int32))
-    return tf.gather(texts, first)
-  return bad, message
+    return tf.gather(texts, tf.argmax(tf.cast(conditions, tf.int32)))
+  return tf.reduce_any(conditions), message
 
 
 def _label_range(params, num_classes):
