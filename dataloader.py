@@ -38,28 +38,30 @@ pixels it keeps: every preprocessing computes its crop window from the JPEG head
 `decode_and_crop_jpeg` (resizing to 256x256 and cropping 227 is, up to interpolation at the borders,
 cropping the matching window of the original and resizing that to 227). Each example ends as uint8
 (4x fewer bytes to batch), and the mean is subtracted once per batch. The decoding map is the one
-tf.data function called per record: a call costs a few percent of a JPEG decode (docs/BENCHMARKS.md),
-so the bookkeeping stages work on groups of records and on batches.
+tf.data function called per record: a call costs a few percent of a JPEG decode
+(docs/BENCHMARKS.md), so the bookkeeping stages work on groups of records and on batches.
 
-Bad data, in named stages (each says what it costs):
+Bad data, in named stages (with what each costs):
   `_read_file`      a damaged TFRecord file (tf.data's DataLossError names no file, and
-                    `ignore_errors` goes on with the next file): each file's bytes are added up, 16
-                    records a call, and a file whose records do not fill it ends with a marker.
-  `_numbered`       the records are numbered in order, 64 a call, each with the file of the record
-                    before it: after `ignore_errors`, a gap in the numbers is a skipped record and
-                    names its file. This is the one check that needs the order: the decoding map
-                    keeps it (`map_parallelism`).
+                    `ignore_errors` goes on with the next file): each file's bytes are added up, and
+                    a file whose records do not fill it ends with a marker. One call per 16 records.
+  `_numbered`       the records are numbered in order, each with the file of the record before it:
+                    after `ignore_errors`, a gap in the numbers is a skipped record and names its
+                    file. One call per 64 records; this is the one check that needs the order, so
+                    the decoding map keeps it (`map_parallelism` says how that is made cheap).
+                    Evaluation ends with one more element, so that skips at the very end count.
   `_decode_fn`      a record without image or label, or with a label outside 1..num_classes, is
                     not decoded but carries its error message; a record that cannot be parsed or
-                    whose image cannot be decoded raises, and `ignore_errors` skips it.
-  `_check_batch_fn` per batch: counts and logs the skipped records in a `SkippedRecords`
-                    (`SKIPPED_RECORDS` unless input_fn is given another one), and fails with the
-                    message of a bad record or damaged file, or after MAX_CONSECUTIVE_SKIPS skips in
-                    a row: an InvalidArgumentError naming the file; run the loop inside
-                    `user_errors_from_data()` to turn it into a one-line `tools.cli.UserError`.
+                    whose image cannot be decoded raises, and `ignore_errors` skips it. No call of
+                    its own: it is the decoding map's function.
+  `_check_batch_fn` one call per batch: counts and logs the skipped records in a `SkippedRecords`
+                    (`SKIPPED_RECORDS` unless input_fn is given another one); `_raise_message` then
+                    fails with the message of a bad record or damaged file, or after
+                    MAX_CONSECUTIVE_SKIPS skips in a row: an InvalidArgumentError naming the file;
+                    run the loop inside `user_errors_from_data()` to make it a one-line UserError.
   `_check_trainable` training repeats forever, so data of which no record decodes would keep
-                    `ignore_errors` searching: before the pipeline starts, records are decoded in turn
-                    until one is usable (one decode for good data).
+                    `ignore_errors` searching: input_fn first decodes records in turn until one is
+                    usable. One decode at the start, for good data.
 
 Label map: `labels.txt` beside the records, one line per class, tab-separated
 `<label>\\t<name>\\t<text>`, e.g. `1\\tn01440764\\ttench, Tinca tinca`: the 1-based record label,
@@ -364,15 +366,15 @@ PREPROCESSINGS = tuple(WINDOWS)
 
 
 def parse_example(record, params, bboxes=False):
-  """The fields input_fn reads from one serialized `tf.train.Example` (the module docstring's schema).
+  """The fields input_fn reads from one serialized `tf.train.Example` (module docstring's schema).
 
   Works eagerly and inside `tf.data.Dataset.map`.
 
   Args:
     record: string scalar, a serialized tf.train.Example.
     params: InputParams (`image_key`, `label_key` are read).
-    bboxes: Python bool; also read the boxes `image/object/bbox/{ymin,xmin,ymax,xmax}` (the inception
-      training crop uses them).
+    bboxes: Python bool; also read the boxes `image/object/bbox/{ymin,xmin,ymax,xmax}` (the
+      inception training crop uses them).
 
   Returns:
     {"image": string scalar, the encoded image ("" when the record has none),
