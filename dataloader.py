@@ -250,8 +250,8 @@ def preprocess_image_uint8(image_bytes, training, params, image_size, bboxes=Non
 def subtract_mean(images, params):
   """uint8 [..., S, S, 3] RGB 0..255 -> float32 minus `params.mean_rgb` (about -123..152).
 
-  The last three dimensions must be static. The mean is subtracted as a whole [S, S, 3] image:
-  a same-shape subtraction is vectorised, a [3] broadcast (or bias_add) is about 3x slower here.
+  The last three dimensions must be static. The mean is subtracted as a whole [S, S, 3] image: a
+  same-shape subtraction is vectorised, a [3] broadcast (or bias_add) is slower (docs/BENCHMARKS.md).
   """
   mean = tf.constant(params.mean_rgb, tf.float32)
   mean_image = tf.broadcast_to(mean, images.shape[-3:])  # [S, S, 3], folded to a constant
@@ -474,7 +474,7 @@ SKIPPED_RECORDS = SkippedRecords()
 MAX_CONSECUTIVE_SKIPS = 1000
 
 # The pipeline's functions are plain TensorFlow (tf.cond, tf.where; no Python branch on a tensor), so
-# tf.data traces them as written: AutoGraph's source conversion would cost about 3 s per process.
+# tf.data traces them as written: AutoGraph's source conversion would cost seconds per process.
 _graph_fn = tf.autograph.experimental.do_not_convert
 
 # Bytes a TFRecord file spends on each record besides its data: 8 length, 4 length CRC, 4 data CRC.
