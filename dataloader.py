@@ -51,28 +51,30 @@ pixels it keeps: every preprocessing computes its crop window from the JPEG head
 `decode_and_crop_jpeg` (resizing to 256x256 and cropping 227 is, up to interpolation at the borders,
 cropping the matching window of the original and resizing that to 227). Each example ends as uint8
 (4x fewer bytes to batch), and the mean is subtracted once per batch. The decoding map is the one
-tf.data function called per record: a call costs a few percent of a JPEG decode (docs/BENCHMARKS.md),
-so the bookkeeping stages work on groups of records and on batches.
+tf.data function called per record: a call costs a few percent of a JPEG decode
+(docs/BENCHMARKS.md), so the bookkeeping stages work on groups of records and on batches.
 
-Bad data, in named stages (each says what it costs):
+Bad data, in named stages (with what each costs):
   `_read_file`      a damaged TFRecord file (tf.data's DataLossError names no file, and
-                    `ignore_errors` goes on with the next file): each file's bytes are added up, 16
-                    records a call, and a file whose records do not fill it ends with a marker.
-  `_numbered`       the records are numbered in order, 64 a call, each with the file of the record
-                    before it: after `ignore_errors`, a gap in the numbers is a skipped record and
-                    names its file. This is the one check that needs the order: the decoding map
-                    keeps it (`map_parallelism`).
+                    `ignore_errors` goes on with the next file): each file's bytes are added up, and
+                    a file whose records do not fill it ends with a marker. One call per 16 records.
+  `_numbered`       the records are numbered in order, each with the file of the record before it:
+                    after `ignore_errors`, a gap in the numbers is a skipped record and names its
+                    file. One call per 64 records; this is the one check that needs the order, so
+                    the decoding map keeps it (`map_parallelism` says how that is made cheap).
+                    Evaluation ends with one more element, so that skips at the very end count.
   `_decode_fn`      a record without image or label, or with a label outside 1..num_classes, is
                     not decoded but carries its error message; a record that cannot be parsed or
-                    whose image cannot be decoded raises, and `ignore_errors` skips it.
-  `_check_batch_fn` per batch: counts and logs the skipped records in a `SkippedRecords`
-                    (`SKIPPED_RECORDS` unless input_fn is given another one), and fails with the
-                    message of a bad record or damaged file, or after MAX_CONSECUTIVE_SKIPS skips in
-                    a row: an InvalidArgumentError naming the file; run the loop inside
-                    `user_errors_from_data()` to turn it into a one-line `tools.common.UserError`.
+                    whose image cannot be decoded raises, and `ignore_errors` skips it. No call of
+                    its own: it is the decoding map's function.
+  `_check_batch_fn` one call per batch: counts and logs the skipped records in a `SkippedRecords`
+                    (`SKIPPED_RECORDS` unless input_fn is given another one); `_raise_message` then
+                    fails with the message of a bad record or damaged file, or after
+                    MAX_CONSECUTIVE_SKIPS skips in a row: an InvalidArgumentError naming the file;
+                    run the loop inside `user_errors_from_data()` to make it a one-line `tools.common.UserError`.
   `_check_trainable` training repeats forever, so data of which no record decodes would keep
-                    `ignore_errors` searching: before the pipeline starts, records are decoded in turn
-                    until one is usable (one decode for good data).
+                    `ignore_errors` searching: input_fn first decodes records in turn until one is
+                    usable. One decode at the start, for good data.
 
 Label map: `labels.txt` beside the records, one line per class, tab-separated
 `<label>\\t<name>\\t<text>`, e.g. `1\\tn01440764\\ttench, Tinca tinca`: the 1-based record label,
@@ -319,8 +321,8 @@ def subtract_mean(images, params):
   """uint8 [..., S, S, 3] RGB 0..255 -> float32 (pixel - mean) / std of `normalization(params)`
   (caffe: minus (123, 117, 104), about -123..152; torchvision: about -2.1..2.7).
 
-  The last three dimensions must be static. The mean is subtracted as a whole [S, S, 3] image:
-  a same-shape subtraction is vectorised, a [3] broadcast (or bias_add) is about 3x slower here.
+  The last three dimensions must be static. The mean is subtracted as a whole [S, S, 3] image: a
+  same-shape subtraction is vectorised, a [3] broadcast (or bias_add) is slower (docs/BENCHMARKS.md).
   Division by std (as torchvision's Normalize divides) only when some std is not 1.
   """
   mean, std = normalization(params)
@@ -510,15 +512,15 @@ PREPROCESSINGS = tuple(WINDOWS)
 
 
 def parse_example(record, params, bboxes=False):
-  """The fields input_fn reads from one serialized `tf.train.Example` (the module docstring's schema).
+  """The fields input_fn reads from one serialized `tf.train.Example` (module docstring's schema).
 
   Works eagerly and inside `tf.data.Dataset.map`.
 
   Args:
     record: string scalar, a serialized tf.train.Example.
     params: InputParams (`image_key`, `label_key` are read).
-    bboxes: Python bool; also read the boxes `image/object/bbox/{ymin,xmin,ymax,xmax}` (the inception
-      training crop uses them).
+    bboxes: Python bool; also read the boxes `image/object/bbox/{ymin,xmin,ymax,xmax}` (the
+      inception training crop uses them).
 
   Returns:
     {"image": string scalar, the encoded image ("" when the record has none),
@@ -618,7 +620,7 @@ SKIPPED_RECORDS = SkippedRecords()
 MAX_CONSECUTIVE_SKIPS = 1000
 
 # The pipeline's functions are plain TensorFlow (tf.cond, tf.where; no Python branch on a tensor), so
-# tf.data traces them as written: AutoGraph's source conversion would cost about 3 s per process.
+# tf.data traces them as written: AutoGraph's source conversion would cost seconds per process.
 _graph_fn = tf.autograph.experimental.do_not_convert
 
 # Bytes a TFRecord file spends on each record besides its data: 8 length, 4 length CRC, 4 data CRC.
@@ -687,23 +689,22 @@ def _problem(example, filename, damaged, params, num_classes):
   offset, label = params.label_offset, example["label"]
   class_idx = label - offset
   checks = [  # (condition, message parts), the first that holds is reported
-      (damaged, ["damaged TFRecord file ", filename, " (it ends in a corrupted record)"]),
-      (tf.strings.length(filename) == 0, []),
-      (tf.strings.length(example["image"]) == 0, [f"a record has no {params.image_key} in file ",
-                                                  filename]),
-      (label == MISSING_LABEL, [f"a record has no {params.label_key} in file ", filename]),
-      ((class_idx < 0) | (class_idx >= (num_classes or tf.int64.max - offset)), [
+      (damaged, lambda: ["damaged TFRecord file ", filename, " (it ends in a corrupted record)"]),
+      (tf.strings.length(filename) == 0, None),
+      (tf.strings.length(example["image"]) == 0,
+       lambda: [f"a record has no {params.image_key} in file ", filename]),
+      (label == MISSING_LABEL, lambda: [f"a record has no {params.label_key} in file ", filename]),
+      ((class_idx < 0) | (class_idx >= (num_classes or tf.int64.max - offset)), lambda: [
           "label ", tf.strings.as_string(label), f" is outside {_label_range(params, num_classes)} "
           f"(num_classes={num_classes}, label_offset={offset}) in file ", filename]),
   ]
-  bad = tf.reduce_any(tf.stack([condition for condition, _ in checks]))
+  conditions = tf.stack([condition for condition, _ in checks])
 
   def message():
-    texts = tf.stack([tf.strings.join([_ERROR_START, *parts, _ERROR_END]) if parts else ""
+    texts = tf.stack([tf.strings.join([_ERROR_START, *parts(), _ERROR_END]) if parts else ""
                       for _, parts in checks])
-    first = tf.argmax(tf.cast(tf.stack([condition for condition, _ in checks]), tf.int32))
-    return tf.gather(texts, first)
-  return bad, message
+    return tf.gather(texts, tf.argmax(tf.cast(conditions, tf.int32)))
+  return tf.reduce_any(conditions), message
 
 
 def _label_range(params, num_classes):
