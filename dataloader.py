@@ -111,7 +111,7 @@ PREPROCESSINGS = ("caffe", "inception", "torchvision")
 
 @dataclasses.dataclass(frozen=True)
 class InputParams:
-  """The input pipeline's parameters (the `input` section of tools/params.Params), each declared once
+  """The input pipeline's parameters (the `input` section of tools/recipe/params.Params), each declared once
   (tools/common.param). The image side, the global batch and the class count come from the model and
   recipe sections and are passed to input_fn beside this."""
   # "caffe" (seed repository / official Caffe model), "inception" (Model Garden) or "torchvision"

@@ -661,7 +661,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 @dataclasses.dataclass(frozen=True)
 class ModelParams:
-  """The network's parameters (the `model` section of tools/params.Params), each declared once
+  """The network's parameters (the `model` section of tools/recipe/params.Params), each declared once
   (tools/common.param: its flag, help, range and meaning follow from the declaration).
 
   Attributes:

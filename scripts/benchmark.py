@@ -202,7 +202,7 @@ def hardware_note(configuration, dtypes, probe=True):
   """One line naming the hardware behind a table, so that figures of machines of different kinds
   are never mixed: the CPU model, cores and which of AVX2 / AVX-512 / AVX512-BF16 / AMX it has,
   and the instruction sets of the kernels oneDNN runs in `configuration`'s training step per dtype
-  (tools/hardware.onednn_kernels: a child process with ONEDNN_VERBOSE=1, 10-30 s, once per run).
+  (tools/recipe/hardware.onednn_kernels: a child process with ONEDNN_VERBOSE=1, 10-30 s, once per run).
 
   Args:
     configuration: a name in model.CONFIGURATIONS; dtypes: a tuple of names in model.DTYPES.
@@ -278,7 +278,7 @@ def _alternate(measures, rounds, label):
 
 def write_synthetic_records(num_images, folder, seed=0):
   """Writes `num_images` photographic JPEGs at an ImageNet size (crops of scikit-learn's two sample
-  photographs, tools/demo_data.write_photo_crops) as class folders (`folder`/images) and TFRecords
+  photographs, tools/datasets/demo_data.write_photo_crops) as class folders (`folder`/images) and TFRecords
   under `folder`. Real photographs, not generated noise: their JPEG entropy decides the decoding
   cost, and crop windows of varied cost are what an input pipeline meets on ImageNet.
 

@@ -20,7 +20,7 @@ def define_flags():
   if "output_dir" not in FLAGS:  # tests define the flags of several programs in one process
     flags.DEFINE_string("output_dir", None, "Folder for the demo images and TFRecords.")
   if "photos" not in FLAGS:
-    flags.DEFINE_boolean("photos", False, "Build the photo crops (tools/demo_data.make_photo_data) "
+    flags.DEFINE_boolean("photos", False, "Build the photo crops (tools/datasets/demo_data.make_photo_data) "
                          "instead of the handwritten digits.")
 
 

@@ -82,11 +82,11 @@ _FLAG_KINDS = {str: "string", int: "integer", float: "float", bool: "boolean"}
 
 
 def define_param_flags(declared, help_fn):
-  """One flag per declared parameter field (tools/params.flag_fields()), of the same name.
+  """One flag per declared parameter field (tools/recipe/params.flag_fields()), of the same name.
 
   Its kind follows the field's type (an enum when the declaration lists choices); its default is
-  None, so that the program passes on only what the user set (tools/params.resolve_params applies
-  the declared defaults). `help_fn(field)` gives its help (tools/params.flag_help).
+  None, so that the program passes on only what the user set (tools/recipe/params.resolve_params applies
+  the declared defaults). `help_fn(field)` gives its help (tools/recipe/params.flag_help).
   """
   for field in declared:
     choices = field.metadata["choices"]

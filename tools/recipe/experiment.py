@@ -83,7 +83,7 @@ def scaffold_fn(params):
 
 def build_estimator(params, model_dir, strategy=None, init_fn=None):
   """The SqueezeNext Estimator for Params `params` on `strategy`, optionally warm-started by
-  `init_fn(scaffold)` (tools/fine_tune.make_init_fn)."""
+  `init_fn(scaffold)` (tools/recipe/fine_tune.make_init_fn)."""
   build = scaffold_fn
   if init_fn is not None:
     def build(p):
