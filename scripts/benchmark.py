@@ -36,7 +36,9 @@ batch repeated (the model alone), and on the real pipeline with --file_pattern o
 next to a bare tf.function GradientTape (or forward) loop over the same network with the same loss
 and recipe, the ratio runner/bare (the median over the rounds of each round's ratio: both are timed
 back to back in a round, so the ratio is paired and a burst of load on one of them does not decide
-it), and the nominal FLOP rate (2 FLOP per MAC; training 3 x forward)
+it), the runner's speed against float32 in the same rounds ("vs float32": the median over the
+rounds of each round's float32/dtype step time; all dtypes of a network share the rounds), and the
+nominal FLOP rate (2 FLOP per MAC; training 3 x forward)
 as a share of the best float32 --matmul_size matmul rate measured in the run. With the peers
 installed, pytorchcv's SqueezeNext of the same configuration (`PEER_MODELS`), channels_last, SGD
 with momentum on the same batch, float32 or bfloat16 autocast, eager and torch.compile (compile time
@@ -860,38 +862,72 @@ def nominal_flop(macs, images, training):
   return 2 * macs * images * (3 if training else 1)
 
 
-def _measure_case(mode, configuration, dtype, pattern, peers):
-  """Rows of one network and dtype, the matmul peaks (FLOP/s), the peer rows and notes.
-
-  Synthetic input: rounds of [matmul, runner, bare loop, peers...] (`_alternate`). Then, when
-  `pattern` is set, the runner on the real pipeline (`_pipeline_row`).
-  """
-  training, steps, rounds = mode == "train", FLAGS.steps, FLAGS.rounds
-  params = benchmark_params(configuration, dtype, 1 if training else steps, pattern)
-  with tempfile.TemporaryDirectory() as model_dir:
-    estimator = experiment.build_estimator(params, model_dir)
-    _, totals = stats.model_statistics(estimator.restore().network)
-    measures = {"matmul": matmul_seconds(FLAGS.matmul_size),
-                **_project_measures(mode, estimator, params, steps)}
+def _dtype_measures(mode, configuration, dtypes, pattern, peers, scratch):
+  """{dtype: (params, estimator, peer or None)} and their measures, named "<measure> <dtype>"
+  ("runner", "bare", "peer eager", "peer compiled"), each estimator in a folder of `scratch`."""
+  training, cases, measures = mode == "train", {}, {}
+  for dtype in dtypes:
+    params = benchmark_params(configuration, dtype, 1 if training else FLAGS.steps, pattern)
+    estimator = experiment.build_estimator(params, os.path.join(scratch, dtype))
+    named = _project_measures(mode, estimator, params, FLAGS.steps)
     peer = PeerStep(mode, configuration, dtype, params) if peers else None
     if peer is not None:
-      measures.update(peer.measures(steps, FLAGS.peer_compile))
-    best, detail = _alternate(measures, rounds, f"{mode} {configuration} {dtype}")
-    batch = params.batch_size
-    rows = [dict(input="synthetic", runner=batch / best["runner"], bare=batch / best["bare"],
-                 paired_ratio=statistics.median(r["bare"] / r["runner"] for r in detail),
-                 rounds=[{k: batch / v for k, v in r.items() if k != "matmul"} for r in detail])]
-    if pattern:
-      rows.append(_pipeline_row(mode, estimator, params, pattern, steps, rounds))
-  flop_per_image = nominal_flop(totals["macs"], 1, training)
-  for row in rows:
-    row["images/s"] = row.pop("runner")
-    row.update({"network": _network_label(configuration), "dtype": dtype,
-                "GFLOP/s": row["images/s"] * flop_per_image / 1e9})
+      named.update(peer.measures(FLAGS.steps, FLAGS.peer_compile))
+    measures.update({f"{name} {dtype}": measure for name, measure in named.items()})
+    cases[dtype] = (params, estimator, peer)
+  return cases, measures
+
+
+def _of_dtype(timings, dtype):
+  """{measure: value} of the "<measure> <dtype>" entries of `timings` ({name: seconds})."""
+  suffix = f" {dtype}"
+  return {name[:-len(suffix)]: value for name, value in timings.items() if name.endswith(suffix)}
+
+
+def _synthetic_row(dtype, best, detail):
+  """The synthetic-input row of `dtype` from the rounds (`_alternate`'s best and detail): runner and
+  bare images/s, the paired runner/bare ratio and, with float32 in the rounds, "vs float32"."""
+  batch, mine = FLAGS.batch_size, _of_dtype(best, dtype)
+  seconds = [_of_dtype(r, dtype) for r in detail]
+  float32 = [_of_dtype(r, "float32") for r in detail]
+  return dict(input="synthetic", runner=batch / mine["runner"], bare=batch / mine["bare"],
+              paired_ratio=statistics.median(r["bare"] / r["runner"] for r in seconds),
+              versus=(statistics.median(f["runner"] / r["runner"] for f, r in zip(float32, seconds))
+                      if float32[0] else None),
+              rounds=[{k: batch / v for k, v in r.items()} for r in seconds])
+
+
+def _measure_network(mode, configuration, dtypes, pattern, peers):
+  """Rows of one network in each of `dtypes`, the matmul peaks (FLOP/s), the peer rows and notes.
+
+  Synthetic input: rounds of [matmul, and per dtype runner, bare loop, peers...] (`_alternate`):
+  every dtype in the same rounds, so that "vs float32" (the median over the rounds of each round's
+  float32/dtype runner time) is paired as runner/bare is, and a burst of other work on the machine
+  does not decide it. Then, when `pattern` is set, the runner on the real pipeline per dtype
+  (`_pipeline_row`).
+  """
+  rows, peer_rows, notes = [], [], []
+  with tempfile.TemporaryDirectory() as scratch:
+    cases, measures = _dtype_measures(mode, configuration, dtypes, pattern, peers, scratch)
+    measures["matmul"] = matmul_seconds(FLAGS.matmul_size)
+    best, detail = _alternate(measures, FLAGS.rounds, f"{mode} {configuration}")
+    _, totals = stats.model_statistics(cases[dtypes[0]][1].scaffold.network)
+    flop_per_image = nominal_flop(totals["macs"], 1, mode == "train")
+    for dtype, (params, estimator, peer) in cases.items():
+      dtype_rows = [_synthetic_row(dtype, best, detail)]
+      if pattern:
+        dtype_rows.append(_pipeline_row(mode, estimator, params, pattern, FLAGS.steps,
+                                        FLAGS.rounds))
+      for row in dtype_rows:
+        row["images/s"] = row.pop("runner")
+        row.update({"network": _network_label(configuration), "dtype": dtype,
+                    "GFLOP/s": row["images/s"] * flop_per_image / 1e9})
+      rows += dtype_rows
+      if peer is not None:
+        peer_rows += peer.rows(_of_dtype(best, dtype), dtype_rows[0]["images/s"])
+        notes += peer.notes
   peaks = [2.0 * FLAGS.matmul_size ** 3 / r["matmul"] for r in detail]
-  if peer is None:
-    return rows, peaks, [], []
-  return rows, peaks, peer.rows(best, rows[0]["images/s"]), peer.notes
+  return rows, peaks, peer_rows, notes
 
 
 # ------------------------------------------------------------------------------------------------
@@ -990,7 +1026,7 @@ class PeerStep:
 
 
 _SPEED_COLUMNS = ["network", "dtype", "input", "images/s", "bare images/s", "runner/bare",
-                  "GFLOP/s", "% of matmul peak"]
+                  "vs float32", "GFLOP/s", "% of matmul peak"]
 _PEER_COLUMNS = ["network", "dtype", "peer", "peer mode", "peer images/s", "compile s",
                  "project images/s", "project/peer"]
 
@@ -1052,17 +1088,19 @@ def _run_speed(mode, cases):
   peers, notes = _peer_plan(cases)
   with tempfile.TemporaryDirectory() as scratch:
     pattern = _pipeline_pattern(scratch)
-    for configuration, dtype in cases:
-      case_rows, case_peaks, case_peer_rows, case_notes = _measure_case(
-          mode, configuration, dtype, pattern, peers and configuration in PEER_MODELS)
+    for configuration in dict.fromkeys(c for c, _ in cases):
+      dtypes = list(dict.fromkeys(d for c, d in cases if c == configuration))
+      case_rows, case_peaks, case_peer_rows, case_notes = _measure_network(
+          mode, configuration, dtypes, pattern, peers and configuration in PEER_MODELS)
       rows, peaks, notes = rows + case_rows, peaks + case_peaks, notes + case_notes
       peer_rows += [{"network": _network_label(configuration), **r} for r in case_peer_rows]
       keras.backend.clear_session()
   best_peak = max(peaks)
   for row in rows:
-    bare, ratio = row.pop("bare", None), row.pop("paired_ratio", None)
+    bare, ratio, versus = (row.pop(k, None) for k in ("bare", "paired_ratio", "versus"))
     row["bare images/s"] = bare if bare else "-"
     row["runner/bare"] = f"{ratio:.3f}" if ratio else "-"
+    row["vs float32"] = f"{versus:.3f}" if versus else "-"
     row["% of matmul peak"] = f"{100 * row['GFLOP/s'] * 1e9 / best_peak:.1f}"
   results = {"benchmark": mode, "columns": _SPEED_COLUMNS, "rows": rows, "notes": [],
              "matmul_peak_gflops": best_peak / 1e9, "matmul_size": FLAGS.matmul_size,

@@ -92,10 +92,15 @@ def test_train_and_inference_run_end_to_end():
     assert results["notes"][:-1] == ["tiny_SqNxt: no pytorchcv counterpart, no peer timed"]
   else:
     assert "pip install -r requirements-peers.txt" in results["notes"][0]
-  with flagsaver.flagsaver(dtype=["bfloat16"], **SMALL):
+  assert results["rows"][0]["vs float32"] == "1.000"  # float32 against itself, same rounds
+  with flagsaver.flagsaver(dtype=["bfloat16", "float32"], **SMALL):
     results = benchmark.run_inference()
-  _check_speed_rows(results, ["synthetic"])
-  assert results["rows"][0]["dtype"] == "bfloat16"
+  assert [row["dtype"] for row in results["rows"]] == ["bfloat16", "float32"]
+  for row in results["rows"]:  # both dtypes timed in the same rounds: the ratio is paired
+    _check_speed_rows({**results, "rows": [row]}, ["synthetic"])
+    paired = statistics.median(r["runner"] / f["runner"] for r, f in zip(
+        row["rounds"], results["rows"][1]["rounds"]))
+    assert float(row["vs float32"]) == pytest.approx(paired, rel=1e-2)
   assert "sections" not in results
 
 

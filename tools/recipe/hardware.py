@@ -9,6 +9,7 @@ Nothing here reads flags; reading /proc/cpuinfo is Linux-only (elsewhere the fea
 
 import collections
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -39,7 +40,6 @@ def _cpuinfo_field(name):
 
 def cpu_model():
   """The CPU's model name (/proc/cpuinfo `model name`, else platform.processor()), a str."""
-  import platform  # pylint: disable=import-outside-toplevel
   return _cpuinfo_field("model name") or platform.processor() or "unknown CPU"
 
 
@@ -58,6 +58,7 @@ def onednn_enabled():
 
 def gpu_capabilities():
   """[(device name, (major, minor) compute capability or None)] of the visible GPUs."""
+  # Imported here: the programs import this module before TensorFlow (tools/tf_env.py first).
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   gpus = []
   for gpu in tf.config.list_physical_devices("GPU"):
