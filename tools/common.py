@@ -19,6 +19,9 @@ from absl import logging
 
 # What a folder of images is searched for (case-insensitive): the formats the input pipeline and the
 # record builder decode (GIF: its first frame).
+# The repository's root (programs run from it; assets/ and the child processes' cwd).
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 
 

